@@ -1,0 +1,85 @@
+"""Shared pieces of every training config (configs are code, big_vision style).
+
+Config files under `configs/` call `base_config()` and fill in `model`, `data`, etc.
+Schema (every training config has these sections):
+
+  task            'vae' | 'dit' | ...   picks the trainer task
+  seed            int                   model init / training RNG
+  num_steps       int
+  mesh            shape: {data, fsdp, tensor, context} (one -1 fills), rules: None = default table
+  data            sources: [{name, split, weight}], global_batch_size, dataset_seed, ...
+  optimizer       name, lr, b1, b2, weight_decay, warmup_steps, schedule, end_lr_ratio,
+                  grad_clip, grad_accum_steps
+  ema_decay       0 disables EMA
+  log_every, eval_every, ckpt_every, keep_checkpoints, async_checkpoint
+  model           task specific
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections as mc
+
+
+def default_data_dir() -> str:
+    return os.environ.get("SEAWEED_DATA_DIR") or os.path.expanduser("~/seaweed_data")
+
+
+def base_config() -> mc.ConfigDict:
+    c = mc.ConfigDict()
+    c.task = ""
+    c.seed = 0
+    c.num_steps = 1000
+
+    c.mesh = mc.ConfigDict()
+    c.mesh.shape = {"data": -1, "fsdp": 1, "tensor": 1, "context": 1}
+    c.mesh.rules = ()  # empty = parallel.rules.DEFAULT_RULES
+
+    c.data = mc.ConfigDict()
+    c.data.sources = [{"name": "moving_shapes/32x32_f17", "split": "train", "weight": 1.0}]
+    c.data.dataset_seed = 0          # moving_shapes generation seed
+    c.data.global_batch_size = 8
+    c.data.shuffle_seed = 0
+    c.data.worker_count = 0          # grain worker processes (0 = in-process)
+    c.data.prefetch = 2              # host batches prefetched by a background thread
+    c.data.val_split = "validation"
+    c.data.val_examples = 64
+
+    c.optimizer = mc.ConfigDict()
+    c.optimizer.name = "adamw"
+    c.optimizer.lr = 1e-4
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.99
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.warmup_steps = 100
+    c.optimizer.schedule = "cosine"   # cosine | constant
+    c.optimizer.end_lr_ratio = 0.1
+    c.optimizer.grad_clip = 1.0       # global-norm clip; 0 disables
+    c.optimizer.grad_accum_steps = 1
+
+    c.ema_decay = 0.999
+    c.log_every = 50
+    c.eval_every = 500
+    c.ckpt_every = 500
+    c.keep_checkpoints = 3
+    c.async_checkpoint = True
+
+    c.model = mc.ConfigDict()
+    return c
+
+
+def parse_arg(arg: str | None, **defaults) -> mc.ConfigDict:
+    """Parse a config argument like 'size=S,latent=8' (or a bare first value) over defaults."""
+    out = mc.ConfigDict(defaults)
+    if not arg:
+        return out
+    keys = list(defaults)
+    for i, part in enumerate(p for p in arg.split(",") if p):
+        if "=" in part:
+            k, v = part.split("=", 1)
+        else:
+            k, v = keys[i], part
+        if k not in defaults:
+            raise ValueError(f"unknown config argument {k!r}; expected one of {keys}")
+        out[k] = type(defaults[k])(v) if defaults[k] is not None else v
+    return out
