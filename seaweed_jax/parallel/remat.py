@@ -1,11 +1,12 @@
 """Named remat policies built from `jax.checkpoint_policies` and `checkpoint_name` tags.
 
-Modules tag tensors with `jax.ad_checkpoint.checkpoint_name(x, name)` using the names in
+Modules tag tensors with `seaweed_jax.parallel.remat.checkpoint_name(x, name)` using the names in
 `CHECKPOINT_NAMES`; configs choose a policy by name (`config.model.remat`).
 """
 from __future__ import annotations
 
 import jax
+from jax.ad_checkpoint import checkpoint_name  # noqa: F401  (re-exported: jax.ad_checkpoint is not an attribute in jax 0.10)
 
 CHECKPOINT_NAMES = ("block_in", "qkv", "attn_out", "mlp_in", "mlp_out", "conv_out")
 
