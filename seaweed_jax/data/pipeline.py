@@ -1,0 +1,421 @@
+"""Grain input pipelines: TFDS ArrayRecord sources -> homogeneous host batches.
+
+Per source (one dataset config = one clip shape):
+
+    source -> tag (source id, index) -> shard by process -> shuffle (reseeded each epoch)
+           -> repeat -> decode -> random crop + normalize to [-1, 1] -> example_fn
+
+Sources whose (frames, height, width) after cropping agree form one **bucket**: their
+examples are mixed with the configured per-example weights and batched, so every batch
+is homogeneous. Buckets are then mixed batch-by-batch with weight = the sum of their
+sources' weights, which keeps the per-example ratio of the configured weights (all
+batches have the same size). Everything up to here is a grain `MapDataset`, i.e.
+random access, so the iterator state is one integer per stage and restores exactly;
+thread prefetch (and `mp_prefetch` worker processes) sit on top.
+
+Host batches: `video` float32 (B, T, H, W, 3) in [-1, 1], `caption` numpy str (B,), int32
+labels `color, shape, direction, background`, and int32 `source` (position in
+`data.sources`) / `index` (example index in its split) that identify each example.
+B = global_batch_size // process_count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import grain
+import numpy as np
+
+LABEL_KEYS = ("color", "shape", "direction", "background")
+SOURCE_KEYS = ("name", "split", "weight", "crop")
+CROP_DIMS = ("frames", "height", "width")
+
+
+# --------------------------------------------------------------------------- config
+
+@dataclasses.dataclass(frozen=True)
+class SourcePlan:
+    """One configured source, opened and checked against its data."""
+    source_id: int
+    name: str
+    split: str
+    weight: float
+    data_shape: tuple[int, int, int]   # (frames, height, width) stored
+    out_shape: tuple[int, int, int]    # after cropping: the bucket key
+    source: Any                        # random-access data source
+
+
+def _field(cfg, key, default=None):
+    try:
+        value = cfg[key]
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+def _source_entries(data_config, split: str | None) -> list[dict]:
+    """Normalized `data.sources` entries: {name, split, weight, crop}."""
+    sources = _field(data_config, "sources")
+    if not sources:
+        raise ValueError("data.sources is empty; set e.g. "
+                         "data.sources=[{'name': 'moving_shapes/32x32_f17', 'weight': 1.0}]")
+    entries = []
+    for i, src in enumerate(sources):
+        src = dict(src)
+        unknown = set(src) - set(SOURCE_KEYS)
+        if unknown:
+            raise ValueError(f"data.sources[{i}] has unknown keys {sorted(unknown)}; "
+                             f"allowed: {SOURCE_KEYS}")
+        name = src.get("name")
+        if not isinstance(name, str) or "/" not in name:
+            raise ValueError(f"data.sources[{i}].name={name!r} must be '<dataset>/<config>', "
+                             "e.g. 'moving_shapes/64x64_f17'")
+        weight = float(src.get("weight", 1.0))
+        if not weight > 0 or not math.isfinite(weight):
+            raise ValueError(f"data.sources[{i}].weight={weight} must be a positive number "
+                             "(remove the source instead of giving it weight 0)")
+        crop = src.get("crop", _field(data_config, "crop"))
+        entries.append({"name": name, "split": split or src.get("split") or "train",
+                        "weight": weight, "crop": _parse_crop(crop, f"data.sources[{i}].crop")})
+    return entries
+
+
+def _parse_crop(crop, field: str) -> tuple[int | None, ...]:
+    """None | {frames, height, width} (missing/None = keep) -> (t|None, h|None, w|None)."""
+    if crop is None:
+        return (None, None, None)
+    crop = dict(crop)
+    unknown = set(crop) - set(CROP_DIMS)
+    if unknown:
+        raise ValueError(f"{field} has unknown keys {sorted(unknown)}; use {CROP_DIMS}")
+    out = []
+    for dim in CROP_DIMS:
+        v = crop.get(dim)
+        if v is not None:
+            if int(v) != v or v < 1:
+                raise ValueError(f"{field}.{dim}={v} must be a positive integer or None (keep)")
+            v = int(v)
+        out.append(v)
+    if out[0] is not None and (out[0] - 1) % 4:
+        raise ValueError(f"{field}.frames={out[0]} must be 1+4k, e.g. "
+                         f"{out[0] - (out[0] - 1) % 4} or {out[0] - (out[0] - 1) % 4 + 4}")
+    return tuple(out)
+
+
+def local_batch_size(data_config, process_count: int) -> int:
+    """Per-process batch size; validates data.global_batch_size against the process count."""
+    gbs = int(_field(data_config, "global_batch_size", 0))
+    if gbs < 1:
+        raise ValueError(f"data.global_batch_size={gbs} must be >= 1")
+    if gbs % process_count:
+        raise ValueError(
+            f"data.global_batch_size={gbs} is not divisible by the {process_count} processes; "
+            f"use a multiple of {process_count}, e.g. {(gbs // process_count + 1) * process_count}")
+    return gbs // process_count
+
+
+def validate_config(data_config, process_count: int = 1, split: str | None = None) -> None:
+    """Checks that need no data: sources, weights, crops, batch size, seeds, prefetch."""
+    _source_entries(data_config, split)
+    local_batch_size(data_config, process_count)
+    seed = int(_field(data_config, "shuffle_seed", 0))
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"data.shuffle_seed={seed} must be in [0, 2**32)")
+    for key in ("worker_count", "prefetch", "read_threads"):
+        v = int(_field(data_config, key, 0))
+        if v < 0:
+            raise ValueError(f"data.{key}={v} must be >= 0")
+
+
+def _open_source(name: str, split: str, data_dir: str, data_config):
+    """Build the dataset if missing (data.build_if_missing) and open its random-access source."""
+    from seaweed_jax.data import datasets  # lazy: keeps this module importable on its own
+    kwargs = dict(seed=int(_field(data_config, "dataset_seed", 0)),
+                  num_train=_field(data_config, "num_train"),
+                  num_validation=_field(data_config, "num_validation"))
+    if _field(data_config, "build_if_missing", True):
+        datasets.ensure_built(name, data_dir, **kwargs)
+    return datasets.data_source(name, split, data_dir, **kwargs)
+
+
+def plan_sources(data_config, *, data_dir: str, split: str | None = None,
+                 open_source: Callable | None = None) -> list[SourcePlan]:
+    """Open every configured source and check crops against the stored clip shapes."""
+    open_source = open_source or _open_source
+    plans = []
+    for i, e in enumerate(_source_entries(data_config, split)):
+        try:
+            src = open_source(e["name"], e["split"], data_dir, data_config)
+        except (KeyError, ValueError, FileNotFoundError) as err:
+            raise ValueError(f"data.sources[{i}] ({e['name']!r}, split {e['split']!r}) "
+                             f"cannot be opened: {err}") from err
+        if len(src) == 0:
+            raise ValueError(f"data.sources[{i}] ({e['name']!r}, split {e['split']!r}) is empty")
+        data_shape = tuple(int(d) for d in np.shape(src[0]["video"])[:3])
+        out_shape = []
+        for dim, have, want in zip(CROP_DIMS, data_shape, e["crop"]):
+            if want is not None and want > have:
+                raise ValueError(
+                    f"data.sources[{i}].crop.{dim}={want} is larger than the data ({e['name']} "
+                    f"has {dim}={have}); use <= {have} or None to keep it"
+                    + (" (image sources need a per-source crop without frames)"
+                       if dim == "frames" and have == 1 else ""))
+            out_shape.append(have if want is None else want)
+        plans.append(SourcePlan(i, e["name"], e["split"], e["weight"], data_shape,
+                                tuple(out_shape), src))
+    return plans
+
+
+# --------------------------------------------------------------------------- per-example ops
+# Classes rather than closures so the pipeline pickles into grain worker processes.
+
+class _Tag(grain.experimental.MapWithIndexTransform):
+    """Decode one record to numpy fields and remember where it came from."""
+
+    def __init__(self, source_id: int):
+        self.source_id = source_id
+
+    def map_with_index(self, index: int, record: dict) -> dict:
+        caption = record["caption"]
+        if isinstance(caption, bytes):
+            caption = caption.decode("utf-8")
+        out = {"video": np.asarray(record["video"], np.uint8), "caption": str(caption)}
+        for k in LABEL_KEYS:
+            out[k] = np.int32(record[k])
+        out["source"] = np.int32(self.source_id)
+        out["index"] = np.int32(index)
+        return out
+
+
+def _normalize(video: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1 and 255 -> 1 exactly)."""
+    return video.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+class _RandomCrop(grain.transforms.RandomMap):
+    """Crop (frames, height, width) at a random offset (seeded per example), then normalize."""
+
+    def __init__(self, out_shape: tuple[int, int, int]):
+        self.out_shape = out_shape
+
+    def random_map(self, ex: dict, rng: np.random.Generator) -> dict:
+        video = ex["video"]
+        starts = [int(rng.integers(0, have - want + 1))
+                  for have, want in zip(video.shape[:3], self.out_shape)]
+        ex = dict(ex)
+        ex["video"] = _normalize(_crop(video, starts, self.out_shape))
+        return ex
+
+
+class _CenterCrop(grain.transforms.Map):
+    """Deterministic crop for evaluation, then normalize."""
+
+    def __init__(self, out_shape: tuple[int, int, int]):
+        self.out_shape = out_shape
+
+    def map(self, ex: dict) -> dict:
+        video = ex["video"]
+        starts = [(have - want) // 2 for have, want in zip(video.shape[:3], self.out_shape)]
+        ex = dict(ex)
+        ex["video"] = _normalize(_crop(video, starts, self.out_shape))
+        return ex
+
+
+def _crop(video, starts, size):
+    (t0, h0, w0), (t, h, w) = starts, size
+    return video[t0:t0 + t, h0:h0 + h, w0:w0 + w]
+
+
+def _derive_seed(base: int, *salt: int) -> int:
+    """Independent, stable uint32 seeds per (purpose, source)."""
+    return int(np.random.SeedSequence([int(base), *salt]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------- datasets
+
+def _shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grain.MapDataset:
+    """Equal, disjoint per-process shards (drops < process_count examples so hosts stay in step)."""
+    even = (len(ds) // process_count) * process_count
+    if even == 0:
+        raise ValueError(f"a source with {len(ds)} examples cannot be split over "
+                         f"{process_count} processes")
+    return ds[:even][process_index::process_count]
+
+
+def _example_dataset(plan: SourcePlan, *, seed: int, process_index: int, process_count: int,
+                     shuffle: bool, num_epochs: int | None, example_fn) -> grain.MapDataset:
+    ds = grain.MapDataset.source(plan.source).map_with_index(_Tag(plan.source_id))
+    ds = _shard(ds, process_index, process_count)
+    if shuffle:
+        ds = ds.shuffle(seed=_derive_seed(seed, 0, plan.source_id))
+    ds = ds.repeat(num_epochs)  # reseeds shuffle and crops every epoch
+    ds = ds.random_map(_RandomCrop(plan.out_shape), seed=_derive_seed(seed, 1, plan.source_id))
+    if example_fn is not None:
+        ds = ds.map(example_fn)
+    return ds
+
+
+def _mix(datasets: Sequence[grain.MapDataset], weights: Sequence[float]) -> grain.MapDataset:
+    if len(datasets) == 1:
+        return datasets[0]
+    # Deterministic weighted interleave; stops when the first component is exhausted.
+    return grain.MapDataset.mix(list(datasets), list(weights))
+
+
+def buckets(plans: Sequence[SourcePlan]) -> dict[tuple[int, int, int], list[SourcePlan]]:
+    """Sources grouped by output (frames, height, width), in order of first appearance."""
+    out: dict = {}
+    for p in plans:
+        out.setdefault(p.out_shape, []).append(p)
+    return out
+
+
+def _resolve_process(process_index, process_count) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
+    return int(process_index), int(process_count)
+
+
+def _iter_options(data_config, ds: grain.MapDataset) -> grain.IterDataset:
+    """Thread prefetch of whole batches; grain worker processes when data.worker_count > 0."""
+    prefetch = int(_field(data_config, "prefetch", 2))
+    threads = int(_field(data_config, "read_threads", 2))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads if prefetch else 0,
+                                              prefetch_buffer_size=prefetch))
+    workers = int(_field(data_config, "worker_count", 0))
+    if workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=workers, per_worker_buffer_size=max(prefetch, 1)))
+    return it
+
+
+def make_dataset(data_config, *, data_dir: str, split: str | None = None,
+                 process_index: int | None = None, process_count: int | None = None,
+                 shuffle: bool = True, num_epochs: int | None = None,
+                 example_fn: Callable[[dict], dict] | None = None,
+                 drop_remainder: bool = True, open_source: Callable | None = None,
+                 ) -> grain.IterDataset:
+    """The training pipeline as a grain IterDataset (see `make_iterator`)."""
+    process_index, process_count = _resolve_process(process_index, process_count)
+    validate_config(data_config, process_count, split)
+    batch_size = local_batch_size(data_config, process_count)
+    seed = int(_field(data_config, "shuffle_seed", 0))
+    plans = plan_sources(data_config, data_dir=data_dir, split=split, open_source=open_source)
+    batched, bucket_weights = [], []
+    for members in buckets(plans).values():
+        examples = [_example_dataset(p, seed=seed, process_index=process_index,
+                                     process_count=process_count, shuffle=shuffle,
+                                     num_epochs=num_epochs, example_fn=example_fn)
+                    for p in members]
+        weights = [p.weight for p in members]
+        batched.append(_mix(examples, weights).batch(batch_size, drop_remainder=drop_remainder))
+        bucket_weights.append(sum(weights))
+    return _iter_options(data_config, _mix(batched, bucket_weights))
+
+
+def make_iterator(data_config, *, data_dir: str, split: str | None = None,
+                  process_index: int | None = None, process_count: int | None = None,
+                  shuffle: bool = True, num_epochs: int | None = None,
+                  example_fn: Callable[[dict], dict] | None = None,
+                  drop_remainder: bool = True, open_source: Callable | None = None,
+                  ) -> grain.DatasetIterator:
+    """Checkpointable iterator of host batches for this process's data-parallel shard.
+
+    Args:
+      data_config: the `config.data` section (sources, global_batch_size, shuffle_seed,
+        crop, worker_count, prefetch, read_threads, dataset_seed, num_train, ...).
+      data_dir: where datasets are (built if missing and `data.build_if_missing`).
+      split: overrides every source's split (default: each source's own, else "train").
+      process_index, process_count: the shard to read (default jax.process_index/count()).
+      shuffle: seeded (data.shuffle_seed) global shuffle, different every epoch.
+      num_epochs: None repeats forever; with several sources iteration stops when the
+        first one runs out.
+      example_fn: optional per-example transform (after crop/normalize, before batching);
+        must be picklable when data.worker_count > 0.
+      drop_remainder: drop a final partial batch (only matters when num_epochs is set).
+      open_source: test hook replacing `datasets.data_source` (name, split, data_dir, cfg).
+    """
+    ds = make_dataset(data_config, data_dir=data_dir, split=split, process_index=process_index,
+                      process_count=process_count, shuffle=shuffle, num_epochs=num_epochs,
+                      example_fn=example_fn, drop_remainder=drop_remainder,
+                      open_source=open_source)
+    return iter(ds)
+
+
+def make_eval_iterator(data_config, *, data_dir: str, source: int | str = 0,
+                       split: str | None = None, num_examples: int | None = None,
+                       batch_size: int | None = None, process_index: int | None = None,
+                       process_count: int | None = None,
+                       example_fn: Callable[[dict], dict] | None = None,
+                       open_source: Callable | None = None) -> grain.DatasetIterator:
+    """One pass, no shuffle, over the first N examples of one configured source.
+
+    `source` picks the entry of data.sources (position or name); split defaults to
+    data.val_split, N to data.val_examples (at most the split size, rounded down to a
+    multiple of process_count), batch_size (global) to data.global_batch_size. Crops are
+    centered. The last batch may be smaller; every process gets the same batch sizes.
+    """
+    process_index, process_count = _resolve_process(process_index, process_count)
+    split = split or _field(data_config, "val_split", "validation")
+    entries = _source_entries(data_config, split)
+    if isinstance(source, str):
+        names = [e["name"] for e in entries]
+        if source not in names:
+            raise ValueError(f"eval source {source!r} is not in data.sources {names}")
+        source = names.index(source)
+    if not 0 <= source < len(entries):
+        raise ValueError(f"eval source {source} out of range: data.sources has {len(entries)}")
+    one = dict(data_config)
+    one["sources"] = [dict(_field(data_config, "sources")[source], split=split)]
+    if batch_size is not None:
+        one["global_batch_size"] = batch_size
+    per_process = local_batch_size(one, process_count)
+    (plan,) = plan_sources(one, data_dir=data_dir, split=split, open_source=open_source)
+    plan = dataclasses.replace(plan, source_id=source)
+    n = int(num_examples or _field(data_config, "val_examples", 64))
+    n = min(n, len(plan.source))
+    n -= n % process_count
+    if n == 0:
+        raise ValueError(f"{plan.name} {split} has too few examples for {process_count} processes")
+    ds = grain.MapDataset.source(plan.source).map_with_index(_Tag(plan.source_id))
+    ds = ds[:n][process_index::process_count].map(_CenterCrop(plan.out_shape))
+    if example_fn is not None:
+        ds = ds.map(example_fn)
+    ds = ds.batch(per_process, drop_remainder=False)
+    return iter(_iter_options(one, ds))
+
+
+# --------------------------------------------------------------------------- checkpoint / global
+
+def iterator_save_args(iterator):
+    """Orbax args that save a grain iterator's state, e.g.
+    `ocp.args.Composite(state=..., data=iterator_save_args(it))` (one JSON file per process)."""
+    return grain.checkpoint.CheckpointSave(iterator)
+
+
+def iterator_restore_args(iterator):
+    """Orbax args restoring into `iterator` (a freshly built one with the same config)."""
+    return grain.checkpoint.CheckpointRestore(iterator)
+
+
+def to_global(batch: dict, mesh) -> dict:
+    """Host batch (this process's slice) -> global jax.Arrays sharded on the mesh batch axes.
+
+    String fields (captions) stay host-local numpy arrays.
+    """
+    import jax
+    from seaweed_jax.parallel.mesh import data_parallel_size
+    from seaweed_jax.parallel.sharding import host_to_global
+    local = len(next(iter(batch.values())))
+    total = local * jax.process_count()
+    dp = data_parallel_size(mesh)
+    if total % dp:
+        raise ValueError(f"global batch {total} (= {local} per process x {jax.process_count()}) "
+                         f"is not divisible by the mesh's data x fsdp = {dp} devices; make "
+                         f"data.global_batch_size a multiple of {dp}")
+    return host_to_global(batch, mesh)
