@@ -44,6 +44,14 @@ def base_config() -> mc.ConfigDict:
     c.data.prefetch = 2              # host batches prefetched by a background thread
     c.data.val_split = "validation"
     c.data.val_examples = 64
+    # Added for data/pipeline.py:
+    # Crop to (frames, height, width); None keeps that dim. Random for training, centred for
+    # eval. A source may override it with its own "crop" dict (e.g. images: no frames crop).
+    c.data.crop = mc.ConfigDict({"frames": None, "height": None, "width": None})
+    c.data.read_threads = 2          # threads producing batches (grain ReadOptions.num_threads)
+    c.data.num_train = None          # example counts of the built dataset (None = builder
+    c.data.num_validation = None     #   defaults 20,000 / 512); tiny builds for tests
+    c.data.build_if_missing = True   # build a missing dataset on first use
 
     c.optimizer = mc.ConfigDict()
     c.optimizer.name = "adamw"
