@@ -289,6 +289,9 @@ def _iter_options(data_config, ds: grain.MapDataset) -> grain.IterDataset:
                                               prefetch_buffer_size=prefetch))
     workers = int(_field(data_config, "worker_count", 0))
     if workers > 0:
+        from absl import flags  # grain's workers read absl flags; outside absl.app use defaults
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=max(prefetch, 1)))
     return it
