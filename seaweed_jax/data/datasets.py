@@ -1,0 +1,143 @@
+"""Dataset names -> TFDS builders: parse, build on first use, open random-access sources.
+
+Names are `<dataset>/<HxW_fT>`, e.g. `moving_shapes/64x64_f17` (height first, T = 1+4k).
+The generation seed and example counts are separate arguments (they pick the builder config,
+see `moving_shapes.config_name`), so the same name with another seed is another build.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+
+from seaweed_jax.data import moving_shapes
+
+DATASETS = ("moving_shapes",)
+
+
+class _QuietTfdsNoise(logging.Filter):
+    """Drops TFDS warnings that are expected for our custom (seed/count) configs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Using custom data configuration")
+                    or (msg.startswith("Variant folder") and "moving_shapes" in str(record.args)))
+
+
+logging.getLogger("absl").addFilter(_QuietTfdsNoise())
+
+
+def _known_names() -> list[str]:
+    return [f"moving_shapes/{moving_shapes.size_name(*s)}" for s in moving_shapes.REGISTERED_SIZES]
+
+
+def parse_name(name: str) -> tuple[str, int, int, int]:
+    """`"moving_shapes/64x64_f17"` -> ("moving_shapes", 64, 64, 17)."""
+    dataset, sep, size = str(name).partition("/")
+    known = ", ".join(_known_names())
+    if dataset not in DATASETS or not sep:
+        raise ValueError(f"unknown dataset {name!r}: expected '<dataset>/HxW_fT' with dataset in "
+                         f"{list(DATASETS)}; built-in configs: {known}")
+    try:
+        h, w, t, *_ = moving_shapes.parse_config_name(size)
+    except ValueError:
+        raise ValueError(f"bad dataset name {name!r}: expected '{dataset}/HxW_fT' (height first, "
+                         f"T=1+4k), e.g. one of: {known}") from None
+    if size != moving_shapes.size_name(h, w, t):
+        raise ValueError(f"bad dataset name {name!r}: pass the seed and counts as arguments "
+                         f"(seed=, num_train=, num_validation=), not in the name; built-in "
+                         f"configs: {known}")
+    try:
+        moving_shapes._check_size(h, w, t)  # same checks the builder does, before any I/O
+    except ValueError as e:
+        raise ValueError(f"bad dataset name {name!r}: {e}") from None
+    return dataset, h, w, t
+
+
+def get_builder(name: str, data_dir: str, seed: int = 0, num_train: int | None = None,
+                num_validation: int | None = None):
+    """The (possibly not yet built) TFDS builder for `name` with these generation settings."""
+    _, h, w, t = parse_name(name)
+    config = moving_shapes.make_config(h, w, t, seed, num_train, num_validation)
+    # A registered config must be passed by name (TFDS rejects an equal-named new instance).
+    registered = {c.name for c in moving_shapes.MovingShapes.BUILDER_CONFIGS}
+    return moving_shapes.MovingShapes(
+        config=config.name if config.name in registered else config,
+        data_dir=os.fspath(data_dir))
+
+
+@contextlib.contextmanager
+def _build_lock(path: str):
+    """Inter-process lock so two processes (e.g. two hosts sharing a disk) never build twice."""
+    if "://" in path:  # remote filesystem: no flock; TFDS still writes to a temp dir + rename
+        yield
+        return
+    import fcntl
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_built(builder) -> bool:
+    return bool(builder.is_prepared())
+
+
+def ensure_built(name: str, data_dir: str, seed: int = 0, num_train: int | None = None,
+                 num_validation: int | None = None, verbose: bool = True):
+    """Returns the builder of `name`, building it first if it is not on disk yet."""
+    builder = get_builder(name, data_dir, seed, num_train, num_validation)
+    if _is_built(builder):
+        return builder
+    c = builder.builder_config
+    lock = os.path.join(os.fspath(data_dir), "moving_shapes", f".{c.name}.lock")
+    with _build_lock(lock):
+        builder = get_builder(name, data_dir, seed, num_train, num_validation)
+        if _is_built(builder):  # another process built it while we waited
+            return builder
+        if verbose:
+            print(f"[seaweed_jax] building {name} (config {c.name}: seed {c.seed}, "
+                  f"{c.num_train} train + {c.num_validation} validation) in {builder.data_dir}",
+                  file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        builder.download_and_prepare(
+            download_config=_download_config(verbose))
+        if verbose:
+            print(f"[seaweed_jax] built {name} in {time.perf_counter() - start:.1f}s",
+                  file=sys.stderr, flush=True)
+    return get_builder(name, data_dir, seed, num_train, num_validation)
+
+
+def _download_config(verbose: bool):
+    import tensorflow_datasets as tfds
+    # No downloads happen; the config only controls generation. TFDS shows a progress bar
+    # per split while generating (kept when verbose).
+    del verbose
+    return tfds.download.DownloadConfig()
+
+
+def data_source(name: str, split: str, data_dir: str, seed: int = 0,
+                num_train: int | None = None, num_validation: int | None = None):
+    """Random-access source (len, __getitem__ -> dict of numpy) for grain; must be built."""
+    builder = get_builder(name, data_dir, seed, num_train, num_validation)
+    if not _is_built(builder):
+        raise FileNotFoundError(
+            f"dataset {name} (config {builder.builder_config.name}) is not built under "
+            f"{data_dir}; run `python -m seaweed_jax.prepare --dataset={name} "
+            f"--data_dir={data_dir}" + _flags(seed, num_train, num_validation)
+            + "` or call ensure_built() first")
+    splits = list(builder.info.splits.keys())
+    if split not in splits and split.split("[")[0] not in splits:
+        raise ValueError(f"dataset {name} has no split {split!r}; splits: {splits}")
+    return builder.as_data_source(split)
+
+
+def _flags(seed: int, num_train: int | None, num_validation: int | None) -> str:
+    out = f" --seed={seed}" if seed else ""
+    out += f" --num_train={num_train}" if num_train is not None else ""
+    return out + (f" --num_validation={num_validation}" if num_validation is not None else "")
