@@ -142,9 +142,17 @@ def _open_source(name: str, split: str, data_dir: str, data_config):
 def plan_sources(data_config, *, data_dir: str, split: str | None = None,
                  open_source: Callable | None = None) -> list[SourcePlan]:
     """Open every configured source and check crops against the stored clip shapes."""
-    open_source = open_source or _open_source
+    entries = _source_entries(data_config, split)
+    if open_source is None:
+        open_source = _open_source
+        from seaweed_jax.data import datasets
+        for i, e in enumerate(entries):  # every name checked before anything is built
+            try:
+                datasets.parse_name(e["name"])
+            except ValueError as err:
+                raise ValueError(f"data.sources[{i}].name: {err}") from None
     plans = []
-    for i, e in enumerate(_source_entries(data_config, split)):
+    for i, e in enumerate(entries):
         try:
             src = open_source(e["name"], e["split"], data_dir, data_config)
         except (KeyError, ValueError, FileNotFoundError) as err:
@@ -173,10 +181,12 @@ def plan_sources(data_config, *, data_dir: str, split: str | None = None,
 class _Tag(grain.experimental.MapWithIndexTransform):
     """Decode one record to numpy fields and remember where it came from."""
 
-    def __init__(self, source_id: int):
+    def __init__(self, source_id: int, num_examples: int):
         self.source_id = source_id
+        self.num_examples = num_examples
 
     def map_with_index(self, index: int, record: dict) -> dict:
+        # Later epochs reach the source with index + epoch * len (grain takes it modulo len).
         caption = record["caption"]
         if isinstance(caption, bytes):
             caption = caption.decode("utf-8")
@@ -184,7 +194,7 @@ class _Tag(grain.experimental.MapWithIndexTransform):
         for k in LABEL_KEYS:
             out[k] = np.int32(record[k])
         out["source"] = np.int32(self.source_id)
-        out["index"] = np.int32(index)
+        out["index"] = np.int32(index % self.num_examples)
         return out
 
 
@@ -245,7 +255,8 @@ def _shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grai
 
 def _example_dataset(plan: SourcePlan, *, seed: int, process_index: int, process_count: int,
                      shuffle: bool, num_epochs: int | None, example_fn) -> grain.MapDataset:
-    ds = grain.MapDataset.source(plan.source).map_with_index(_Tag(plan.source_id))
+    ds = grain.MapDataset.source(plan.source)
+    ds = ds.map_with_index(_Tag(plan.source_id, len(ds)))
     ds = _shard(ds, process_index, process_count)
     if shuffle:
         ds = ds.shuffle(seed=_derive_seed(seed, 0, plan.source_id))
@@ -385,7 +396,8 @@ def make_eval_iterator(data_config, *, data_dir: str, source: int | str = 0,
     n -= n % process_count
     if n == 0:
         raise ValueError(f"{plan.name} {split} has too few examples for {process_count} processes")
-    ds = grain.MapDataset.source(plan.source).map_with_index(_Tag(plan.source_id))
+    ds = grain.MapDataset.source(plan.source)
+    ds = ds.map_with_index(_Tag(plan.source_id, len(ds)))
     ds = ds[:n][process_index::process_count].map(_CenterCrop(plan.out_shape))
     if example_fn is not None:
         ds = ds.map(example_fn)
