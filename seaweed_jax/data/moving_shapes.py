@@ -153,12 +153,11 @@ def render_example(seed: int, index: int, height: int, width: int, num_frames: i
         across = rng.integers(0, (height if dcol else width) - d + 1)
         top, left = (np.full(num_frames, across), path) if dcol else (path, np.full(num_frames, across))
 
-    rows = np.arange(height)[None, :, None] - top[:, None, None]     # (T, H, 1)
-    cols = np.arange(width)[None, None, :] - left[:, None, None]     # (T, 1, W)
-    mask = _shape_mask(shape, rows, cols, d)                          # (T, H, W)
-    fg = np.asarray(COLORS[color], np.uint8)
-    bg = np.asarray(BACKGROUNDS[background], np.uint8)
-    video = np.where(mask[..., None], fg, bg)
+    # Stamp the d x d shape mask at each frame's position (one scatter for all frames).
+    ys, xs = np.nonzero(_shape_mask(shape, np.arange(d)[:, None], np.arange(d)[None, :], d))
+    video = np.empty((num_frames, height, width, 3), np.uint8)
+    video[...] = BACKGROUNDS[background]
+    video[np.arange(num_frames)[:, None], top[:, None] + ys, left[:, None] + xs] = COLORS[color]
     labels = dict(color=color, shape=shape, direction=direction, background=background)
     labels["caption"] = _caption(rng, index, labels)
     return video, labels
