@@ -4,7 +4,7 @@
            and write the next batches to an .npz.
   shard:   join a 2-process jax.distributed (gloo) job on localhost, read one epoch of
            this process's shard and write the example ids (+ a cross-process checksum
-           of one global batch) to a .json.
+           of one global batch, + the global batch shapes of a mixed pipeline) to a .json.
 """
 from __future__ import annotations
 
@@ -57,11 +57,22 @@ def shard(args, data_config):
     mesh = make_mesh(None)
     g = pipeline.to_global(first, mesh)
     total = int(jax.jit(lambda x: jnp.sum(x))(g["index"]))
+    result = {"process_index": jax.process_index(), "process_count": jax.process_count(),
+              "ids": ids, "batch_sizes": sizes, "global_shape": list(g["video"].shape),
+              "global_index_sum": total,
+              "local_first_batch_index_sum": int(first["index"].sum())}
+    if args.mixed_config:
+        # Image+video mixing: every process must pick the same bucket at every step, or
+        # the per-step global arrays could not be assembled.
+        mixed = pipeline.make_iterator(json.loads(args.mixed_config), data_dir=args.data_dir)
+        shapes = []
+        for _ in range(12):
+            gb = pipeline.to_global(next(mixed), mesh)
+            jax.block_until_ready(jax.jit(jnp.mean)(gb["video"]))
+            shapes.append(list(gb["video"].shape))
+        result["mixed_global_shapes"] = shapes
     with open(args.out, "w") as f:
-        json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
-                   "ids": ids, "batch_sizes": sizes, "global_shape": list(g["video"].shape),
-                   "global_index_sum": total,
-                   "local_first_batch_index_sum": int(first["index"].sum())}, f)
+        json.dump(result, f)
     jax.distributed.shutdown()
 
 
@@ -76,6 +87,7 @@ def main():
     p.add_argument("--port", type=int)
     p.add_argument("--process_id", type=int)
     p.add_argument("--num_processes", type=int, default=2)
+    p.add_argument("--mixed_config", help="optional JSON config.data of a mixed pipeline")
     args = p.parse_args()
     data_config = json.loads(args.data_config)
     {"restore": restore, "shard": shard}[args.mode](args, data_config)

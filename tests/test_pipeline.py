@@ -245,10 +245,13 @@ def test_two_processes_read_disjoint_shards_covering_the_epoch(data_dir, tmp_pat
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     c = data_config([{"name": VID, "weight": 1.0}], batch_size=8, prefetch=0)
+    mixed = data_config([{"name": IMG, "weight": 0.3}, {"name": VID, "weight": 0.7}],
+                        batch_size=8, prefetch=2)
     outs = [tmp_path / f"p{i}.json" for i in range(2)]
     procs = [run_worker("shard", "--data_config", json.dumps(c.to_dict()), "--data_dir", data_dir,
                         "--port", str(port), "--process_id", str(i), "--num_processes", "2",
-                        "--out", str(outs[i])) for i in range(2)]
+                        "--mixed_config", json.dumps(mixed.to_dict()), "--out", str(outs[i]))
+             for i in range(2)]
     for p in procs:
         wait(p, timeout=150)
     res = [json.loads(o.read_text()) for o in outs]
@@ -263,3 +266,36 @@ def test_two_processes_read_disjoint_shards_covering_the_epoch(data_dir, tmp_pat
     assert all(r["global_shape"] == [8, 17, 32, 32, 3] for r in res)
     total = sum(r["local_first_batch_index_sum"] for r in res)
     assert all(r["global_index_sum"] == total for r in res)
+    # Mixed image+video: both processes step through the same bucket sequence.
+    shapes = [r["mixed_global_shapes"] for r in res]
+    assert shapes[0] == shapes[1]
+    assert {tuple(s) for s in shapes[0]} == {(8, 1, 32, 32, 3), (8, 17, 32, 32, 3)}
+
+
+def test_worker_processes_match_in_process_and_restore(data_dir):
+    # data.worker_count > 0 moves the same MapDataset into grain worker processes
+    # (mp_prefetch): same batches, and its own state format restores exactly.
+    sources = [{"name": IMG, "weight": 0.3}, {"name": VID, "weight": 0.7}]
+    c = data_config(sources, batch_size=4, prefetch=2)
+    ref_it = pipeline.make_iterator(c, data_dir=data_dir, process_index=0, process_count=1)
+    ref = [next(ref_it) for _ in range(8)]
+    c.worker_count = 1
+    it = pipeline.make_iterator(c, data_dir=data_dir, process_index=0, process_count=1)
+    try:
+        got = [next(it) for _ in range(5)]
+        state = it.get_state()
+        got += [next(it) for _ in range(3)]
+    finally:
+        it.close()
+    for a, b in zip(ref, got):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    it = pipeline.make_iterator(c, data_dir=data_dir, process_index=0, process_count=1)
+    try:
+        it.set_state(state)
+        for a in ref[5:]:
+            b = next(it)
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+    finally:
+        it.close()
