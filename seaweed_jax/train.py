@@ -1,0 +1,56 @@
+"""Train any task: `python -m seaweed_jax.train --config=configs/x.py[:arg] --workdir=W`.
+
+    --data_dir=D          datasets root (default $SEAWEED_DATA_DIR or ~/seaweed_data)
+    --config.a.b=v        override any config field
+    --config.init_from=W0 start a fresh run from the params of run W0's latest checkpoint
+
+Resumes automatically when W has a checkpoint. SIGTERM finishes the current step, saves a
+checkpoint, waits for it and exits 0. The task comes from `config.task`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/vae/tiny.py or configs/wfvae.py:size=S", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Datasets root directory.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", None, "Call jax.distributed.initialize() first (default: when "
+    "JAX_COORDINATOR_ADDRESS or TPU multi-host env vars are set).")
+
+
+def _wants_distributed() -> bool:
+    if _MULTIHOST.value is not None:
+        return _MULTIHOST.value
+    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or int(
+        os.environ.get("TPU_WORKER_HOSTNAMES", "x").count(",")) > 0
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/vae/tiny.py")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required: the run directory (created if missing)")
+    logging.set_verbosity(logging.WARNING)
+    import jax
+    if _wants_distributed():
+        jax.distributed.initialize()
+    from seaweed_jax.trainer import loop
+    try:
+        loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)
+    except ValueError as e:  # config errors: the last frames, then one clear line
+        import traceback
+        traceback.print_exc(limit=-2)
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,407 @@
+"""The generic training loop: sharded init/restore, jitted steps, checkpoints, metrics.
+
+`train(config, workdir, data_dir=...)` runs any `Task` (picked by `config.task`):
+
+1. mesh from `config.mesh`; rules table from `config.mesh.rules`;
+2. the task's grain iterator; its first batch is peeked (and the iterator rewound) to get
+   shapes; `jax.eval_shape(task.init)` -> logical axes -> NamedShardings;
+3. resume from the latest finalized checkpoint in W/checkpoints (state + iterator position),
+   or `jax.jit(task.init, out_shardings=...)` (+ `config.init_from` params);
+4. loop: host batch -> global arrays -> jitted, donated step (non-finite updates rejected);
+   metrics every `log_every`, eval every `eval_every`, async checkpoint every `ckpt_every`
+   and at the end; SIGTERM -> finish the current step, save, wait, return normally.
+
+Randomness needs no saved RNG state: step `s` uses `fold_in(fold_in(key(seed), 1), s)`,
+init uses `fold_in(key(seed), 0)`; the data order lives in the iterator's checkpointed state.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from seaweed_jax import config_lib
+from seaweed_jax.parallel import make_mesh, rules_from_config, validate_rules
+from seaweed_jax.parallel.mesh import data_parallel_size
+from seaweed_jax.parallel.sharding import host_to_global, logical_to_shardings
+from seaweed_jax.trainer import checkpoint as ckpt_lib
+from seaweed_jax.trainer import optimizers
+from seaweed_jax.trainer.metrics import MetricsLogger
+from seaweed_jax.trainer.state import TrainState
+from seaweed_jax.trainer.task import Task, get_task
+
+log = logging.getLogger(__name__)
+
+INIT_STREAM, STEP_STREAM = 0, 1
+
+# hook(step, state, checkpoint_manager), called after each step's bookkeeping.
+Hook = Callable[[int, TrainState, object], None]
+
+
+# ----------------------------------------------------------------------------- config
+
+def freeze(config) -> ml_collections.FrozenConfigDict:
+    """A hashable FrozenConfigDict (safe as a static jit argument).
+
+    FrozenConfigDict refuses dicts inside lists (e.g. `data.sources`), so those become
+    `flax.core.FrozenDict`s: still Mappings (`src["name"]`, `src.get(...)`, `dict(src)`).
+    """
+    if isinstance(config, ml_collections.FrozenConfigDict):
+        return config
+    return ml_collections.FrozenConfigDict(_freeze_lists(ml_collections.ConfigDict(config)))
+
+
+def _freeze_lists(node):
+    from flax.core import FrozenDict
+
+    def freeze_item(v):
+        if isinstance(v, (dict, ml_collections.ConfigDict, FrozenDict)):
+            return FrozenDict({k: freeze_item(x) for k, x in dict(v).items()})
+        if isinstance(v, (list, tuple)):
+            return tuple(freeze_item(x) for x in v)
+        return v
+
+    for key in list(node.keys()):
+        value = node[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            _freeze_lists(value)
+        elif isinstance(value, (list, tuple)):
+            with node.ignore_type():
+                node[key] = tuple(freeze_item(x) for x in value)
+    return node
+
+
+def validate_config(config, mesh=None) -> None:
+    """Generic checks, each naming the field and what to change."""
+    if not config.get("task"):
+        raise ValueError("config.task is empty; set it to one of 'vae', 'dit', ... "
+                         "(e.g. --config.task=vae) or a 'module:TaskClass' path")
+    for field in ("num_steps", "log_every", "ckpt_every"):
+        v = config.get(field)
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"config.{field}={v!r} must be a positive integer")
+    if config.get("eval_every") is not None and config.eval_every < 0:
+        raise ValueError(f"config.eval_every={config.eval_every} must be >= 0 (0 disables eval)")
+    if not 0.0 <= float(config.get("ema_decay", 0.0) or 0.0) < 1.0:
+        raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 disables EMA)")
+    gbs = config.data.global_batch_size
+    if gbs % jax.process_count():
+        raise ValueError(f"config.data.global_batch_size={gbs} is not divisible by the "
+                         f"{jax.process_count()} processes; use a multiple of it")
+    if mesh is not None and gbs % data_parallel_size(mesh):
+        dp = data_parallel_size(mesh)
+        raise ValueError(
+            f"config.data.global_batch_size={gbs} is not divisible by the data-parallel size "
+            f"{dp} (mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}); use a "
+            f"multiple of {dp} or change config.mesh.shape")
+
+
+# ----------------------------------------------------------------------------- sharding
+
+def _fit(sharding: NamedSharding, shape) -> NamedSharding:
+    """Replicate the dims whose size the assigned mesh axes don't divide (small tensors on
+    big meshes), instead of failing to compile."""
+    if not isinstance(sharding, NamedSharding):
+        return sharding
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    changed = False
+    for i, axes in enumerate(spec[:len(shape)]):
+        if axes is None:
+            continue
+        names = axes if isinstance(axes, tuple) else (axes,)
+        size = math.prod(sharding.mesh.shape[a] for a in names)
+        if shape[i] % size:
+            spec[i] = None
+            changed = True
+    return NamedSharding(sharding.mesh, P(*spec[:len(shape)])) if changed else sharding
+
+
+def state_shardings(abstract_boxed, mesh, rules):
+    """NamedShardings for the UNBOXED state from `jax.eval_shape(task.init)` output."""
+    shardings = logical_to_shardings(abstract_boxed, mesh, rules)
+    abstract = nn.meta.unbox(abstract_boxed)
+    return jax.tree.map(lambda s, a: _fit(s, a.shape), shardings, abstract)
+
+
+def to_device(host_batch: dict, mesh) -> dict:
+    """Numeric leaves -> global jax.Arrays sharded on the batch axes; others are dropped
+    (strings can't enter a jitted step: tokenize them in the pipeline)."""
+    out = host_to_global(host_batch, mesh)
+    return {k: v for k, v in out.items() if isinstance(v, jax.Array)}
+
+
+def init_rng(seed: int):
+    return jax.random.fold_in(jax.random.key(seed), INIT_STREAM)
+
+
+def step_rng(seed: int, step):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), STEP_STREAM), step)
+
+
+# ----------------------------------------------------------------------------- step
+
+def make_train_step(task: Task, seed: int):
+    """Wrap task.train_step: per-step RNG, step counter, non-finite update rejection.
+
+    A step whose loss (or grad_norm, if reported) is not finite leaves params, optimizer
+    state, EMA and extra untouched (the update is discarded as a whole) and increments
+    `nonfinite_steps`. `step` is incremented either way, so step == batches consumed and the
+    data iterator, the RNG stream and the checkpoint step stay in lockstep. A rejected
+    update never enters the state, so it can never be checkpointed.
+    """
+    def step_fn(state: TrainState, batch):
+        new_state, metrics = task.train_step(state, batch, step_rng(seed, state.step))
+        ok = jnp.isfinite(metrics["loss"])
+        if "grad_norm" in metrics:
+            ok = ok & jnp.isfinite(metrics["grad_norm"])
+        kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+        nonfinite = state.nonfinite_steps + jnp.logical_not(ok).astype(jnp.int32)
+        kept = kept.replace(step=state.step + 1, nonfinite_steps=nonfinite)
+        metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+        metrics["update_ok"] = ok.astype(jnp.float32)
+        metrics["nonfinite_steps"] = nonfinite.astype(jnp.float32)
+        return kept, metrics
+    return step_fn
+
+
+# ----------------------------------------------------------------------------- setup
+
+class Setup:
+    """Everything derived from (config, mesh, task, example batch) before the first step."""
+
+    def __init__(self, config, *, mesh=None, task: Task | None = None, batch=None):
+        self.config = freeze(config)
+        self.mesh = make_mesh(self.config.mesh) if mesh is None else mesh
+        self.rules = rules_from_config(self.config.mesh)
+        validate_rules(self.rules, self.mesh.axis_names)
+        self.task = get_task(self.config.task)(self.config, self.mesh) if task is None else task
+        self.batch = batch
+        self.abstract_boxed = jax.eval_shape(self.task.init, init_rng(self.config.seed), batch)
+        self.shardings = state_shardings(self.abstract_boxed, self.mesh, self.rules)
+        self.abstract = ckpt_lib.abstract_with_shardings(nn.meta.unbox(self.abstract_boxed),
+                                                         self.shardings)
+
+    def init_state(self) -> TrainState:
+        """Sharded init straight into place (never materializes unsharded params)."""
+        init = jax.jit(self.task.init, out_shardings=self.shardings)
+        return nn.meta.unbox(init(init_rng(self.config.seed), self.batch))
+
+    def apply_init_from(self, state: TrainState, workdir: str) -> TrainState:
+        """Params (and a fresh EMA copy) from another run's latest checkpoint."""
+        params, step = ckpt_lib.restore_params_subtree(workdir, self.abstract.params)
+        _print(f"init_from: params from {workdir} step {step}")
+        ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+        return state.replace(params=params, ema_params=ema)
+
+
+def _peek(iterator):
+    """The next host batch without consuming it (the iterator is rewound)."""
+    saved = iterator.get_state()
+    batch = next(iterator)
+    iterator.set_state(saved)
+    return batch
+
+
+def _print(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def _flops(task: Task, step_jit, state, batch) -> tuple[float | None, str]:
+    flops = task.flops_per_step(batch)
+    if flops:
+        return float(flops), "task"
+    try:  # XLA's estimate for the lowered (global, pre-partitioning) step
+        cost = step_jit.lower(state, batch).cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", 0.0)) if cost else 0.0
+        return (flops or None), "xla_cost_analysis"
+    except Exception as e:  # cost analysis is best-effort
+        log.warning("no FLOP estimate: %s", e)
+        return None, "none"
+
+
+class _StopFlag:
+    """SIGTERM -> request a clean stop after the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. notebooks): no handler
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def uninstall(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _should_stop(flag: _StopFlag, manager, step: int) -> bool:
+    if jax.process_count() == 1:
+        return flag.requested
+    # hosts must agree on the stop step: use JAX's preemption sync point (via Orbax)
+    return bool(manager.reached_preemption(step))
+
+
+# ----------------------------------------------------------------------------- train
+
+def train(config, workdir: str, *, data_dir: str | None = None,
+          hooks: Sequence[Hook] = ()) -> TrainState:
+    """Train `config.task` in `workdir` (resuming if it has a checkpoint). Returns the state."""
+    config = freeze(config)
+    data_dir = data_dir or config.get("data_dir", None) or config_lib.default_data_dir()
+    mesh = make_mesh(config.mesh)
+    validate_config(config, mesh)
+    task = get_task(config.task)(config, mesh)
+    iterator = task.make_train_iterator(data_dir=data_dir, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    setup = Setup(config, mesh=mesh, task=task, batch=to_device(_peek(iterator), mesh))
+
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(ckpt_lib.config_to_dict(config), f, indent=2)
+    manager = ckpt_lib.make_manager(workdir, keep=config.get("keep_checkpoints", 3),
+                                    async_save=config.get("async_checkpoint", True))
+    latest = manager.latest_step()
+    if latest is not None:
+        state = ckpt_lib.restore(manager, latest, setup.abstract, iterator)
+        _print(f"resumed from {ckpt_lib.checkpoint_dir(workdir)} step {latest}")
+    else:
+        state = setup.init_state()
+        if config.get("init_from"):
+            state = setup.apply_init_from(state, config.init_from)
+    del setup.batch  # the example batch is no longer needed
+
+    step_jit = jax.jit(make_train_step(task, config.seed),
+                       out_shardings=(setup.shardings, None), donate_argnums=0)
+    step = int(state.step)
+    num_steps = config.num_steps
+    last_saved = latest
+    flag = _StopFlag()
+    flag.install()
+    logger = MetricsLogger(workdir, num_steps=num_steps,
+                           global_batch_size=config.data.global_batch_size)
+    eval_every = config.get("eval_every", 0) or 0
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    _print(f"task={config.task} params={n_params:,} mesh={dict(mesh.shape)} "
+           f"step={step}/{num_steps} workdir={workdir}")
+    last_log_nonfinite = int(state.nonfinite_steps)
+    last_log_step = step
+    flops_checked = False
+
+    def save(at: int):
+        nonlocal last_saved
+        if last_saved != at:
+            ckpt_lib.save(manager, at, state, iterator, config)
+            last_saved = at
+
+    try:
+        while step < num_steps:
+            batch = to_device(next(iterator), mesh)
+            if not flops_checked:
+                flops_checked = True
+                logger.flops_per_step, source = _flops(task, step_jit, state, batch)
+                if logger.flops_per_step:
+                    _print(f"flops/step={logger.flops_per_step:.4g} ({source})")
+            state, metrics = step_jit(state, batch)
+            step += 1
+            logger.add(metrics)
+            if not logger.started:  # time from the end of the first (compiling) step
+                jax.block_until_ready(metrics)
+                logger.start(step)
+            if step % config.log_every == 0 or step == num_steps:
+                lr = float(optimizers.learning_rate(config.optimizer, num_steps, step - 1))
+                record = logger.log_train(step, extra={"lr": lr})
+                nonfinite = int(record.get("nonfinite_steps", last_log_nonfinite))
+                if step - last_log_step >= 2 and nonfinite - last_log_nonfinite == step - last_log_step:
+                    raise FloatingPointError(
+                        f"every update in steps {last_log_step + 1}..{step} had a non-finite loss "
+                        f"or grad norm (all rejected); lower optimizer.lr, check the data, or "
+                        f"resume from the last checkpoint ({last_saved})")
+                last_log_nonfinite, last_log_step = nonfinite, step
+            if eval_every and step % eval_every == 0:
+                logger.log_eval(step, task.evaluate(state, data_dir=data_dir, workdir=workdir,
+                                                    step=step))
+            if step % config.ckpt_every == 0 or step == num_steps:
+                save(step)
+            for hook in hooks:
+                hook(step, state, manager)
+            if _should_stop(flag, manager, step):
+                save(step)
+                manager.wait_until_finished()
+                _print(f"SIGTERM: saved step {step} to {ckpt_lib.checkpoint_dir(workdir)}; exiting")
+                break
+        manager.wait_until_finished()
+    finally:
+        flag.uninstall()
+        manager.close()
+        logger.close()
+    return state
+
+
+# ----------------------------------------------------------------------------- restore API
+
+def load_config(workdir: str, step: int | None = None) -> ml_collections.FrozenConfigDict:
+    """The config a run was trained with (for eval / sample CLIs)."""
+    return ckpt_lib.load_config(workdir, step)
+
+
+def restore_state(workdir: str, step: int | None = None, mesh=None, task: Task | None = None, *,
+                  batch=None, data_dir: str | None = None) -> TrainState:
+    """A run's TrainState (latest finalized step, or `step`) on `mesh` (default: the mesh of
+    the run's config on the current devices), sharded by the rules table.
+
+    Shapes come from `jax.eval_shape(task.init, rng, batch)`: pass `batch` (arrays or
+    ShapeDtypeStructs with the global shapes), or the training iterator's first batch is used
+    (needs the data under `data_dir`).
+    """
+    config = load_config(workdir, step)
+    mesh = make_mesh(config.mesh) if mesh is None else mesh
+    task = get_task(config.task)(config, mesh) if task is None else task
+    if batch is None:
+        data_dir = data_dir or config.get("data_dir", None) or config_lib.default_data_dir()
+        it = task.make_train_iterator(data_dir=data_dir, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+        batch = to_device(_peek(it), mesh)
+    setup = Setup(config, mesh=mesh, task=task, batch=batch)
+    manager = ckpt_lib.make_manager(workdir, read_only=True, async_save=False)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no finalized checkpoint in {ckpt_lib.checkpoint_dir(workdir)}")
+        return ckpt_lib.restore(manager, step, setup.abstract)
+    finally:
+        manager.close()
+
+
+def restore_iterator(workdir: str, iterator, step: int | None = None):
+    """Set a freshly built train iterator to its position in a checkpoint."""
+    import grain
+    import orbax.checkpoint as ocp
+    manager = ckpt_lib.make_manager(workdir, read_only=True, async_save=False)
+    try:
+        step = manager.latest_step() if step is None else step
+        manager.restore(step, args=ocp.args.Composite(
+            data_iter=grain.checkpoint.CheckpointRestore(iterator)))
+        return iterator
+    finally:
+        manager.close()

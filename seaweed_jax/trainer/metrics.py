@@ -1,0 +1,124 @@
+"""Training metrics: TensorBoard event files, metrics.jsonl and one console line per log.
+
+Only process 0 writes. Throughput is measured on the host between two log points (the log
+fetch synchronizes with the device, so the interval covers finished steps).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class MetricsLogger:
+    """Accumulates per-step device metrics and writes averaged summaries every log."""
+
+    def __init__(self, workdir: str, *, num_steps: int, global_batch_size: int,
+                 flops_per_step: float | None = None, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.num_steps = num_steps
+        self.global_batch_size = global_batch_size
+        self.flops_per_step = flops_per_step
+        self._pending: list[dict] = []
+        self._t0 = None
+        self._step0 = None
+        self._writer = None
+        self._jsonl = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+            os.makedirs(workdir, exist_ok=True)
+            self._writer = SummaryWriter(os.path.join(workdir, "tb"))
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    @property
+    def started(self) -> bool:
+        return self._t0 is not None
+
+    def start(self, step: int) -> None:
+        """Mark the start of timing (after compilation of the first step, ideally)."""
+        self._t0, self._step0 = time.perf_counter(), step
+
+    def add(self, metrics: dict) -> None:
+        """Keep a step's (device) metrics; fetched only at log time to avoid syncs."""
+        self._pending.append(metrics)
+
+    def log_train(self, step: int, extra: dict | None = None) -> dict:
+        """Average pending metrics, add throughput, write everything. Returns the record."""
+        fetched = jax.device_get(self._pending)
+        self._pending = []
+        record: dict = {"step": int(step)}
+        if fetched:
+            for k in fetched[0]:
+                vals = np.asarray([np.asarray(m[k], np.float64) for m in fetched])
+                # counters are cumulative: report the latest value, average the rest
+                record[k] = float(vals[-1]) if k in ("nonfinite_steps",) else float(np.nanmean(vals))
+        now = time.perf_counter()
+        if self._t0 is not None and step > self._step0:
+            dt = now - self._t0
+            sps = (step - self._step0) / dt
+            record["steps_per_sec"] = sps
+            record["examples_per_sec"] = sps * self.global_batch_size
+            record["eta_sec"] = (self.num_steps - step) / sps if sps > 0 else float("inf")
+            if self.flops_per_step:
+                record["gflops_per_sec"] = sps * self.flops_per_step / 1e9
+        self._t0, self._step0 = now, step
+        record.update(extra or {})
+        self._write(step, record, prefix="train")
+        if self.enabled:
+            print(self._console_line(record), flush=True)
+        return record
+
+    def log_eval(self, step: int, metrics: dict) -> None:
+        record = {"step": int(step), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
+        self._write(step, record, prefix=None)
+        if self.enabled and metrics:
+            print(f"[eval] step {step} " + " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items()),
+                  flush=True)
+
+    def _write(self, step: int, record: dict, prefix: str | None) -> None:
+        if not self.enabled:
+            return
+        for k, v in record.items():
+            if k == "step" or not isinstance(v, (int, float)):
+                continue
+            tag = k if prefix is None or "/" in k else f"{prefix}/{k}"
+            self._writer.add_scalar(tag, v, step)
+        self._writer.flush()
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+
+    def _console_line(self, r: dict) -> str:
+        parts = [f"step {r['step']}/{self.num_steps}"]
+        if "loss" in r:
+            parts.append(f"loss {r['loss']:.5g}")
+        if "grad_norm" in r:
+            parts.append(f"gnorm {r['grad_norm']:.3g}")
+        if "steps_per_sec" in r:
+            parts.append(f"{r['steps_per_sec']:.2f} steps/s")
+            parts.append(f"{r['examples_per_sec']:.1f} ex/s")
+        if "gflops_per_sec" in r:
+            parts.append(f"{r['gflops_per_sec']:.3g} GFLOP/s")
+        if "eta_sec" in r:
+            parts.append(f"ETA {_fmt_duration(r['eta_sec'])}")
+        if r.get("nonfinite_steps"):
+            parts.append(f"nonfinite {int(r['nonfinite_steps'])}")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
