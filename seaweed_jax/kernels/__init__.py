@@ -1,0 +1,38 @@
+"""Attention kernels: the ONE attention entry point every model uses.
+
+    attention(q, k, v, *, mask=None, backend="xla", scale=None)
+
+q, k, v: (B, N, H, Dh) (tokens before heads). `mask` is None (full attention), a boolean
+array broadcastable to (B, H, Nq, Nk) (True = attend), or a structured spec from
+`kernels.masks` (`KeyPaddingMask`, `VideoWindowMask`) that lets a backend skip masked work.
+Backends: "xla" (reference implementation, any device). A Pallas/splash backend registers
+here later under its own name without changing callers.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from seaweed_jax.kernels import reference
+from seaweed_jax.kernels.masks import KeyPaddingMask, VideoWindowMask, window_bounds
+
+# name -> fn(q, k, v, mask, *, scale)
+BACKENDS: dict[str, Callable] = {"xla": reference.attention}
+
+
+def register_backend(name: str, fn: Callable) -> None:
+    BACKENDS[name] = fn
+
+
+def attention(q, k, v, *, mask=None, backend: str = "xla", scale: float | None = None):
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"attention expects (B, N, H, Dh) arrays, got q{q.shape} k{k.shape} v{v.shape}")
+    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"attention shapes disagree: q{q.shape} k{k.shape} v{v.shape} "
+                         "(need same batch, heads and head_dim; k and v identical)")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; available: {sorted(BACKENDS)}")
+    return BACKENDS[backend](q, k, v, mask, scale=scale)
+
+
+__all__ = ["attention", "register_backend", "BACKENDS", "KeyPaddingMask", "VideoWindowMask",
+           "window_bounds"]

@@ -1,0 +1,265 @@
+"""The hybrid-stream diffusion transformer (Seaweed-7B style).
+
+    DiT(config)(x, t, text, text_mask, cond=None, cfg_scale=None) -> velocity
+
+x (B, T, H, W, C) latents; t (B,) float in [0, 1]; text (B, L, Dt) encoder embeddings with
+text_mask (B, L) bool (True = real token), L <= max_text_len; cond (B, T, H, W, C + 1) =
+condition latents + a binary mask channel (1 = conditioned frame) for I2V / extension, used
+when `in_channels == 2 * latent_channels + 1` (zeros when omitted = plain T2V). Returns
+the predicted velocity (B, T, H, W, C) in float32.
+
+Pipeline: [x; cond] -> patchify (pt, ph, pw) -> linear -> video tokens; text -> 2-layer MLP
+-> text tokens; t -> sinusoidal MLP -> AdaSingle t0; num_layers hybrid-stream blocks (the
+last `num_shared_ffn_layers` share FFN gate/up between streams; per-layer attention type from
+`attention`); final modulated LayerNorm + zero-initialized linear -> unpatchify.
+
+`config` is the `model` section (see `default_config()`); `tiny_config()` is for tests.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+from flax import linen as nn
+
+from seaweed_jax.models.dit.attention import layer_attention_types, layer_mask
+from seaweed_jax.models.dit.blocks import TOKEN_NAMES, HybridStreamBlock
+from seaweed_jax.models.dit.layers import Linear, layer_norm, modulate
+from seaweed_jax.models.dit.modulation import AdaSingle, ScalarEmbedder
+from seaweed_jax.models.dit.rope import mm_rope_positions, rope_tables
+from seaweed_jax.parallel.remat import maybe_remat
+
+
+# --------------------------------------------------------------------------- config
+
+def default_config() -> mc.ConfigDict:
+    """The `model` section with every field the DiT reads (7B-scale widths)."""
+    c = mc.ConfigDict()
+    c.name = "dit"
+    c.latent_channels = 16          # C of the VAE latent = output channels
+    c.in_channels = 33              # C (noisy latent) + C (condition latents) + 1 (mask); = C for T2V only
+    c.patch_size = (1, 2, 2)        # (pt, ph, pw) over latent (T, H, W)
+    c.hidden_size = 3584
+    c.num_layers = 32
+    c.num_heads = 28                # head_dim = hidden_size / num_heads = 128
+    c.mlp_hidden = 7168             # SwiGLU width F (narrow: 2 x D)
+    c.num_shared_ffn_layers = 24    # the last 24 layers share FFN gate/up between streams
+    c.text_dim = 4096               # text encoder width Dt
+    c.max_text_len = 256            # text tokens beyond this are an error; video RoPE starts here
+    c.attention = "full"            # full | space_full | window | per-layer list (see attention.py)
+    c.window_partitions = ((1, 2, 2), (4, 1, 1))  # window counts (wt, wh, ww), by layer parity
+    c.attention_backend = "xla"
+    c.rope_axes_dim = (32, 48, 48)  # head_dim split over (t, h, w); each even, sums to head_dim
+    c.rope_theta = 10000.0
+    c.qk_norm = True
+    c.norm_eps = 1e-6
+    c.timestep_freq_dim = 256
+    c.timestep_scale = 1000.0       # t in [0, 1] is embedded as t * 1000
+    c.cfg_scale_embed = False       # hook for CFG distillation: embed a CFG scale into t_emb
+    c.dtype = "bfloat16"            # compute dtype; params are always float32
+    c.remat = "none"                # parallel.remat policy name for each block
+    return c
+
+
+def tiny_config(**overrides) -> mc.ConfigDict:
+    """A few-thousand-param DiT for fast CPU tests (overrides applied on top)."""
+    c = default_config()
+    c.latent_channels = 4
+    c.in_channels = 4
+    c.patch_size = (1, 2, 2)
+    c.hidden_size = 32
+    c.num_layers = 3
+    c.num_heads = 2
+    c.mlp_hidden = 64
+    c.num_shared_ffn_layers = 1
+    c.text_dim = 24
+    c.max_text_len = 8
+    c.rope_axes_dim = (4, 6, 6)
+    c.timestep_freq_dim = 32
+    c.dtype = "float32"
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def head_dim(cfg) -> int:
+    return cfg.hidden_size // cfg.num_heads
+
+
+def validate_config(cfg) -> None:
+    """Config checks that need no inputs; errors name the field and what to change."""
+    if cfg.hidden_size % cfg.num_heads:
+        raise ValueError(f"model.hidden_size={cfg.hidden_size} must be divisible by "
+                         f"model.num_heads={cfg.num_heads}")
+    hd = head_dim(cfg)
+    axes = tuple(cfg.rope_axes_dim)
+    if len(axes) != 3 or sum(axes) != hd or any(a % 2 for a in axes):
+        raise ValueError(f"model.rope_axes_dim={axes} must be 3 even numbers summing to head_dim={hd} "
+                         f"(hidden_size / num_heads), e.g. {_suggest_axes(hd)}")
+    if not 0 <= cfg.num_shared_ffn_layers <= cfg.num_layers:
+        raise ValueError(f"model.num_shared_ffn_layers={cfg.num_shared_ffn_layers} must be in "
+                         f"[0, num_layers={cfg.num_layers}]")
+    c = cfg.latent_channels
+    if cfg.in_channels not in (c, 2 * c + 1):
+        raise ValueError(f"model.in_channels={cfg.in_channels} must be latent_channels={c} (T2V only) "
+                         f"or 2*latent_channels+1={2 * c + 1} (with condition latents + mask)")
+    if len(tuple(cfg.patch_size)) != 3 or min(cfg.patch_size) < 1:
+        raise ValueError(f"model.patch_size={tuple(cfg.patch_size)} must be 3 positive ints (pt, ph, pw)")
+    for i, p in enumerate(cfg.window_partitions):
+        if len(tuple(p)) != 3 or min(p) < 1:
+            raise ValueError(f"model.window_partitions[{i}]={tuple(p)} must be 3 window counts >= 1")
+    layer_attention_types(cfg.attention, cfg.num_layers)
+    jnp.dtype(cfg.dtype)
+
+
+def _suggest_axes(hd: int) -> tuple[int, int, int]:
+    third = (hd // 3) // 2 * 2
+    return (hd - 2 * third, third, third)
+
+
+# --------------------------------------------------------------------------- patchify
+
+def patchify(x, patch_size):
+    """(B, T, H, W, C) -> (B, T'*H'*W', pt*ph*pw*C) tokens and the grid (T', H', W')."""
+    b, t, h, w, c = x.shape
+    pt, ph, pw = patch_size
+    grid = (t // pt, h // ph, w // pw)
+    x = x.reshape(b, grid[0], pt, grid[1], ph, grid[2], pw, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, math.prod(grid), pt * ph * pw * c), grid
+
+
+def unpatchify(tokens, grid, patch_size, channels: int):
+    """Inverse of `patchify`: (B, N, pt*ph*pw*C) -> (B, T, H, W, C)."""
+    b = tokens.shape[0]
+    pt, ph, pw = patch_size
+    x = tokens.reshape(b, *grid, pt, ph, pw, channels)
+    x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(b, grid[0] * pt, grid[1] * ph, grid[2] * pw, channels)
+
+
+def validate_inputs(cfg, x, t, text, text_mask, cond=None) -> None:
+    """Shape checks before tracing the model; messages say what to change."""
+    if x.ndim != 5:
+        raise ValueError(f"x must be latents (B, T, H, W, C), got shape {x.shape}")
+    b, tt, h, w, c = x.shape
+    if c != cfg.latent_channels:
+        raise ValueError(f"x has {c} channels but model.latent_channels={cfg.latent_channels}")
+    for name, size, p in zip(("T", "H", "W"), (tt, h, w), cfg.patch_size):
+        if size % p:
+            raise ValueError(f"latent {name}={size} is not divisible by the patch size {p} "
+                             f"(model.patch_size={tuple(cfg.patch_size)}); use a multiple of {p}")
+    if t.shape != (b,):
+        raise ValueError(f"t must have shape (B,)=({b},), got {t.shape}")
+    if text.ndim != 3 or text.shape[0] != b or text.shape[2] != cfg.text_dim:
+        raise ValueError(f"text must be (B={b}, L, text_dim={cfg.text_dim}), got {text.shape}")
+    if text.shape[1] > cfg.max_text_len:
+        raise ValueError(f"text length {text.shape[1]} > model.max_text_len={cfg.max_text_len}; "
+                         "truncate the prompt tokens or raise max_text_len")
+    if text_mask.shape != text.shape[:2]:
+        raise ValueError(f"text_mask must be (B, L)={text.shape[:2]}, got {text_mask.shape}")
+    if cond is not None:
+        if cfg.in_channels == cfg.latent_channels:
+            raise ValueError("cond was given but model.in_channels == latent_channels (no conditioning "
+                             f"channels); set model.in_channels={2 * c + 1} to condition on latents + mask")
+        if cond.shape != (b, tt, h, w, c + 1):
+            raise ValueError(f"cond must be condition latents + mask (B, T, H, W, C+1)="
+                             f"{(b, tt, h, w, c + 1)}, got {cond.shape}")
+
+
+# --------------------------------------------------------------------------- model
+
+class DiT(nn.Module):
+    config: Any  # the model section (ConfigDict / FrozenConfigDict)
+
+    @nn.compact
+    def __call__(self, x, t, text, text_mask, cond=None, cfg_scale=None):
+        cfg = self.config
+        validate_config(cfg)
+        validate_inputs(cfg, x, t, text, text_mask, cond)
+        dtype = jnp.dtype(cfg.dtype)
+        d, patch = cfg.hidden_size, tuple(cfg.patch_size)
+        b = x.shape[0]
+        text_mask = text_mask.astype(bool)
+
+        # Video tokens (with condition latents + mask on channels when configured).
+        if cfg.in_channels > cfg.latent_channels:
+            if cond is None:
+                cond = jnp.zeros(x.shape[:-1] + (cfg.latent_channels + 1,), x.dtype)
+            x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
+        tokens, grid = patchify(x, patch)
+        x_v = Linear((d,), ("conv_in",), ("embed",), dtype=dtype, name="video_embed")(tokens)
+        x_v = nn.with_logical_constraint(x_v.astype(jnp.float32), TOKEN_NAMES)
+
+        # Text tokens (padded ones zeroed; they are also masked as keys).
+        h_t = Linear((d,), (None,), ("mlp",), dtype=dtype, name="text_embed_fc1")(text)
+        x_t = Linear((d,), ("mlp",), ("embed",), dtype=dtype, name="text_embed_fc2")(
+            nn.gelu(h_t, approximate=True)).astype(jnp.float32)
+        x_t = nn.with_logical_constraint(jnp.where(text_mask[..., None], x_t, 0.0), TOKEN_NAMES)
+
+        # Timestep (and optional CFG-scale) embedding -> the shared AdaSingle vector.
+        t_emb = ScalarEmbedder(d, cfg.timestep_freq_dim, cfg.timestep_scale, dtype=dtype,
+                               name="time_embed")(t)
+        if cfg.cfg_scale_embed:
+            s = jnp.ones((b,), jnp.float32) if cfg_scale is None else jnp.broadcast_to(cfg_scale, (b,))
+            # Zero-initialized output: a model fine-tuned from one without this hook starts unchanged.
+            t_emb = t_emb + ScalarEmbedder(d, cfg.timestep_freq_dim, 1.0, zero_init_out=True, dtype=dtype,
+                                           name="cfg_scale_embed")(s)
+        t0 = AdaSingle(d, dtype=dtype, name="adasingle")(t_emb)
+
+        # MM-RoPE tables and the key validity of the joint [video; text] sequence.
+        positions = mm_rope_positions(grid, text.shape[1], cfg.max_text_len)
+        rope_cos, rope_sin = rope_tables(positions, cfg.rope_axes_dim, cfg.rope_theta)
+        key_valid = jnp.concatenate([jnp.ones((b, math.prod(grid)), bool), text_mask], axis=1)
+
+        block_cls = maybe_remat(HybridStreamBlock, cfg.remat)
+        types = layer_attention_types(cfg.attention, cfg.num_layers)
+        first_shared = cfg.num_layers - cfg.num_shared_ffn_layers
+        for i, layer_type in enumerate(types):
+            mask = layer_mask(layer_type, i, grid, key_valid, cfg.window_partitions)
+            block = block_cls(
+                hidden_size=d, num_heads=cfg.num_heads, head_dim=head_dim(cfg), mlp_hidden=cfg.mlp_hidden,
+                shared_ffn=i >= first_shared, text_output=i < cfg.num_layers - 1, qk_norm=cfg.qk_norm,
+                eps=cfg.norm_eps, dtype=dtype, attention_backend=cfg.attention_backend, name=f"block_{i}")
+            x_v, x_t = block(x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
+
+        # Final layer: PixArt-style shift/scale = t_emb + learned (2, D) table.
+        table = self.param("final_modulation",
+                           nn.with_logical_partitioning(nn.initializers.zeros_init(), ("modulation", "embed")),
+                           (2, d), jnp.float32)
+        shift, scale = t_emb + table[0], t_emb + table[1]
+        h = modulate(layer_norm(x_v, cfg.norm_eps), shift, scale).astype(dtype)
+        out = Linear((math.prod(patch) * cfg.latent_channels,), ("embed",), ("conv_out",), zero_init=True,
+                     dtype=dtype, name="final_proj")(h)
+        return unpatchify(out.astype(jnp.float32), grid, patch, cfg.latent_channels)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def example_inputs(cfg, batch: int = 1, latent_shape=(5, 8, 8), text_len: int | None = None):
+    """Zero inputs of the right shapes (for init / eval_shape)."""
+    tt, h, w = latent_shape
+    text_len = cfg.max_text_len if text_len is None else text_len
+    x = jnp.zeros((batch, tt, h, w, cfg.latent_channels), jnp.float32)
+    t = jnp.zeros((batch,), jnp.float32)
+    text = jnp.zeros((batch, text_len, cfg.text_dim), jnp.float32)
+    mask = jnp.ones((batch, text_len), bool)
+    return x, t, text, mask
+
+
+def abstract_params(cfg, latent_shape=(1, 2, 2)):
+    """jax.eval_shape of init: the boxed param tree (nn.Partitioned leaves), no memory used."""
+    model = DiT(cfg)
+    patch = tuple(cfg.patch_size)
+    latent_shape = tuple(max(s, p) for s, p in zip(latent_shape, patch))
+    inputs = example_inputs(cfg, latent_shape=latent_shape, text_len=1)
+    return jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
+
+
+def count_params(cfg) -> int:
+    """Parameter count from jax.eval_shape (never allocates the weights)."""
+    leaves = jax.tree.leaves(nn.meta.unbox(abstract_params(cfg)))
+    return int(sum(math.prod(l.shape) for l in leaves))
