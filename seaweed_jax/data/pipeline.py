@@ -2,16 +2,19 @@
 
 Per source (one dataset config = one clip shape):
 
-    source -> tag (source id, index) -> shard by process -> shuffle (reseeded each epoch)
-           -> repeat -> decode -> random crop + normalize to [-1, 1] -> example_fn
+    source -> decode + tag (source id, index) -> shard by process -> shuffle (reseeded
+           every epoch) -> repeat -> random crop + normalize to [-1, 1] -> example_fn
 
 Sources whose (frames, height, width) after cropping agree form one **bucket**: their
 examples are mixed with the configured per-example weights and batched, so every batch
 is homogeneous. Buckets are then mixed batch-by-batch with weight = the sum of their
 sources' weights, which keeps the per-example ratio of the configured weights (all
 batches have the same size). Everything up to here is a grain `MapDataset`, i.e.
-random access, so the iterator state is one integer per stage and restores exactly;
-thread prefetch (and `mp_prefetch` worker processes) sit on top.
+random access, so the iterator state is just the next batch index and restores exactly;
+thread prefetch (and `mp_prefetch` worker processes) sit on top. The bucket of batch k
+depends only on k and the weights, so every process picks the same bucket at every step
+(the per-step global arrays line up across hosts). The saved state's format depends on
+data.worker_count: restore with the same value.
 
 Host batches: `video` float32 (B, T, H, W, 3) in [-1, 1], `caption` numpy str (B,), int32
 labels `color, shape, direction, background`, and int32 `source` (position in
