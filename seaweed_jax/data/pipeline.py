@@ -17,7 +17,7 @@ depends only on k and the weights, so every process picks the same bucket at eve
 data.worker_count: restore with the same value.
 
 Host batches: `video` float32 (B, T, H, W, 3) in [-1, 1], `caption` numpy str (B,), int32
-labels `color, shape, direction, background`, and int32 `source` (position in
+labels `color, shape, direction, background` (-1 if a source lacks one), and int32 `source` (position in
 `data.sources`) / `index` (example index in its split) that identify each example.
 B = global_batch_size // process_count.
 """
@@ -194,8 +194,8 @@ class _Tag(grain.experimental.MapWithIndexTransform):
         if isinstance(caption, bytes):
             caption = caption.decode("utf-8")
         out = {"video": np.asarray(record["video"], np.uint8), "caption": str(caption)}
-        for k in LABEL_KEYS:
-            out[k] = np.int32(record[k])
+        for k in LABEL_KEYS:  # -1 for sources without that label: batches keep one format
+            out[k] = np.int32(record.get(k, -1))
         out["source"] = np.int32(self.source_id)
         out["index"] = np.int32(index % self.num_examples)
         return out
