@@ -1,0 +1,458 @@
+"""`CausalVAE`: one causal video VAE, variants by config (Seaweed 48x/64x, WF-VAE energy flow).
+
+Model config (`config.model`, a FrozenConfigDict) fields:
+  arch               'conv' (Seaweed / OD-VAE-style conv pyramid) | 'wavelet' (WF-VAE)
+  in_channels        3
+  latent_channels    C of the latent (diagonal Gaussian: the encoder predicts mean and logvar)
+  compression        (dt, dh, dw), checked against the architecture
+  base_channels, channel_mults, num_res_blocks
+  down               conv arch: per level transition 'spatial' | 'temporal' | 'joint'
+  enc_conv, dec_conv conv arch: per level '2d' (per-frame) | '3d' (causal) convs
+  ef_enc_channels, ef_dec_channels, connect_res_blocks   wavelet arch: energy-flow widths
+  mid_attention      per-frame spatial attention in the mid block
+  norm, norm_groups  'group' (per-frame GroupNorm) | 'layer' (channel LayerNorm)
+  dtype, conv_impl, remat, logvar_min, logvar_max
+  chunk_frames, chunk_latent_frames   Causal Cache chunk sizes for long inputs (callers pass them)
+
+Public functions (params = the 'params' collection, boxed or not):
+  encode(params, x, *, config, chunk_frames=None) -> (mean, logvar)
+  decode(params, z, *, config, chunk_latent_frames=None) -> video
+  param_count(config), compression(config), check_video_shape(shape, config),
+  compiled_temp_bytes(params, shape, *, config, kind, chunk=None)
+With a chunk size, ONE per-chunk function is jitted (plus one for the first frame / latent) and
+a Python loop carries the Causal Cache between chunks, so compiled memory does not grow with T.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+from flax import linen as nn
+
+from seaweed_jax.models.vae.blocks import (
+    DOWN_KINDS, Downsample, FrameAttention, ResBlock, Upsample, make_norm)
+from seaweed_jax.models.vae.causal_conv import CACHE, CausalConv3d, FrameConv2d, caching, make_conv
+from seaweed_jax.models.vae.haar import Haar3D, InverseHaar3D, haar2d, inverse_haar2d
+from seaweed_jax.parallel.remat import maybe_remat
+
+# ----------------------------------------------------------------------------- config helpers
+
+
+def model_section(config) -> Any:
+    """Accepts a full training config or its `model` section."""
+    if "arch" not in config and "model" in config:
+        config = config.model
+    if not isinstance(config, mc.FrozenConfigDict):
+        config = mc.FrozenConfigDict(config)
+    return config
+
+
+def compression(config) -> tuple[int, int, int]:
+    """(dt, dh, dw) implied by the architecture (validated against `config.compression`)."""
+    cfg = model_section(config)
+    if cfg.arch == "wavelet":
+        return (4, 8, 8)
+    dt = dh = 1
+    for kind in cfg.down:
+        dt *= 2 if kind in ("temporal", "joint") else 1
+        dh *= 2 if kind in ("spatial", "joint") else 1
+    return (dt, dh, dh)
+
+
+def validate_model_config(config) -> None:
+    cfg = model_section(config)
+    if cfg.arch not in ("conv", "wavelet"):
+        raise ValueError(f"model.arch={cfg.arch!r} must be 'conv' or 'wavelet'")
+    if cfg.arch == "conv":
+        n = len(cfg.channel_mults)
+        if len(cfg.down) != n - 1:
+            raise ValueError(f"model.down has {len(cfg.down)} entries; need len(channel_mults)-1 = {n - 1}")
+        bad = [k for k in cfg.down if k not in DOWN_KINDS]
+        if bad:
+            raise ValueError(f"model.down entries {bad} must be one of {DOWN_KINDS}")
+        for key in ("enc_conv", "dec_conv"):
+            if len(cfg[key]) != n or any(k not in ("2d", "3d") for k in cfg[key]):
+                raise ValueError(f"model.{key} needs {n} entries of '2d'/'3d', got {tuple(cfg[key])}")
+    elif len(cfg.channel_mults) != 3:
+        raise ValueError("wavelet arch: model.channel_mults needs 3 entries (down1, down2, mid), e.g. (1, 2, 4)")
+    got = compression(cfg)
+    if tuple(cfg.compression) != got:
+        raise ValueError(f"model.compression={tuple(cfg.compression)} but the architecture compresses by {got}; "
+                         f"set model.compression={got}")
+    dt = got[0]
+    if cfg.chunk_frames % dt or cfg.chunk_frames <= 0:
+        raise ValueError(f"model.chunk_frames={cfg.chunk_frames} must be a positive multiple of {dt}")
+
+
+def check_video_shape(shape, config) -> None:
+    """Reject shapes the causal VAE cannot code, saying what to change."""
+    cfg = model_section(config)
+    dt, dh, dw = compression(cfg)
+    if len(shape) != 5:
+        raise ValueError(f"video must be (B, T, H, W, C); got shape {tuple(shape)}")
+    _, t, h, w, c = shape
+    if (t - 1) % dt:
+        k = (t - 1) // dt
+        raise ValueError(f"num_frames={t} must be 1+{dt}k, e.g. {1 + dt * k} or {1 + dt * (k + 1)}")
+    for name, size, f in (("height", h, dh), ("width", w, dw)):
+        if size % f:
+            raise ValueError(f"{name}={size} must be a multiple of the spatial factor {f}, "
+                             f"e.g. {max(f, size // f * f)} or {(size // f + 1) * f}")
+    if c != cfg.in_channels:
+        raise ValueError(f"video has {c} channels; model.in_channels={cfg.in_channels}")
+
+
+def check_latent_shape(shape, config) -> None:
+    cfg = model_section(config)
+    if len(shape) != 5 or shape[-1] != cfg.latent_channels:
+        raise ValueError(f"latent must be (B, T', H', W', {cfg.latent_channels}); got {tuple(shape)}")
+
+
+def _dtype(cfg):
+    return jnp.dtype(cfg.dtype)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class _Common(nn.Module):
+    cfg: Any
+
+    def res(self, features, conv="3d", name=None):
+        cls = maybe_remat(ResBlock, self.cfg.remat)
+        return cls(features, conv=conv, norm=self.cfg.norm, num_groups=self.cfg.norm_groups,
+                   dtype=_dtype(self.cfg), conv_impl=self.cfg.conv_impl, name=name)
+
+    def attn(self, name):
+        return FrameAttention(norm=self.cfg.norm, num_groups=self.cfg.norm_groups, dtype=_dtype(self.cfg),
+                              name=name)
+
+    def mid(self, h, inner, out_features, prefix="mid"):
+        h = self.res(inner, name=f"{prefix}_res0")(h)
+        if self.cfg.mid_attention:
+            h = self.attn(f"{prefix}_attn")(h)
+        return self.res(out_features, name=f"{prefix}_res1")(h)
+
+    def head(self, h, features, conv="3d", name="conv_out"):
+        h = nn.silu(make_norm(self.cfg.norm, self.cfg.norm_groups, name="norm_out")(h))
+        return make_conv(conv, features, dtype=_dtype(self.cfg), conv_impl=self.cfg.conv_impl, name=name)(h)
+
+
+def _gaussian(cfg, moments):
+    mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
+    return mean, jnp.clip(logvar, cfg.logvar_min, cfg.logvar_max)
+
+
+class ConvEncoder(_Common):
+    """Seaweed / OD-VAE-style pyramid: conv_in, levels of ResBlocks + downsamplers, mid, head."""
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        kw = dict(dtype=_dtype(cfg), conv_impl=cfg.conv_impl)
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        h = make_conv(cfg.enc_conv[0], chans[0], name="conv_in", **kw)(x)
+        for i, c in enumerate(chans):
+            for j in range(cfg.num_res_blocks):
+                h = self.res(c, cfg.enc_conv[i], name=f"level{i}_res{j}")(h)
+            if i < len(chans) - 1:
+                h = Downsample(cfg.down[i], c, name=f"level{i}_down", **kw)(h)
+        h = self.mid(h, chans[-1], chans[-1])
+        return _gaussian(cfg, self.head(h, 2 * cfg.latent_channels)), {}
+
+
+class ConvDecoder(_Common):
+    @nn.compact
+    def __call__(self, z):
+        cfg = self.cfg
+        kw = dict(dtype=_dtype(cfg), conv_impl=cfg.conv_impl)
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        h = CausalConv3d(chans[-1], name="conv_in", **kw)(z)
+        h = self.mid(h, chans[-1], chans[-1])
+        for i in reversed(range(len(chans))):
+            for j in range(cfg.num_res_blocks + 1):
+                h = self.res(chans[i], cfg.dec_conv[i], name=f"level{i}_res{j}")(h)
+            if i > 0:
+                h = Upsample(cfg.down[i - 1], chans[i], conv=cfg.dec_conv[i], name=f"level{i}_up", **kw)(h)
+        return self.head(h, cfg.in_channels, cfg.dec_conv[0]), {}
+
+
+class WaveletEncoder(_Common):
+    """WF-VAE encoder: 3D Haar stem; 2D-Haar low band injected after the first down block and
+    the 3D Haar of that low band injected before the mid block (energy-flow pathway)."""
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        kw = dict(dtype=_dtype(cfg), conv_impl=cfg.conv_impl)
+        c_in = x.shape[-1]
+        c0, c1, c2 = (cfg.base_channels * m for m in cfg.channel_mults)
+        coeffs = Haar3D(name="haar_in")(x)                      # (1+2k, H/2, W/2, 8c)
+        l1_coeffs = haar2d(coeffs[..., :c_in])                   # (1+2k, H/4, W/4, 4c)
+        l2_coeffs = Haar3D(name="haar_l2")(l1_coeffs[..., :c_in])  # (1+k, H/8, W/8, 8c)
+        h = FrameConv2d(c0, name="conv_in", dtype=kw["dtype"])(coeffs)
+        for j in range(cfg.num_res_blocks):
+            h = self.res(c0, "2d", name=f"down1_res{j}")(h)
+        h = Downsample("spatial", c0, name="down1_down", **kw)(h)
+        l1 = FrameConv2d(cfg.ef_enc_channels, name="connect_l1", dtype=kw["dtype"])(l1_coeffs)
+        h = jnp.concatenate([h, l1.astype(h.dtype)], axis=-1)
+        h = FrameConv2d(c1, name="down2_conv_in", dtype=kw["dtype"])(h)
+        for j in range(cfg.num_res_blocks):
+            h = self.res(c1, "3d", name=f"down2_res{j}")(h)
+        h = Downsample("joint", c1, name="down2_down", **kw)(h)
+        l2 = FrameConv2d(cfg.ef_enc_channels, name="connect_l2", dtype=kw["dtype"])(l2_coeffs)
+        h = jnp.concatenate([h, l2.astype(h.dtype)], axis=-1)
+        h = self.mid(h, c2, c2)
+        return _gaussian(cfg, self.head(h, 2 * cfg.latent_channels)), {"l1": l1_coeffs, "l2": l2_coeffs}
+
+
+class WaveletDecoder(_Common):
+    """WF-VAE decoder: extra channels predict the l2 / l1 / output subbands; each level's inverse
+    transform is added to the next finer level's low band (energy-flow pathway)."""
+
+    @nn.compact
+    def __call__(self, z):
+        cfg = self.cfg
+        kw = dict(dtype=_dtype(cfg), conv_impl=cfg.conv_impl)
+        c_out, ef = cfg.in_channels, cfg.ef_dec_channels
+        c0, c1, c2 = (cfg.base_channels * m for m in cfg.channel_mults)
+
+        def connect(feat, n_out, name):
+            for j in range(cfg.connect_res_blocks):
+                feat = self.res(ef, "3d", name=f"{name}_res{j}")(feat)
+            return FrameConv2d(n_out, name=f"{name}_conv", dtype=kw["dtype"])(feat).astype(jnp.float32)
+
+        h = CausalConv3d(c2, name="conv_in", **kw)(z)
+        h = self.mid(h, c2, c2 + ef)
+        l2_coeffs = connect(h[..., c2:], 8 * c_out, "connect_l2")   # (1+k, H/8, W/8, 8c)
+        l2 = InverseHaar3D(name="ihaar_l2")(l2_coeffs)              # (1+2k, H/4, W/4, c)
+        h = h[..., :c2]
+        for j in range(cfg.num_res_blocks):
+            h = self.res(c2, name=f"up2_res{j}")(h)
+        h = Upsample("joint", c2, conv="2d", name="up2_up", **kw)(h)
+        h = self.res(c2 + ef, name="up2_res_out")(h)
+        l1_coeffs = connect(h[..., c2:], 4 * c_out, "connect_l1")   # (1+2k, H/4, W/4, 4c)
+        l1_coeffs = l1_coeffs.at[..., :c_out].add(l2)
+        l1 = inverse_haar2d(l1_coeffs)                              # (1+2k, H/2, W/2, c)
+        h = h[..., :c2]
+        for j in range(cfg.num_res_blocks):
+            h = self.res(c1, name=f"up1_res{j}")(h)
+        h = Upsample("spatial", c1, conv="2d", name="up1_up", **kw)(h)
+        h = self.res(c1, name="up1_res_out")(h)
+        for j in range(cfg.num_res_blocks):
+            h = self.res(c0, name=f"layer_res{j}")(h)
+        coeffs = self.head(h, 8 * c_out, "2d").astype(jnp.float32)
+        coeffs = coeffs.at[..., :c_out].add(l1)
+        return InverseHaar3D(name="ihaar_out")(coeffs), {"l1": l1_coeffs, "l2": l2_coeffs}
+
+
+class CausalVAE(nn.Module):
+    """Causal video VAE. `config` is the model section (FrozenConfigDict).
+
+    __call__(x, sample_rng=None) -> dict(recon, mean, logvar, z[, subbands_pred, subbands_true])
+    x is (B, 1+dt*k, H, W, C) in [-1, 1]; z = mean when sample_rng is None (deterministic).
+    """
+    config: Any
+
+    def setup(self):
+        validate_model_config(self.config)
+        if self.config.arch == "conv":
+            self.encoder, self.decoder = ConvEncoder(self.config), ConvDecoder(self.config)
+        else:
+            self.encoder, self.decoder = WaveletEncoder(self.config), WaveletDecoder(self.config)
+
+    def _encode(self, x):
+        if not caching(self):
+            check_video_shape(x.shape, self.config)
+        return self.encoder(x)
+
+    def _decode(self, z):
+        check_latent_shape(z.shape, self.config)
+        recon, aux = self.decoder(z)
+        return recon.astype(jnp.float32), aux
+
+    def encode(self, x):
+        (mean, logvar), _ = self._encode(x)
+        return mean, logvar
+
+    def decode(self, z):
+        return self._decode(z)[0]
+
+    def __call__(self, x, sample_rng=None):
+        (mean, logvar), sub_true = self._encode(x)
+        z = mean
+        if sample_rng is not None:
+            z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(sample_rng, mean.shape, mean.dtype)
+        recon, sub_pred = self._decode(z)
+        out = dict(recon=recon, mean=mean, logvar=logvar, z=z)
+        if self.config.arch == "wavelet":
+            out["subbands_pred"], out["subbands_true"] = sub_pred, sub_true
+        return out
+
+
+# ----------------------------------------------------------------------------- functional API
+
+
+def min_video_shape(config, batch: int = 1, frames: int = 1):
+    cfg = model_section(config)
+    _, dh, dw = compression(cfg)
+    return (batch, frames, dh, dw, cfg.in_channels)
+
+
+def init_params(config, rng, shape=None):
+    """Params (boxed with logical-axis metadata) for a video shape (default: the smallest valid)."""
+    cfg = model_section(config)
+    x = jnp.zeros(shape or min_video_shape(cfg), jnp.float32)
+    return CausalVAE(cfg).init({"params": rng}, x)["params"]
+
+
+def abstract_params(config):
+    """Param ShapeDtypeStructs (boxed) without allocating anything."""
+    cfg = model_section(config)
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
+def param_count(config) -> dict:
+    """{'encoder': n, 'decoder': n, 'total': n}, counted with jax.eval_shape (nothing allocated)."""
+    tree = nn.unbox(abstract_params(config))
+    enc = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree["encoder"]))
+    dec = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree["decoder"]))
+    return {"encoder": enc, "decoder": dec, "total": enc + dec}
+
+
+def _model(cfg):
+    return CausalVAE(cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _full_fn(cfg, kind):
+    model = _model(cfg)
+    method = CausalVAE.encode if kind == "encode" else CausalVAE.decode
+    return jax.jit(lambda p, x: model.apply({"params": p}, x, method=method))
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_fns(cfg, kind):
+    """(first_fn(params, x0) -> (out, cache), next_fn(params, cache, chunk) -> (out, cache))."""
+    model = _model(cfg)
+    method = CausalVAE.encode if kind == "encode" else CausalVAE.decode
+
+    def first(p, x):
+        out, state = model.apply({"params": p}, x, method=method, mutable=[CACHE])
+        return out, state[CACHE]
+
+    def nxt(p, cache, x):
+        out, state = model.apply({"params": p, CACHE: cache}, x, method=method, mutable=[CACHE])
+        return out, state[CACHE]
+
+    return jax.jit(first), jax.jit(nxt)
+
+
+def _run_chunked(params, x, cfg, kind, chunk, out_per_in):
+    """Frame 0 alone, then chunks of `chunk` frames (the last padded by repeating its final frame and
+    the output cropped: exact, because everything is causal)."""
+    first, nxt = _chunk_fns(cfg, kind)
+    out, cache = first(params, x[:, :1])
+    outs = [out]
+    t = x.shape[1]
+    for s in range(1, t, chunk):
+        piece = x[:, s:s + chunk]
+        n = piece.shape[1]
+        if n < chunk:
+            piece = jnp.concatenate([piece, jnp.repeat(piece[:, -1:], chunk - n, axis=1)], axis=1)
+        out, cache = nxt(params, cache, piece)
+        keep = out_per_in(n)
+        outs.append(jax.tree.map(lambda a: a[:, :keep], out))
+    return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs)
+
+
+def encode(params, x, *, config, chunk_frames: int | None = None):
+    """Video (B, 1+dt*k, H, W, C) -> (mean, logvar). chunk_frames=None: one pass; else Causal Cache
+    chunks of chunk_frames input frames (a multiple of dt) after frame 0 alone."""
+    cfg = model_section(config)
+    validate_model_config(cfg)
+    check_video_shape(x.shape, cfg)
+    params = nn.unbox(params)
+    dt = compression(cfg)[0]
+    if chunk_frames is None or x.shape[1] <= 1:
+        return _full_fn(cfg, "encode")(params, x)
+    if chunk_frames <= 0 or chunk_frames % dt:
+        raise ValueError(f"chunk_frames={chunk_frames} must be a positive multiple of the temporal "
+                         f"compression {dt}, e.g. {dt * 4}")
+    return _run_chunked(params, x, cfg, "encode", chunk_frames, lambda n: n // dt)
+
+
+def decode(params, z, *, config, chunk_latent_frames: int | None = None):
+    """Latent (B, 1+k, H', W', C) -> video (B, 1+dt*k, H, W, C_in); chunked like `encode`."""
+    cfg = model_section(config)
+    validate_model_config(cfg)
+    check_latent_shape(z.shape, cfg)
+    params = nn.unbox(params)
+    dt = compression(cfg)[0]
+    if chunk_latent_frames is None or z.shape[1] <= 1:
+        return _full_fn(cfg, "decode")(params, z)
+    if chunk_latent_frames <= 0:
+        raise ValueError(f"chunk_latent_frames={chunk_latent_frames} must be positive")
+    return _run_chunked(params, z, cfg, "decode", chunk_latent_frames, lambda n: n * dt)
+
+
+def latent_shape(video_shape, config):
+    cfg = model_section(config)
+    dt, dh, dw = compression(cfg)
+    b, t, h, w, _ = video_shape
+    return (b, 1 + (t - 1) // dt, h // dh, w // dw, cfg.latent_channels)
+
+
+def compiled_temp_bytes(params, shape, *, config, kind: str = "encode", chunk: int | None = None) -> int:
+    """XLA temp memory of the compiled function(s) that `encode`/`decode` would run for an input of
+    `shape` (video shape for encode, latent shape for decode). With `chunk`, the max over the
+    first-frame function and the per-chunk function (neither depends on T)."""
+    cfg = model_section(config)
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nn.unbox(params))
+    b, _, h, w, c = shape
+
+    def temp(fn, *args):
+        return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    sds = lambda t: jax.ShapeDtypeStruct((b, t, h, w, c), jnp.float32)  # noqa: E731
+    if chunk is None:
+        return temp(_full_fn(cfg, kind), params, sds(shape[1]))
+    first, nxt = _chunk_fns(cfg, kind)
+    _, cache = jax.eval_shape(first, params, sds(1))
+    return max(temp(first, params, sds(1)), temp(nxt, params, cache, sds(chunk)))
+
+
+def default_model_config(**overrides) -> mc.ConfigDict:
+    """Every model field with a default (Seaweed-48x-like conv arch); config files override."""
+    c = mc.ConfigDict(dict(
+        name="causal_vae",
+        arch="conv",
+        in_channels=3,
+        latent_channels=16,
+        compression=(4, 8, 8),
+        base_channels=128,
+        channel_mults=(1, 2, 4, 4),
+        num_res_blocks=2,
+        down=("spatial", "joint", "joint"),
+        enc_conv=("3d", "3d", "3d", "3d"),
+        dec_conv=("3d", "3d", "3d", "3d"),
+        ef_enc_channels=128,
+        ef_dec_channels=128,
+        connect_res_blocks=1,
+        mid_attention=True,
+        norm="group",
+        norm_groups=32,
+        dtype="float32",
+        conv_impl="fold_time",
+        remat="none",
+        logvar_min=-30.0,
+        logvar_max=20.0,
+        chunk_frames=16,
+        chunk_latent_frames=4,
+    ))
+    c.update(overrides)
+    return c

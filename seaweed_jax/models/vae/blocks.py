@@ -1,0 +1,169 @@
+"""VAE building blocks: per-frame norms, ResNet blocks, per-frame attention, down/up samplers.
+
+Every norm here is per frame (statistics never cross time), and the only temporal mixing
+happens in causal convs, so the blocks work chunk by chunk with the Causal Cache.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
+
+from seaweed_jax.models.vae.causal_conv import (
+    CausalConv3d, PointwiseConv, at_sequence_start, make_conv)
+
+NORM_AXES = ("norm",)
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    return max(g for g in range(1, min(n, cap) + 1) if n % g == 0)
+
+
+class FrameGroupNorm(nn.Module):
+    """GroupNorm over (H, W, channels-in-group) of each frame separately (fp32 statistics)."""
+    num_groups: int = 32
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        g = _largest_divisor_at_most(c, self.num_groups)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES), (c,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES), (c,))
+        xf = x.astype(jnp.float32).reshape(x.shape[:-1] + (g, c // g))
+        mean = xf.mean(axis=(2, 3, 5), keepdims=True)
+        var = jnp.square(xf - mean).mean(axis=(2, 3, 5), keepdims=True)
+        y = ((xf - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        return (y * scale + bias).astype(x.dtype)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over channels at every (t, h, w) position (fp32 statistics)."""
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES), (c,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES), (c,))
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (y * scale + bias).astype(x.dtype)
+
+
+def make_norm(kind: str, num_groups: int = 32, name: str | None = None) -> nn.Module:
+    if kind == "group":
+        return FrameGroupNorm(num_groups, name=name)
+    if kind == "layer":
+        return ChannelLayerNorm(name=name)
+    raise ValueError(f"norm={kind!r} must be 'group' (per-frame GroupNorm) or 'layer' (channel LayerNorm)")
+
+
+class ResBlock(nn.Module):
+    """norm -> SiLU -> conv -> norm -> SiLU -> conv, plus a (1x1 if needed) shortcut."""
+    features: int
+    conv: str = "3d"            # '3d' causal conv or '2d' per-frame conv
+    norm: str = "group"
+    num_groups: int = 32
+    dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "fold_time"
+
+    @nn.compact
+    def __call__(self, x):
+        x = checkpoint_name(x, "block_in")
+        h = nn.silu(make_norm(self.norm, self.num_groups, name="norm1")(x))
+        h = make_conv(self.conv, self.features, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(h)
+        h = nn.silu(make_norm(self.norm, self.num_groups, name="norm2")(h))
+        h = make_conv(self.conv, self.features, dtype=self.dtype, conv_impl=self.conv_impl, name="conv2")(h)
+        if x.shape[-1] != self.features:
+            x = PointwiseConv(self.features, dtype=self.dtype, name="shortcut")(x)
+        return x.astype(self.dtype) + h
+
+
+class FrameAttention(nn.Module):
+    """Single-head self-attention over the H*W positions of each frame (no temporal mixing)."""
+    norm: str = "group"
+    num_groups: int = 32
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, t, h, w, c = x.shape
+        y = make_norm(self.norm, self.num_groups, name="norm")(x)
+        qkv = PointwiseConv(3 * c, dtype=self.dtype, name="qkv")(y)
+        qkv = checkpoint_name(qkv, "qkv").reshape(b * t, h * w, 3, c)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum("nqc,nkc->nqk", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(c))
+        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("nqk,nkc->nqc", attn, v).reshape(b, t, h, w, c)
+        out = checkpoint_name(out, "attn_out")
+        return x.astype(self.dtype) + PointwiseConv(c, dtype=self.dtype, name="proj")(out)
+
+
+DOWN_KINDS = ("spatial", "temporal", "joint")
+
+
+class Downsample(nn.Module):
+    """'spatial' (per-frame k3 s2), 'temporal' (causal k3 s(2,1,1)) or 'joint' (causal k3 s2).
+
+    A causal stride-2 conv maps 1+2k frames to 1+k: frame 0 stays its own output frame.
+    """
+    kind: str
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "fold_time"
+
+    @nn.compact
+    def __call__(self, x):
+        if self.kind == "spatial":
+            return make_conv("2d", self.features, strides=(1, 2, 2), dtype=self.dtype, name="conv")(x)
+        strides = {"temporal": (2, 1, 1), "joint": (2, 2, 2)}.get(self.kind)
+        if strides is None:
+            raise ValueError(f"downsample kind {self.kind!r} must be one of {DOWN_KINDS}")
+        return CausalConv3d(self.features, (3, 3, 3), strides, dtype=self.dtype,
+                            conv_impl=self.conv_impl, name="conv")(x)
+
+
+class DepthToTime(nn.Module):
+    """Strictly causal 2x temporal upsampling: a causal conv makes 2C channels per frame, which
+    become 2 frames. At the sequence start frame 0 yields one frame (the first of its pair is
+    dropped), so 1+k frames become 1+2k and the decoder needs no look-ahead."""
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "fold_time"
+
+    @nn.compact
+    def __call__(self, x):
+        b, t, h, w, _ = x.shape
+        y = CausalConv3d(2 * self.features, (3, 3, 3), dtype=self.dtype, conv_impl=self.conv_impl,
+                         name="conv")(x)
+        y = y.reshape(b, t, h, w, 2, self.features).transpose(0, 1, 4, 2, 3, 5)
+        y = y.reshape(b, 2 * t, h, w, self.features)
+        return y[:, 1:] if at_sequence_start(self) else y
+
+
+def upsample_nearest_spatial(x):
+    return jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+
+
+class Upsample(nn.Module):
+    """'spatial' (nearest x2 + per-frame conv), 'temporal' (depth-to-time) or 'joint' (both)."""
+    kind: str
+    features: int
+    conv: str = "2d"       # conv after the spatial nearest-neighbour upsampling
+    dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "fold_time"
+
+    @nn.compact
+    def __call__(self, x):
+        if self.kind not in DOWN_KINDS:
+            raise ValueError(f"upsample kind {self.kind!r} must be one of {DOWN_KINDS}")
+        if self.kind in ("temporal", "joint"):
+            x = DepthToTime(self.features, dtype=self.dtype, conv_impl=self.conv_impl, name="time")(x)
+        if self.kind in ("spatial", "joint"):
+            x = make_conv(self.conv, self.features, dtype=self.dtype, conv_impl=self.conv_impl,
+                          name="conv")(upsample_nearest_spatial(x))
+        return x

@@ -1,0 +1,193 @@
+"""Causal convolutions with a Causal Cache, and per-frame 2D convolutions.
+
+Video layout is channels-last `(B, T, H, W, C)`. A causal 3D conv pads the *past* side of
+time by repeating the first frame `kt - 1` times, so output frame t only sees frames <= t
+and the first frame is coded like an image.
+
+Causal Cache (chunked inference). When the Linen collection "cache" is mutable (and we are
+not initializing), every temporal conv runs on a chunk of frames:
+  * at the start of the sequence (no cache yet) it pads with the first frame, exactly as in
+    full inference;
+  * on later chunks it prepends the cached tail of the previous chunk's padded input instead;
+  * it stores the part of its padded input that the next chunk's windows still need
+    (k - s frames when chunk lengths are multiples of the stride: k3s1 -> 2, k3s2 -> 1).
+Because every other op is per frame, chunked inference equals full inference. Outside cache
+mode (training, full inference) nothing is stored, so `model.apply({"params": p}, x)` works.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+from jax.ad_checkpoint import checkpoint_name
+
+CACHE = "cache"
+
+KERNEL_3D_AXES = ("conv_k", "conv_k", "conv_k", "conv_in", "conv_out")
+KERNEL_2D_AXES = ("conv_k", "conv_k", "conv_in", "conv_out")
+KERNEL_1x1_AXES = ("conv_in", "conv_out")
+BIAS_AXES = ("conv_out",)
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def caching(module: nn.Module) -> bool:
+    """True when the module runs chunk by chunk with a carried cache."""
+    return module.is_mutable_collection(CACHE) and not module.is_initializing()
+
+
+def at_sequence_start(module: nn.Module) -> bool:
+    """True for full inference and for the first chunk; False for later chunks.
+
+    In cache mode the module leaves a scalar marker in the cache on its first chunk, so the
+    answer is static (the first-chunk and later-chunk functions are traced separately).
+    """
+    if not caching(module):
+        return True
+    if module.has_variable(CACHE, "started"):
+        return False
+    module.variable(CACHE, "started", lambda: jnp.zeros((), jnp.int32))
+    return True
+
+
+def _spatial_padding(k: int) -> tuple[int, int]:
+    return (k // 2, k // 2)
+
+
+def conv2d_frames(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1)) -> jax.Array:
+    """2D conv applied to every frame of (B, T, H, W, C) (kernel (kh, kw, Cin, Cout))."""
+    b, t = x.shape[:2]
+    kh, kw = kernel.shape[:2]
+    y = lax.conv_general_dilated(
+        x.reshape((b * t,) + x.shape[2:]), kernel, tuple(strides),
+        (_spatial_padding(kh), _spatial_padding(kw)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape((b, t) + y.shape[1:])
+
+
+def conv3d_valid_time(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                      impl: str = "fold_time") -> jax.Array:
+    """3D conv, 'valid' in time (x is already time-padded), 'same'-style zero padding in space.
+
+    impl="fold_time" stacks the kt temporal taps on the channel axis and runs ONE 2D conv
+    (measured ~2-3x faster than lax's 3D conv on CPU, fwd+bwd); impl="lax3d" is the plain
+    3D conv. Both compute the same math.
+    """
+    kt, kh, kw, cin, cout = kernel.shape
+    st, sh, sw = strides
+    n_out = (x.shape[1] - kt) // st + 1
+    if impl == "lax3d":
+        return lax.conv_general_dilated(
+            x, kernel, (st, sh, sw), ((0, 0), _spatial_padding(kh), _spatial_padding(kw)),
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    if impl != "fold_time":
+        raise ValueError(f"conv_impl={impl!r} must be 'fold_time' or 'lax3d'")
+    if kt == 1:
+        taps = x[:, : (n_out - 1) * st + 1: st]
+    else:
+        taps = jnp.concatenate(
+            [x[:, i: i + (n_out - 1) * st + 1: st] for i in range(kt)], axis=-1)
+    # (kt, kh, kw, Cin, Cout) -> (kh, kw, kt*Cin, Cout), tap-major like the concat above.
+    k2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, cout)
+    return conv2d_frames(taps, k2, (sh, sw))
+
+
+class CausalConv3d(nn.Module):
+    """Temporally causal 3D conv with a Causal Cache; stride in time and/or space."""
+    features: int
+    kernel_size: Sequence[int] = (3, 3, 3)
+    strides: Sequence[int] = (1, 1, 1)
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    conv_impl: str = "fold_time"
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kt, kh, kw = self.kernel_size
+        st = self.strides[0]
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, KERNEL_3D_AXES),
+                            (kt, kh, kw, x.shape[-1], self.features), jnp.float32)
+        x = x.astype(self.dtype)
+        start = at_sequence_start(self)
+        if start:
+            pad = jnp.repeat(x[:, :1], kt - 1, axis=1)
+        else:
+            if x.shape[1] % st:
+                raise ValueError(
+                    f"chunk of {x.shape[1]} frames reaches a conv with temporal stride {st}; "
+                    f"later chunks must be multiples of the temporal compression")
+            pad = self.get_variable(CACHE, "tail")
+        padded = jnp.concatenate([pad, x], axis=1) if kt > 1 else x
+        if caching(self):
+            n_out = (padded.shape[1] - kt) // st + 1
+            tail = padded[:, n_out * st:]   # frames the next chunk's windows still need
+            if start:
+                self.variable(CACHE, "tail", lambda: tail)
+            else:
+                self.put_variable(CACHE, "tail", tail)
+        y = conv3d_valid_time(padded, kernel.astype(self.dtype), self.strides, self.conv_impl)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, BIAS_AXES),
+                              (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return checkpoint_name(y, "conv_out")
+
+
+class FrameConv2d(nn.Module):
+    """2D conv on every frame independently (no temporal mixing, so no cache needed)."""
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, KERNEL_2D_AXES),
+                            (kh, kw, x.shape[-1], self.features), jnp.float32)
+        y = conv2d_frames(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, BIAS_AXES),
+                              (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return checkpoint_name(y, "conv_out")
+
+
+class PointwiseConv(nn.Module):
+    """1x1(x1) conv = a dense layer over channels."""
+    features: int
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, KERNEL_1x1_AXES),
+                            (x.shape[-1], self.features), jnp.float32)
+        y = jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, BIAS_AXES),
+                              (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def make_conv(kind: str, features: int, *, kernel: int = 3, strides=(1, 1, 1), dtype=jnp.float32,
+              conv_impl: str = "fold_time", name: str | None = None,
+              kernel_init=default_kernel_init) -> nn.Module:
+    """kind '3d' -> CausalConv3d (k x k x k); '2d' -> FrameConv2d (k x k, spatial strides only)."""
+    if kind == "3d":
+        return CausalConv3d(features, (kernel,) * 3, tuple(strides), dtype=dtype, conv_impl=conv_impl,
+                            kernel_init=kernel_init, name=name)
+    if kind == "2d":
+        if strides[0] != 1:
+            raise ValueError("a per-frame 2D conv cannot stride in time; use a '3d' conv")
+        return FrameConv2d(features, (kernel, kernel), tuple(strides[1:]), dtype=dtype,
+                           kernel_init=kernel_init, name=name)
+    raise ValueError(f"conv type {kind!r} must be '2d' or '3d'")
