@@ -120,8 +120,8 @@ def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, d: int) -> np.ndarra
         return inside
     if shape == "circle":
         return inside & (cy * cy + cx * cx <= (d / 2) ** 2)
-    if shape == "triangle":  # apex at top centre, base along the bottom row
-        return inside & (np.abs(cx) <= (dy + 0.5) / 2)
+    if shape == "triangle":  # apex at top centre (row 0), base = the full bottom row
+        return inside & (np.abs(cx) <= (dy + 1) / 2)
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
