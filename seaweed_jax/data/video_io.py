@@ -91,8 +91,11 @@ def write_gif(path, video, fps: float = 8.0) -> str:
 
     path = _makedirs_for(path)
     frames = [Image.fromarray(f) for f in as_video(video)]
+    frame_ms = max(10, round(1000.0 / fps))
+    # Pillow merges identical consecutive frames (summing durations); the comment lets
+    # read_video expand them back to the original frame count.
     frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=max(1, round(1000.0 / fps)), loop=0)
+                   duration=frame_ms, loop=0, comment=f"seaweed_frame_ms={frame_ms}".encode())
     return path
 
 
@@ -180,9 +183,19 @@ def _read_gif(path: str) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+            comment = im.info.get("comment", b"")
+            m = re.search(rb"seaweed_frame_ms=(\d+)", comment if isinstance(comment, bytes) else b"")
+            frame_ms = int(m.group(1)) if m else None
+            frames = []
+            for f in ImageSequence.Iterator(im):
+                repeat = 1
+                if frame_ms and f.info.get("duration"):
+                    repeat = max(1, round(f.info["duration"] / frame_ms))
+                frames.extend([np.asarray(f.convert("RGB"))] * repeat)
     except Exception as e:
         raise VideoReadError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+    if not frames:
+        raise VideoReadError(f"cannot read {path}: no frames")
     return np.stack(frames)
 
 
