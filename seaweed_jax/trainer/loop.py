@@ -151,7 +151,7 @@ def step_rng(seed: int, step):
 
 # ----------------------------------------------------------------------------- step
 
-def make_train_step(task: Task, seed: int):
+def make_train_step(task: Task, seed: int, num_steps: int | None = None):
     """Wrap task.train_step: per-step RNG, step counter, non-finite update rejection.
 
     A step whose loss (or grad_norm, if reported) is not finite leaves params, optimizer
@@ -171,6 +171,8 @@ def make_train_step(task: Task, seed: int):
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         metrics["update_ok"] = ok.astype(jnp.float32)
         metrics["nonfinite_steps"] = nonfinite.astype(jnp.float32)
+        if num_steps is not None and "lr" not in metrics:   # the lr this update used
+            metrics["lr"] = optimizers.learning_rate(task.config.optimizer, num_steps, state.step)
         return kept, metrics
     return step_fn
 
@@ -194,8 +196,10 @@ class Setup:
 
     def init_state(self) -> TrainState:
         """Sharded init straight into place (never materializes unsharded params)."""
-        init = jax.jit(self.task.init, out_shardings=self.shardings)
-        return nn.meta.unbox(init(init_rng(self.config.seed), self.batch))
+        seed = self.config.seed
+        init = jax.jit(lambda batch: self.task.init(init_rng(seed), batch),
+                       out_shardings=self.shardings)
+        return nn.meta.unbox(init(self.batch))
 
     def apply_init_from(self, state: TrainState, workdir: str) -> TrainState:
         """Params (and a fresh EMA copy) from another run's latest checkpoint."""
@@ -291,10 +295,10 @@ def train(config, workdir: str, *, data_dir: str | None = None,
             state = setup.apply_init_from(state, config.init_from)
     del setup.batch  # the example batch is no longer needed
 
-    step_jit = jax.jit(make_train_step(task, config.seed),
+    num_steps = config.num_steps
+    step_jit = jax.jit(make_train_step(task, config.seed, num_steps),
                        out_shardings=(setup.shardings, None), donate_argnums=0)
     step = int(state.step)
-    num_steps = config.num_steps
     last_saved = latest
     flag = _StopFlag()
     flag.install()
@@ -329,8 +333,7 @@ def train(config, workdir: str, *, data_dir: str | None = None,
                 jax.block_until_ready(metrics)
                 logger.start(step)
             if step % config.log_every == 0 or step == num_steps:
-                lr = float(optimizers.learning_rate(config.optimizer, num_steps, step - 1))
-                record = logger.log_train(step, extra={"lr": lr})
+                record = logger.log_train(step)
                 nonfinite = int(record.get("nonfinite_steps", last_log_nonfinite))
                 if step - last_log_step >= 2 and nonfinite - last_log_nonfinite == step - last_log_step:
                     raise FloatingPointError(

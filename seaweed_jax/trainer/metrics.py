@@ -14,6 +14,10 @@ import jax
 import numpy as np
 
 
+# reported as their latest value in a log interval (the rest are averaged)
+LAST_VALUE_KEYS = ("nonfinite_steps", "lr")
+
+
 def _fmt_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -64,7 +68,7 @@ class MetricsLogger:
             for k in fetched[0]:
                 vals = np.asarray([np.asarray(m[k], np.float64) for m in fetched])
                 # counters are cumulative: report the latest value, average the rest
-                record[k] = float(vals[-1]) if k in ("nonfinite_steps",) else float(np.nanmean(vals))
+                record[k] = float(vals[-1]) if k in LAST_VALUE_KEYS else float(np.nanmean(vals))
         now = time.perf_counter()
         if self._t0 is not None and step > self._step0:
             dt = now - self._t0
