@@ -53,3 +53,18 @@ def test_prepare_bad_name_is_a_clear_error(tmp_path):
     assert out.returncode == 2
     assert "1+4k" in out.stderr and "Traceback" not in out.stderr
     assert not os.path.exists(os.path.join(tmp_path, "moving_shapes"))
+
+
+def test_concurrent_prepares_build_once(tmp_path):
+    """Two processes (e.g. two hosts on a shared disk) asking for the same build: one builds,
+    the other waits on the lock and reuses it."""
+    env = {k: v for k, v in os.environ.items() if k != "SEAWEED_DATA_DIR"}
+    cmd = [sys.executable, "-m", "seaweed_jax.prepare", "--dataset=moving_shapes/32x32_f17",
+           f"--data_dir={tmp_path}", "--num_train=300", "--num_validation=8"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sorted(s["built"] for s in summaries) == [False, True]
+    assert summaries[0]["bytes"] == summaries[1]["bytes"]

@@ -7,6 +7,7 @@ see `moving_shapes.config_name`), so the same name with another seed is another 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -105,20 +106,27 @@ def ensure_built(name: str, data_dir: str, seed: int = 0, num_train: int | None 
                   f"{c.num_train} train + {c.num_validation} validation) in {builder.data_dir}",
                   file=sys.stderr, flush=True)
         start = time.perf_counter()
-        builder.download_and_prepare(
-            download_config=_download_config(verbose))
+        with _tfds_output(verbose):
+            builder.download_and_prepare()
         if verbose:
             print(f"[seaweed_jax] built {name} in {time.perf_counter() - start:.1f}s",
                   file=sys.stderr, flush=True)
     return get_builder(name, data_dir, seed, num_train, num_validation)
 
 
-def _download_config(verbose: bool):
-    import tensorflow_datasets as tfds
-    # No downloads happen; the config only controls generation. TFDS shows a progress bar
-    # per split while generating (kept when verbose).
-    del verbose
-    return tfds.download.DownloadConfig()
+@contextlib.contextmanager
+def _tfds_output(verbose: bool):
+    """Hides TFDS's stdout banners ("Downloading and preparing dataset Unknown size...":
+    nothing is downloaded) and, unless verbose, its progress bars (stderr)."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+    was_active = tqdm_utils._active
+    if not verbose:
+        tqdm_utils.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(was_active)
 
 
 def data_source(name: str, split: str, data_dir: str, seed: int = 0,
