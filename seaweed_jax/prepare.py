@@ -42,10 +42,8 @@ def prepare_dataset(name: str, data_dir: str, seed: int = 0, num_train: int | No
     from seaweed_jax.data import datasets
 
     start = time.perf_counter()
-    was_built = datasets.get_builder(name, data_dir, seed, num_train,
-                                     num_validation).is_prepared()
-    builder = datasets.ensure_built(name, data_dir, seed, num_train, num_validation,
-                                    verbose=verbose)
+    builder, built_now = datasets.build(name, data_dir, seed, num_train, num_validation,
+                                        verbose=verbose)
     path = os.fspath(builder.data_dir)
     summary = {
         "dataset": name,
@@ -55,7 +53,7 @@ def prepare_dataset(name: str, data_dir: str, seed: int = 0, num_train: int | No
         "splits": {k: int(v.num_examples) for k, v in builder.info.splits.items()},
         "bytes": _dir_bytes(path) if "://" not in path else None,
         "seconds": round(time.perf_counter() - start, 2),
-        "built": not was_built,
+        "built": built_now,
     }
     return builder, summary
 

@@ -92,15 +92,21 @@ def _is_built(builder) -> bool:
 def ensure_built(name: str, data_dir: str, seed: int = 0, num_train: int | None = None,
                  num_validation: int | None = None, verbose: bool = True):
     """Returns the builder of `name`, building it first if it is not on disk yet."""
+    return build(name, data_dir, seed, num_train, num_validation, verbose)[0]
+
+
+def build(name: str, data_dir: str, seed: int = 0, num_train: int | None = None,
+          num_validation: int | None = None, verbose: bool = True):
+    """Like `ensure_built`, returning (builder, True if this call built it)."""
     builder = get_builder(name, data_dir, seed, num_train, num_validation)
     if _is_built(builder):
-        return builder
+        return builder, False
     c = builder.builder_config
     lock = os.path.join(os.fspath(data_dir), "moving_shapes", f".{c.name}.lock")
     with _build_lock(lock):
         builder = get_builder(name, data_dir, seed, num_train, num_validation)
         if _is_built(builder):  # another process built it while we waited
-            return builder
+            return builder, False
         if verbose:
             print(f"[seaweed_jax] building {name} (config {c.name}: seed {c.seed}, "
                   f"{c.num_train} train + {c.num_validation} validation) in {builder.data_dir}",
@@ -111,7 +117,7 @@ def ensure_built(name: str, data_dir: str, seed: int = 0, num_train: int | None 
         if verbose:
             print(f"[seaweed_jax] built {name} in {time.perf_counter() - start:.1f}s",
                   file=sys.stderr, flush=True)
-    return get_builder(name, data_dir, seed, num_train, num_validation)
+    return get_builder(name, data_dir, seed, num_train, num_validation), True
 
 
 @contextlib.contextmanager
