@@ -354,6 +354,8 @@ def train(config, workdir: str, *, data_dir: str | None = None,
                 _print(f"SIGTERM: saved step {step} to {ckpt_lib.checkpoint_dir(workdir)}; exiting")
                 break
         manager.wait_until_finished()
+        if step >= num_steps:  # ran to the end (not stopped early): the task's end-of-run work
+            task.on_train_end(state, workdir=workdir, data_dir=data_dir)
     finally:
         flag.uninstall()
         manager.close()

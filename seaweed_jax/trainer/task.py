@@ -48,6 +48,9 @@ Contract, method by method
   Returns scalar metrics (logged to TensorBoard / console / metrics.jsonl under `eval/`).
   Default: `{}`.
 
+`on_train_end(state, *, workdir, data_dir)`: host-side, once after the last step's checkpoint
+  when the run reached `num_steps` (not after a SIGTERM stop). Default: nothing.
+
 `flops_per_step(batch) -> float | None`: FLOPs of one training step for the GLOBAL batch
   (forward + backward, all devices). `None` = unknown; the loop then falls back to XLA's cost
   analysis of the compiled step (per-device FLOPs × device count) when available.
@@ -108,6 +111,11 @@ class Task(abc.ABC):
         """Host-side evaluation; returns scalar metrics. Optional."""
         del state, data_dir, workdir, step
         return {}
+
+    def on_train_end(self, state: TrainState, *, workdir: str, data_dir: str) -> None:
+        """Host-side, once after the final step (and its checkpoint) when training ran to
+        `num_steps` (not on SIGTERM), e.g. the VAE's latent statistics. Default: nothing."""
+        del state, workdir, data_dir
 
     def flops_per_step(self, batch) -> float | None:
         """FLOPs of one train step on the global batch, or None (loop uses XLA cost analysis)."""
