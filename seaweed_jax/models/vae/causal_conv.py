@@ -26,8 +26,10 @@ from jax.ad_checkpoint import checkpoint_name
 
 CACHE = "cache"
 
-KERNEL_3D_AXES = ("conv_k", "conv_k", "conv_k", "conv_in", "conv_out")
-KERNEL_2D_AXES = ("conv_k", "conv_k", "conv_in", "conv_out")
+# flax rejects a logical name repeated within one array, so only the first tap dim is named
+# (conv_k is never sharded anyway).
+KERNEL_3D_AXES = ("conv_k", None, None, "conv_in", "conv_out")
+KERNEL_2D_AXES = ("conv_k", None, "conv_in", "conv_out")
 KERNEL_1x1_AXES = ("conv_in", "conv_out")
 BIAS_AXES = ("conv_out",)
 
