@@ -13,7 +13,7 @@ setup(
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
         "grain>=0.2.18,<0.3",
-        "tensorflow-datasets>=4.9.8,<5",  # used without TensorFlow (array_record format)
+        "tensorflow-datasets>=4.9.8,<4.10",  # no TensorFlow (array_record); builder relies on 4.9 writer internals
         "array-record>=0.8",
         "einops>=0.8,<1",
         "ml_collections>=1.0,<2",
