@@ -1,0 +1,116 @@
+r"""Seaweed-7B-scale hybrid-stream DiT: the paper's four pretraining stages.
+
+Run (TPU pod slice; one stage after the other, each starting from the previous workdir):
+
+    python -m seaweed_jax.train --config=configs/dit/seaweed_7b.py:stage0,root=gs://BUCKET/sw7b \
+        --workdir=gs://BUCKET/sw7b/stage0
+    python -m seaweed_jax.train --config=configs/dit/seaweed_7b.py:stage1,root=gs://BUCKET/sw7b \
+        --workdir=gs://BUCKET/sw7b/stage1          # ... stage2, stage3 likewise
+
+Arguments: `stage` (stage0..stage3), `root` (stage k's `init_from` is `{root}/stage{k-1}`, so
+run stage k with `--workdir={root}/stage{k}`), `total_steps` (split over the stages by the
+paper's shares). Hardware: the paper used 665k H100-hours; expect hundreds of TPU v5p
+chips for weeks. Nothing at this scale has been run from this repo; the test suite only
+checks the config (param count via jax.eval_shape, stage table).
+
+Stage table (paper; sizes are target areas HxW, aspect ratio kept; step shares):
+  stage0  37.5%  256p images only: 256x256 and 512x512 images
+  stage1  25%    + 256x256 video
+  stage2  25%    480p: 480x640 and 720x1280 images, 480x640 video
+  stage3  12.5%  720p: 720x1280 and 1024x1920 images, 720x1280 video
+Data source names are PLACEHOLDERS (`video_folder/<split of your data>`): build a
+`video_folder` dataset per resolution from your own clips (e.g. with `python -m
+seaweed_jax.prepare`) and name them here. Video clips are 121 frames (1 + 4*30, 5 s at
+24 fps) and the image/video weight split (images 0.3, video 0.7 once video is in) is a
+project choice; the paper gives neither.
+
+Parameter count (weights dominate; D = hidden 3584, F = SwiGLU width, 32 layers):
+  per layer, attention for both streams: 2 x (qkv 3D^2 + out D^2) = 8 D^2 = 102.8M
+  per layer, FFN: dual stream 2 x 3DF = 6DF; FFN-sharing layer (gate + up shared, two
+  down projections) 4DF.
+  32 x 102.8M = 3.29B in attention alone, so 7B leaves ~3.7B for the FFNs, i.e. about
+  116M per layer = 4.5 D^2: a conventional 4D-wide SwiGLU (6DF = 24 D^2 per dual layer)
+  would overshoot to ~13B. With F = 2D = 7168 (DF = 25.7M): dual layer 154.1M, sharing layer
+  102.8M; with S sharing layers: 32 x 154.1M - S x 51.4M = 3.7B -> S = 24.
+  Chosen: F = 7168, num_shared_ffn_layers = 24 (layers 8..31 share, 0..7 dual).
+  Total: 3.29B + 8 x 154.1M + 24 x 102.8M = 6.99B weights, plus embeddings (text MLP
+  4096->3584->3584: 27.5M; AdaSingle 3584 -> 6x3584: 77M; patch in/out, biases, norms) and
+  minus the last block's unused text output projection and text FFN down projection: jax.eval_shape
+  gives 7.07B (tests/test_dit_model.py checks 7B +- 10%).
+"""
+from __future__ import annotations
+
+import ml_collections as mc
+
+from seaweed_jax import config_lib
+from seaweed_jax.models.dit.dit import default_config as dit_model_config
+
+STAGES = ("stage0", "stage1", "stage2", "stage3")
+STEP_SHARES = {"stage0": 0.375, "stage1": 0.25, "stage2": 0.25, "stage3": 0.125}
+
+_VIDEO_FRAMES = 121  # 1 + 4k latent-aligned; 5 s at 24 fps (project choice)
+
+
+def _images(h: int, w: int, weight: float) -> dict:
+    # Image datasets store single frames, so no frames crop.
+    return {"name": f"video_folder/images_{h}x{w}", "split": "train", "weight": weight,
+            "crop": {"frames": None, "height": h, "width": w}}
+
+
+def _video(h: int, w: int, weight: float) -> dict:
+    return {"name": f"video_folder/video_{h}x{w}", "split": "train", "weight": weight,
+            "crop": {"frames": _VIDEO_FRAMES, "height": h, "width": w}}
+
+
+def stage_sources(stage: str) -> list[dict]:
+    """data.sources of one stage (placeholder dataset names, see module docstring)."""
+    if stage == "stage0":
+        return [_images(256, 256, 0.5), _images(512, 512, 0.5)]
+    if stage == "stage1":
+        return [_images(256, 256, 0.15), _images(512, 512, 0.15), _video(256, 256, 0.7)]
+    if stage == "stage2":
+        return [_images(480, 640, 0.15), _images(720, 1280, 0.15), _video(480, 640, 0.7)]
+    if stage == "stage3":
+        return [_images(720, 1280, 0.15), _images(1024, 1920, 0.15), _video(720, 1280, 0.7)]
+    raise ValueError(f"unknown stage {stage!r}; use one of {STAGES}")
+
+
+def model_config() -> mc.ConfigDict:
+    """The 7B model section (see the parameter arithmetic in the module docstring)."""
+    m = dit_model_config()
+    m.latent_channels = 16            # 48x VAE: (4, 8, 8) downsampling, 16 channels
+    m.in_channels = 2 * 16 + 1        # noisy latent + condition latents + condition mask (I2V / extension)
+    m.patch_size = (1, 2, 2)
+    m.hidden_size = 3584
+    m.num_layers = 32
+    m.num_heads = 28                  # head_dim 128 = rope (t 32, h 48, w 48)
+    m.rope_axes_dim = (32, 48, 48)
+    m.mlp_hidden = 7168               # 2 x D (narrow SwiGLU)
+    m.num_shared_ffn_layers = 24
+    m.text_dim = 4096                 # e.g. UMT5-XXL width
+    m.max_text_len = 256
+    m.attention = "full"              # the paper's best-scaling choice; "window" for cheaper early stages
+    m.dtype = "bfloat16"
+    m.remat = "minimal"
+    return m
+
+
+def get_config(arg: str | None = None) -> mc.ConfigDict:
+    args = config_lib.parse_arg(arg, stage="stage0", root="runs/seaweed_7b", total_steps=400_000)
+    if args.stage not in STAGES:
+        raise ValueError(f"unknown stage {args.stage!r}; use one of {STAGES}")
+    index = STAGES.index(args.stage)
+
+    c = config_lib.base_config()
+    c.task = "dit"
+    c.stage = args.stage
+    c.num_steps = int(round(args.total_steps * STEP_SHARES[args.stage]))
+    # Each stage continues from the previous stage's final checkpoint (params + EMA).
+    c.init_from = f"{args.root}/{STAGES[index - 1]}" if index > 0 else None
+
+    c.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1, "context": 1}
+    c.data.sources = stage_sources(args.stage)
+    c.data.crop = mc.ConfigDict({"frames": None, "height": None, "width": None})
+    c.data.global_batch_size = 256
+    c.model = model_config()
+    return c
