@@ -2,6 +2,8 @@
 
 Model config (`config.model`, a FrozenConfigDict) fields:
   arch               'conv' (Seaweed / OD-VAE-style conv pyramid) | 'wavelet' (WF-VAE)
+  stem               conv arch: 'conv' | 'haar3d' (encoder sees 3D Haar subbands, decoder predicts
+                     them: an extra lossless (2,2,2) compression, 8x less work at full resolution)
   in_channels        3
   latent_channels    C of the latent (diagonal Gaussian: the encoder predicts mean and logvar)
   compression        (dt, dh, dw), checked against the architecture
@@ -56,7 +58,7 @@ def compression(config) -> tuple[int, int, int]:
     cfg = model_section(config)
     if cfg.arch == "wavelet":
         return (4, 8, 8)
-    dt = dh = 1
+    dt = dh = 2 if cfg.stem == "haar3d" else 1
     for kind in cfg.down:
         dt *= 2 if kind in ("temporal", "joint") else 1
         dh *= 2 if kind in ("spatial", "joint") else 1
@@ -67,6 +69,8 @@ def validate_model_config(config) -> None:
     cfg = model_section(config)
     if cfg.arch not in ("conv", "wavelet"):
         raise ValueError(f"model.arch={cfg.arch!r} must be 'conv' or 'wavelet'")
+    if cfg.stem not in ("conv", "haar3d"):
+        raise ValueError(f"model.stem={cfg.stem!r} must be 'conv' or 'haar3d'")
     if cfg.arch == "conv":
         n = len(cfg.channel_mults)
         if len(cfg.down) != n - 1:
@@ -155,6 +159,8 @@ class ConvEncoder(_Common):
         cfg = self.cfg
         kw = dict(dtype=_dtype(cfg), conv_impl=cfg.conv_impl)
         chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        if cfg.stem == "haar3d":   # lossless 2x2x2 space/time-to-depth: 8x less work at level 0
+            x = Haar3D(name="haar_in")(x)
         h = make_conv(cfg.enc_conv[0], chans[0], name="conv_in", **kw)(x)
         for i, c in enumerate(chans):
             for j in range(cfg.num_res_blocks):
@@ -178,6 +184,8 @@ class ConvDecoder(_Common):
                 h = self.res(chans[i], cfg.dec_conv[i], name=f"level{i}_res{j}")(h)
             if i > 0:
                 h = Upsample(cfg.down[i - 1], chans[i], conv=cfg.dec_conv[i], name=f"level{i}_up", **kw)(h)
+        if cfg.stem == "haar3d":
+            return InverseHaar3D(name="ihaar_out")(self.head(h, 8 * cfg.in_channels, cfg.dec_conv[0])), {}
         return self.head(h, cfg.in_channels, cfg.dec_conv[0]), {}
 
 
@@ -431,6 +439,7 @@ def default_model_config(**overrides) -> mc.ConfigDict:
     c = mc.ConfigDict(dict(
         name="causal_vae",
         arch="conv",
+        stem="conv",            # conv arch: 'conv' or 'haar3d' (input = 3D Haar subbands)
         in_channels=3,
         latent_channels=16,
         compression=(4, 8, 8),
