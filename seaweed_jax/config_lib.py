@@ -12,6 +12,7 @@ Schema (every training config has these sections):
                   grad_clip, grad_accum_steps
   ema_decay       0 disables EMA
   log_every, eval_every, ckpt_every, keep_checkpoints, async_checkpoint
+  init_from       workdir to take initial params from (trainer), init_from_key params|ema_params
   model           task specific
 """
 from __future__ import annotations
@@ -71,6 +72,8 @@ def base_config() -> mc.ConfigDict:
     c.ckpt_every = 500
     c.keep_checkpoints = 3
     c.async_checkpoint = True
+    c.init_from = ""                 # workdir whose latest params start a fresh run ("" = none)
+    c.init_from_key = "params"       # params | ema_params of that run
 
     c.model = mc.ConfigDict()
     return c

@@ -9,8 +9,9 @@ on resume would show up as a mismatch.
 
 Run as a script it trains through `loop.train` with test hooks:
     python tests/_toy_task.py --config.num_steps=20 --workdir=W [--kill_at=12]
-        [--slow_finalize_from=10]
+        [--sigterm_at=14] [--slow_finalize_from=10]
 --kill_at=S          SIGKILL the process right after step S's bookkeeping (and save, if any).
+--sigterm_at=S       send SIGTERM to the process at that point instead.
 --slow_finalize_from sleeps before Orbax finalizes saves of steps >= S, so a kill right
                      after issuing that save lands while it is still in flight.
 """
@@ -124,6 +125,7 @@ def _main(argv):
     config_flags.DEFINE_config_file("config", __file__, "config file")
     flags.DEFINE_string("workdir", None, "workdir", required=True)
     flags.DEFINE_integer("kill_at", -1, "SIGKILL self after this step")
+    flags.DEFINE_integer("sigterm_at", -1, "send SIGTERM to self after this step")
     flags.DEFINE_integer("slow_finalize_from", -1, "delay Orbax finalize for steps >= this")
 
     def main(_):
@@ -145,6 +147,9 @@ def _main(argv):
             if step == FLAGS.kill_at:
                 print(f"test hook: SIGKILL at step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
+            if step == FLAGS.sigterm_at:
+                print(f"test hook: SIGTERM at step {step}", flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
 
         loop.train(FLAGS.config, FLAGS.workdir, data_dir="/nonexistent", hooks=[kill_hook])
 

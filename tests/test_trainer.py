@@ -1,9 +1,9 @@
 """The training harness: exact resume (SIGKILL, also mid async save), SIGTERM, non-finite
 rejection, optimizer factory, sharded init, init_from, config errors.
 
-Training runs are subprocesses on 2 fake CPU devices (started together, to share the
-wall-clock); checks that restore states run in this process on 8 fake devices, so they also
-exercise restoring onto a different mesh.
+The interrupted/uninterrupted training runs are subprocesses on 2 fake CPU devices, driven by
+a background thread while the in-process tests run; the checks restore their checkpoints in
+this process on 8 fake devices, so they also exercise restoring onto a different mesh.
 """
 from __future__ import annotations
 
@@ -52,6 +52,10 @@ def _start(args, log_path):
 
 def _finish(proc_and_log, timeout=300):
     proc, log_path = proc_and_log
+    if os.environ.get("TRAINER_TEST_TIMING"):
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        print(f"{os.path.basename(log_path)}: user {ru.ru_utime:.1f}s sys {ru.ru_stime:.1f}s", flush=True)
     rc = proc.wait(timeout=timeout)
     with open(log_path) as f:
         return rc, f.read()
@@ -69,52 +73,61 @@ def _latest(workdir):
         m.close()
 
 
-def _metrics_steps(workdir):
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(l)["step"] for l in f if l.strip().endswith("}")]
+class _Runs:
+    """Training subprocesses driven by a background thread, so the in-process tests of this
+    file run meanwhile; `result()` waits for them.
+
+    straight: 20 steps in one go (the CLI).
+    chain:    A kills itself right after issuing the step-10 async save, whose finalize is
+              held back (latest finalized stays 5) -> B resumes from 5 with synchronous saves
+              and is SIGKILLed at step 12 (latest 10) -> C resumes from 10 and gets SIGTERM
+              at step 14 (saves 14, exits 0) -> D (the CLI) resumes from 14 to 20.
+    """
+
+    def __init__(self, root):
+        import threading
+        self.root = root
+        self.wd = {"straight": str(root / "straight"), "chain": str(root / "chain")}
+        self.out, self.error = {}, None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            t0 = time.time()
+            chain, root, out = self.wd["chain"], self.root, self.out
+            straight = _start(_cli(self.wd["straight"]), root / "straight.log")
+            stages = [
+                ("A", [TOY, f"--workdir={chain}", "--kill_at=10", "--slow_finalize_from=10"]),
+                ("B", [TOY, f"--workdir={chain}", "--kill_at=12", "--config.async_checkpoint=False"]),
+                ("C", [TOY, f"--workdir={chain}", "--sigterm_at=14"]),
+                ("D", _cli(chain)),
+            ]
+            for name, args in stages:
+                out[name] = _finish(_start(args, root / f"{name}.log"))
+                out[f"{name}_latest"] = _latest(chain)
+                out[f"{name}_listing"] = sorted(os.listdir(os.path.join(chain, "checkpoints")))
+            out["straight"] = _finish(straight)
+            out["wall_seconds"] = time.time() - t0
+        except BaseException as e:  # reported by result()
+            self.error = e
+
+    def result(self):
+        self._thread.join(timeout=600)
+        if self.error is not None:
+            raise self.error
+        assert not self._thread.is_alive(), "training subprocesses did not finish"
+        return self.out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def runs(tmp_path_factory):
-    """Concurrently: a straight 20-step run; a run (sync checkpoints) SIGKILLed at step 12;
-    a run SIGKILLed right after issuing the step-10 async save (its finalize is held back); a
-    long run that gets SIGTERM. Each killed run is resumed to step 20 as soon as it died."""
-    root = tmp_path_factory.mktemp("trainer_runs")
-    wd = {k: str(root / k) for k in ("straight", "killed", "async_killed", "sigterm")}
-    t0 = time.time()
-    procs = {
-        "straight": _start(_cli(wd["straight"]), root / "straight.log"),
-        "killed": _start([TOY, f"--workdir={wd['killed']}", "--kill_at=12",
-                          "--config.async_checkpoint=False"], root / "killed.log"),
-        "async_killed": _start([TOY, f"--workdir={wd['async_killed']}", "--kill_at=10",
-                                "--slow_finalize_from=10"], root / "async_killed.log"),
-        "sigterm": _start(_cli(wd["sigterm"], "--config.num_steps=100000",
-                               "--config.ckpt_every=100000", "--config.log_every=1",
-                               "--config.eval_every=0"), root / "sigterm.log"),
-    }
-    out = {"workdirs": wd}
-    # SIGTERM once the long run has logged a few steps
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(s >= 3 for s in _metrics_steps(wd["sigterm"])):
-        assert procs["sigterm"][0].poll() is None, open(procs["sigterm"][1]).read()
-        time.sleep(0.2)
-    procs["sigterm"][0].send_signal(signal.SIGTERM)
-    out["latest_after_kill"], out["ckpt_listing_after_kill"], resumes = {}, {}, {}
-    for k in ("killed", "async_killed"):
-        out[k] = _finish(procs.pop(k))
-        out["latest_after_kill"][k] = _latest(wd[k])
-        out["ckpt_listing_after_kill"][k] = sorted(os.listdir(os.path.join(wd[k], "checkpoints")))
-        resumes[k] = _start(_cli(wd[k]), root / f"{k}_resume.log")
-    for name, p in procs.items():
-        out[name] = _finish(p)
-    for k, p in resumes.items():
-        out[f"{k}_resume"] = _finish(p)
-    out["wall_seconds"] = time.time() - t0
-    print(f"subprocess runs took {out['wall_seconds']:.1f}s")
-    return out
+    return _Runs(tmp_path_factory.mktemp("trainer_runs"))
+
+
+def _resumed_from(log):
+    assert "resumed from" in log, log
+    return int(log.split("resumed from")[1].split("step")[1].split()[0])
 
 
 def _assert_trees_identical(a, b):
@@ -148,59 +161,6 @@ def _assert_same_run(wd_a, wd_b):
                               np.asarray(a.params["Dense_0"]["kernel"]))
 
 
-def test_straight_run_logs_and_is_self_describing(runs):
-    rc, log = runs["straight"]
-    assert rc == 0, log
-    wd = runs["workdirs"]["straight"]
-    assert "step 20/20" in log and "steps/s" in log and "ex/s" in log and "ETA" in log
-    records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
-    train = [r for r in records if "loss" in r]
-    assert [r["step"] for r in train] == [5, 10, 15, 20]
-    for key in ("steps_per_sec", "examples_per_sec", "eta_sec", "gflops_per_sec", "nonfinite_steps"):
-        assert key in train[-1]
-    assert train[-1]["loss"] < train[0]["loss"]
-    assert [r["step"] for r in records if "eval/mse" in r] == [10, 20]
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tb")))
-    config = loop.load_config(wd)
-    assert config.task == "_toy_task:ToyTask" and config.num_steps == 20
-    assert config.data.sources[0]["name"] == "moving_shapes/32x32_f17"   # list of dicts survives
-    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "15", "20", "5"]
-
-
-def test_exact_resume_after_sigkill(runs):
-    rc, log = runs["killed"]
-    assert rc == -signal.SIGKILL, log
-    assert runs["latest_after_kill"]["killed"] == 10
-    rc, log = runs["killed_resume"]
-    assert rc == 0, log
-    assert "step 10" in log.split("resumed from")[1].splitlines()[0]
-    _assert_same_run(runs["workdirs"]["straight"], runs["workdirs"]["killed"])
-
-
-def test_exact_resume_when_kill_lands_during_async_save(runs):
-    rc, log = runs["async_killed"]
-    assert rc == -signal.SIGKILL, log
-    # the step-10 save was in flight (temporary dir, not finalized): 5 is the latest
-    assert runs["latest_after_kill"]["async_killed"] == 5
-    assert any(n.startswith("10.") and "tmp" in n
-               for n in runs["ckpt_listing_after_kill"]["async_killed"]), runs["ckpt_listing_after_kill"]
-    rc, log = runs["async_killed_resume"]
-    assert rc == 0, log
-    assert "step 5" in log.split("resumed from")[1].splitlines()[0]
-    _assert_same_run(runs["workdirs"]["straight"], runs["workdirs"]["async_killed"])
-
-
-def test_sigterm_saves_current_step_and_exits_zero(runs):
-    rc, log = runs["sigterm"]
-    assert rc == 0, log
-    assert "SIGTERM: saved step" in log
-    wd = runs["workdirs"]["sigterm"]
-    latest = _latest(wd)
-    stopped_at = max(_metrics_steps(wd))
-    assert latest is not None and latest >= 3 and latest == stopped_at   # log_every=1
-    assert int(loop.restore_state(wd).step) == latest
-
-
 def test_nonfinite_update_is_rejected_counted_and_not_checkpointed(tmp_path):
     config = _toy_task.get_config()
     config.num_steps, config.ckpt_every, config.log_every, config.eval_every = 6, 1, 1, 0
@@ -232,14 +192,12 @@ def _opt_config(**kw):
 
 
 def test_schedule_warmup_then_cosine_and_constant():
-    c = _opt_config()
     lr, end = 1e-2, 1e-3
-    for step, want in [(0, 0.0), (5, lr * 0.5), (10, lr), (55, end + (lr - end) * 0.5),
-                       (100, end)]:
-        got = float(optimizers.learning_rate(c, 100, step))
-        assert math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-9), (step, got, want)
+    steps = jnp.asarray([0, 5, 10, 37, 55, 100])
+    got = np.asarray(jax.jit(lambda s: optimizers.learning_rate(_opt_config(), 100, s))(steps))
     cosine_at = lambda s: end + (lr - end) * 0.5 * (1 + math.cos(math.pi * (s - 10) / 90))
-    assert math.isclose(float(optimizers.learning_rate(c, 100, 37)), cosine_at(37), rel_tol=1e-5)
+    want = [0.0, lr * 0.5, lr, cosine_at(37), end + (lr - end) * 0.5, end]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
     const = _opt_config(schedule="constant")
     assert math.isclose(float(optimizers.learning_rate(const, 100, 80)), lr, rel_tol=1e-6)
     with pytest.raises(ValueError, match="optimizer.schedule"):
@@ -247,7 +205,7 @@ def test_schedule_warmup_then_cosine_and_constant():
     # the optimizer really uses it: Adam's first update has magnitude ~lr (here warmup=0)
     tx = optimizers.make_optimizer(_opt_config(warmup_steps=0, schedule="constant"), 100)
     params = {"w": jnp.ones((3, 2))}
-    updates, _ = tx.update({"w": jnp.full((3, 2), 0.5)}, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)({"w": jnp.full((3, 2), 0.5)}, tx.init(params), params)
     np.testing.assert_allclose(np.asarray(updates["w"]), -lr, rtol=1e-4)
 
 
@@ -262,11 +220,12 @@ def test_grad_accumulation_equals_big_batch():
     big = TrainState.create(params=params, tx=big_tx, ema_decay=0.5)
     acc_tx = optimizers.make_optimizer(_opt_config(warmup_steps=0, grad_clip=1.0, grad_accum_steps=4), 40)
     acc = TrainState.create(params=params, tx=acc_tx, ema_decay=0.5)
+    apply = jax.jit(lambda state, x, y: state.apply_gradients(grad(state.params, x, y)))
     for update in range(2):
-        big = big.apply_gradients(grad(big.params, x, y))
+        big = apply(big, x, y)
         for i in range(4):
             before = acc.params
-            acc = acc.apply_gradients(grad(acc.params, x[2 * i:2 * i + 2], y[2 * i:2 * i + 2]))
+            acc = apply(acc, x[2 * i:2 * i + 2], y[2 * i:2 * i + 2])
             if i < 3:   # micro-steps: neither params nor EMA move
                 _assert_trees_identical(before, acc.params)
         for k in params:
@@ -285,12 +244,13 @@ def test_global_norm_clipping():
     grads = [{"w": jnp.asarray([300.0, -400.0, 0.0, 0.0]), "k": jnp.zeros((2, 2))},
              {"w": jnp.asarray([0.1, 0.2, -0.1, 0.05]), "k": jnp.full((2, 2), 0.01)}]
     s, s_ref, s_noclip = tx.init(params), ref.init(params), ref.init(params)
+    update, update_ref = jax.jit(tx.update), jax.jit(ref.update)
     for g in grads:
-        norm = float(optax.global_norm(g))
-        clipped = jax.tree.map(lambda x: x * min(1.0, 1.0 / norm), g)
-        u, s = tx.update(g, s, params)
-        u_ref, s_ref = ref.update(clipped, s_ref, params)
-        u_noclip, s_noclip = ref.update(g, s_noclip, params)
+        norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(v))) for v in g.values())))
+        clipped = {k: v * min(1.0, 1.0 / norm) for k, v in g.items()}
+        u, s = update(g, s, params)
+        u_ref, s_ref = update_ref(clipped, s_ref, params)
+        u_noclip, s_noclip = update_ref(g, s_noclip, params)
         for k in params:
             np.testing.assert_allclose(np.asarray(u[k]), np.asarray(u_ref[k]), rtol=1e-5, atol=1e-9)
     # the second update differs without clipping (Adam's moments remember the huge step)
@@ -326,18 +286,6 @@ def test_sharded_init_follows_logical_rules():
     assert s8.params["Dense_1"]["bias"].sharding.spec == P(None)
 
 
-def test_init_from_copies_params_with_fresh_optimizer(runs):
-    source = runs["workdirs"]["straight"]
-    setup = _toy_setup({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})
-    fresh = setup.init_state()
-    state = setup.apply_init_from(fresh, source)
-    trained = loop.restore_state(source)
-    _assert_trees_identical(state.params, trained.params)
-    _assert_trees_identical(state.ema_params, trained.params)
-    _assert_trees_identical(state.opt_state, fresh.opt_state)
-    assert int(state.step) == 0
-
-
 def test_config_errors_name_the_field():
     mesh = jax.make_mesh((8, 1, 1, 1), ("data", "fsdp", "tensor", "context"))
     config = _toy_task.get_config()
@@ -351,3 +299,74 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match=r"config\.task='nope'"):
         get_task("nope")
     assert get_task("_toy_task:ToyTask") is _toy_task.ToyTask
+
+
+# ----------------------------------------------------------------------------- subprocess runs
+# (last in the file: the runs progress in the background while the tests above execute)
+
+def test_init_from_copies_params_with_fresh_optimizer(runs):
+    runs.result()
+    source = runs.wd["straight"]
+    setup = _toy_setup({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})
+    fresh = setup.init_state()
+    state = setup.apply_init_from(fresh, source)
+    trained = loop.restore_state(source)
+    _assert_trees_identical(state.params, trained.params)
+    _assert_trees_identical(state.ema_params, trained.params)
+    _assert_trees_identical(state.opt_state, fresh.opt_state)
+    assert int(state.step) == 0
+    from_ema = setup.apply_init_from(fresh, source, key="ema_params")
+    _assert_trees_identical(from_ema.params, trained.ema_params)
+
+
+
+def test_straight_run_logs_and_is_self_describing(runs):
+    out = runs.result()
+    print(f"training subprocesses took {out['wall_seconds']:.1f}s wall")
+    rc, log = out["straight"]
+    assert rc == 0, log
+    wd = runs.wd["straight"]
+    assert "step 20/20" in log and "steps/s" in log and "ex/s" in log and "ETA" in log
+    records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == [5, 10, 15, 20]
+    for key in ("steps_per_sec", "examples_per_sec", "eta_sec", "gflops_per_sec", "lr",
+                "nonfinite_steps"):
+        assert key in train[-1]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert [r["step"] for r in records if "eval/mse" in r] == [10, 20]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tb")))
+    config = loop.load_config(wd)
+    assert config.task == "_toy_task:ToyTask" and config.num_steps == 20
+    assert config.data.sources[0]["name"] == "moving_shapes/32x32_f17"   # list of dicts survives
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "15", "20", "5"]
+
+
+def test_kill_during_async_save_keeps_previous_checkpoint(runs):
+    out = runs.result()
+    rc, log = out["A"]
+    assert rc == -signal.SIGKILL, log
+    assert out["A_latest"] == 5   # the step-10 save was in flight: not finalized
+    assert any(n.startswith("10.") and "tmp" in n for n in out["A_listing"]), out["A_listing"]
+    rc, log = out["B"]
+    assert rc == -signal.SIGKILL, log
+    assert _resumed_from(log) == 5 and out["B_latest"] == 10
+
+
+def test_sigterm_saves_current_step_and_exits_zero(runs):
+    out = runs.result()
+    rc, log = out["C"]
+    assert rc == 0, log
+    assert _resumed_from(log) == 10
+    assert "SIGTERM: saved step 14" in log and out["C_latest"] == 14   # not a ckpt_every step
+    assert int(loop.restore_state(runs.wd["chain"], 14).step) == 14
+
+
+def test_exact_resume_matches_uninterrupted_run(runs):
+    """20 steps straight == (async-save kill, SIGKILL, SIGTERM, resumes) bit for bit:
+    params, optimizer state, EMA and the next data batch."""
+    out = runs.result()
+    rc, log = out["D"]
+    assert rc == 0, log
+    assert _resumed_from(log) == 14 and out["D_latest"] == 20
+    _assert_same_run(runs.wd["straight"], runs.wd["chain"])

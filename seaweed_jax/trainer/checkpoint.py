@@ -29,9 +29,26 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
+# Replica-parallel saving splits each replicated array over its replicas, which costs a
+# compiled device slice per (shape, device); worth it only for big arrays.
+MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 1 << 20
+_handler_registered = False
+
+
+def _register_array_handler() -> None:
+    global _handler_registered
+    if not _handler_registered:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(
+                min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),
+            override=True)
+        _handler_registered = True
+
+
 def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager over W/checkpoints keeping the `keep` newest steps."""
+    _register_array_handler()
     if read_only:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                                max_to_keep=None, enable_async_checkpointing=False)

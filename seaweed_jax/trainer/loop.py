@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from seaweed_jax import config_lib
 from seaweed_jax.parallel import make_mesh, rules_from_config, validate_rules
-from seaweed_jax.parallel.mesh import data_parallel_size
+from seaweed_jax.parallel.mesh import data_parallel_size, replicated
 from seaweed_jax.parallel.sharding import host_to_global, logical_to_shardings
 from seaweed_jax.trainer import checkpoint as ckpt_lib
 from seaweed_jax.trainer import optimizers
@@ -201,10 +201,13 @@ class Setup:
                        out_shardings=self.shardings)
         return nn.meta.unbox(init(self.batch))
 
-    def apply_init_from(self, state: TrainState, workdir: str) -> TrainState:
-        """Params (and a fresh EMA copy) from another run's latest checkpoint."""
-        params, step = ckpt_lib.restore_params_subtree(workdir, self.abstract.params)
-        _print(f"init_from: params from {workdir} step {step}")
+    def apply_init_from(self, state: TrainState, workdir: str, key: str = "params") -> TrainState:
+        """Params (and a fresh EMA copy) from another run's latest checkpoint; `key` picks
+        the source's `params` or `ema_params`. Optimizer state stays fresh."""
+        if key not in ("params", "ema_params"):
+            raise ValueError(f"config.init_from_key={key!r}; use 'params' or 'ema_params'")
+        params, step = ckpt_lib.restore_params_subtree(workdir, self.abstract.params, key=key)
+        _print(f"init_from: {key} of {workdir} step {step}")
         ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
         return state.replace(params=params, ema_params=ema)
 
@@ -244,6 +247,8 @@ class _StopFlag:
         self._previous = None
 
     def install(self):
+        if jax.process_count() > 1:
+            return  # multi-host: JAX's preemption service sees SIGTERM (see _should_stop)
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread (e.g. notebooks): no handler
@@ -292,12 +297,13 @@ def train(config, workdir: str, *, data_dir: str | None = None,
     else:
         state = setup.init_state()
         if config.get("init_from"):
-            state = setup.apply_init_from(state, config.init_from)
+            state = setup.apply_init_from(state, config.init_from,
+                                          config.get("init_from_key", "params") or "params")
     del setup.batch  # the example batch is no longer needed
 
     num_steps = config.num_steps
     step_jit = jax.jit(make_train_step(task, config.seed, num_steps),
-                       out_shardings=(setup.shardings, None), donate_argnums=0)
+                       out_shardings=(setup.shardings, replicated(mesh)), donate_argnums=0)
     step = int(state.step)
     last_saved = latest
     flag = _StopFlag()

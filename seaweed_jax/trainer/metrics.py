@@ -68,7 +68,11 @@ class MetricsLogger:
             for k in fetched[0]:
                 vals = np.asarray([np.asarray(m[k], np.float64) for m in fetched])
                 # counters are cumulative: report the latest value, average the rest
-                record[k] = float(vals[-1]) if k in LAST_VALUE_KEYS else float(np.nanmean(vals))
+                finite = vals[np.isfinite(vals)]
+                if k in LAST_VALUE_KEYS:
+                    record[k] = float(vals[-1])
+                else:  # mean over finite values (rejected non-finite steps are counted apart)
+                    record[k] = float(finite.mean()) if finite.size else float("nan")
         now = time.perf_counter()
         if self._t0 is not None and step > self._step0:
             dt = now - self._t0

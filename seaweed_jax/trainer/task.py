@@ -22,8 +22,10 @@ Contract, method by method
   `DatasetIterator` (so its state can be checkpointed with grain's Orbax handler) yielding
   this process's slice of each global batch: a dict of numpy arrays whose leading dim is
   `global_batch_size // process_count`. Numeric arrays become global `jax.Array`s sharded
-  on the batch axes (`parallel.sharding.host_to_global`); other leaves (strings) stay numpy
-  and are passed through unchanged. The iterator must be deterministic given its state.
+  on the batch axes (`parallel.sharding.host_to_global`); non-numeric leaves (strings) are
+  dropped before the jitted step (tokenize in the pipeline). The iterator must be
+  deterministic given its state, and the loop reads exactly one batch per step (the first
+  batch is peeked for shapes and the iterator rewound with get_state/set_state).
 
 `init(rng, batch) -> TrainState`: pure and jittable. `batch` is the global batch (only its
   shapes/dtypes should matter). Params may be boxed `nn.Partitioned` leaves (from
