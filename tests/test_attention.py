@@ -56,6 +56,21 @@ def test_window_attention_equals_masked_full_attention(grid, windows):
     np.testing.assert_array_equal(dense[:, 0, nv:], np.repeat(np.asarray(_key_valid(nv))[:, None], NT, 1))
 
 
+def test_gather_tables_match_the_reshape_path():
+    """The general (uneven) gather path, run on a grid that divides, equals the reshape path."""
+    from seaweed_jax.kernels import reference
+    grid, windows = (4, 6, 4), (2, 3, 2)
+    nv = int(np.prod(grid))
+    spec = VideoWindowMask(jnp.ones((1, nv), bool), grid=grid, windows=windows)
+    assert spec.divides
+    x = jnp.arange(nv, dtype=jnp.float32)[None, :, None]
+    index, valid, inverse = spec.window_tokens()
+    assert valid.all() and index.shape == (12, 8)
+    np.testing.assert_array_equal(reference._to_windows(x, spec)[0, ..., 0], index)
+    np.testing.assert_array_equal(np.asarray(x)[0, index.reshape(-1)[inverse], 0], np.arange(nv))
+    np.testing.assert_array_equal(reference._from_windows(reference._to_windows(x, spec), spec), x)
+
+
 def test_padded_keys_have_no_effect():
     nv = 16
     q, k, v = _qkv(nv + NT)

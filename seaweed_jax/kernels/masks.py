@@ -16,6 +16,7 @@ that a backend's structured path equals masked full attention.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -102,19 +103,7 @@ class VideoWindowMask:
         to the largest window S (padding points at token 0), valid (nW, S) bool, and inverse
         (Nv,) the flat slot w*S + s holding each token.
         """
-        ids = self.window_ids()
-        counts = np.bincount(ids, minlength=self.num_windows)
-        size = int(counts.max())
-        index = np.zeros((self.num_windows, size), np.int32)
-        valid = np.zeros((self.num_windows, size), bool)
-        inverse = np.zeros(ids.shape[0], np.int32)
-        fill = np.zeros(self.num_windows, np.int32)
-        for token, w in enumerate(ids):  # row-major order keeps tokens sorted within a window
-            index[w, fill[w]] = token
-            valid[w, fill[w]] = True
-            inverse[token] = w * size + fill[w]
-            fill[w] += 1
-        return index, valid, inverse
+        return _window_tables(self.grid, self.windows)
 
     def dense(self, num_queries: int) -> jax.Array:
         """(B, 1, N, N) explicit mask equal to this structure (N = num_queries = Nk)."""
@@ -127,3 +116,22 @@ class VideoWindowMask:
         structure = np.ones((n, n), bool)
         structure[:nv, :nv] = ids[:, None] == ids[None, :]
         return jnp.asarray(structure)[None, None] & self.key_valid[:, None, None, :]
+
+
+@functools.lru_cache(maxsize=64)
+def _window_tables(grid: tuple[int, int, int], windows: tuple[int, int, int]):
+    """Cached, vectorized tables for VideoWindowMask.window_tokens (built once per layer shape)."""
+    ids = VideoWindowMask(np.zeros((1, 1), bool), grid=grid, windows=windows).window_ids()
+    nw = math.prod(min(w, g) for w, g in zip(windows, grid))
+    order = np.argsort(ids, kind="stable")              # tokens grouped by window, row-major inside
+    counts = np.bincount(ids, minlength=nw)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(ids.size) - starts[ids[order]]     # rank of each (sorted) token in its window
+    size = int(counts.max())
+    index = np.zeros((nw, size), np.int32)
+    valid = np.zeros((nw, size), bool)
+    index[ids[order], slot] = order
+    valid[ids[order], slot] = True
+    inverse = np.empty(ids.size, np.int32)
+    inverse[order] = ids[order] * size + slot
+    return index, valid, inverse

@@ -91,6 +91,10 @@ def head_dim(cfg) -> int:
 
 def validate_config(cfg) -> None:
     """Config checks that need no inputs; errors name the field and what to change."""
+    missing = [k for k in default_config() if k not in cfg]
+    if missing:
+        raise ValueError(f"model config lacks {missing}; build it from "
+                         "seaweed_jax.models.dit.default_config() (or tiny_config()) and override fields")
     if cfg.hidden_size % cfg.num_heads:
         raise ValueError(f"model.hidden_size={cfg.hidden_size} must be divisible by "
                          f"model.num_heads={cfg.num_heads}")

@@ -19,23 +19,30 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def video_positions(grid: Sequence[int], offset: int) -> np.ndarray:
-    """(T*H*W, 3) int positions of a (T, H, W) token grid in row-major order, shifted by offset."""
-    t, h, w = (np.arange(n) for n in grid)
-    pos = np.stack(np.meshgrid(t, h, w, indexing="ij"), axis=-1).reshape(-1, 3)
+# Positions are built with jnp (iota ops under jit) rather than numpy, so a 100k-token
+# video does not embed a large constant into every compiled program.
+
+def video_positions(grid: Sequence[int], offset: int):
+    """(T*H*W, 3) int32 positions of a (T, H, W) token grid in row-major order, shifted by offset."""
+    t, h, w = (int(n) for n in grid)
+    pos = jnp.stack([
+        jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[:, None, None], (t, h, w)),
+        jnp.broadcast_to(jnp.arange(h, dtype=jnp.int32)[None, :, None], (t, h, w)),
+        jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32)[None, None, :], (t, h, w)),
+    ], axis=-1).reshape(-1, 3)
     return pos + offset
 
 
-def text_positions(num_text: int) -> np.ndarray:
-    """(num_text, 3): text token i at (i, i, i)."""
-    return np.repeat(np.arange(num_text)[:, None], 3, axis=1)
+def text_positions(num_text: int):
+    """(num_text, 3) int32: text token i at (i, i, i)."""
+    return jnp.broadcast_to(jnp.arange(num_text, dtype=jnp.int32)[:, None], (num_text, 3))
 
 
-def mm_rope_positions(grid: Sequence[int], num_text: int, max_text_len: int) -> np.ndarray:
-    """Positions of the joint [video; text] sequence, (T*H*W + num_text, 3) int."""
+def mm_rope_positions(grid: Sequence[int], num_text: int, max_text_len: int):
+    """Positions of the joint [video; text] sequence, (T*H*W + num_text, 3) int32."""
     if num_text > max_text_len:
         raise ValueError(f"{num_text} text tokens exceed max_text_len={max_text_len}")
-    return np.concatenate([video_positions(grid, max_text_len), text_positions(num_text)], axis=0)
+    return jnp.concatenate([video_positions(grid, max_text_len), text_positions(num_text)], axis=0)
 
 
 def axis_frequencies(axes_dim: Sequence[int], theta: float) -> list[np.ndarray]:
