@@ -21,13 +21,11 @@ import logging
 import math
 import os
 import signal
-import time
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -35,7 +36,6 @@ def make_schedule(opt_config, num_updates: int, warmup_updates: int) -> optax.Sc
 
 def _decay_mask(params):
     """Weight decay on matrices/kernels only (not on biases, norm scales, other vectors)."""
-    import jax
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
