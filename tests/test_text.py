@@ -48,13 +48,19 @@ def test_tokenize_contract():
         text.tokenize("a", max_len=0)
 
 
-def _encoder(**kw):
-    return text.build_text_encoder(text.text_config(max_len=10, width=32, num_heads=4, mlp_dim=64, **kw))
+@pytest.fixture(scope="module")
+def enc():
+    # One small encoder for the module: compiling its init dominates these tests' time.
+    return text.build_text_encoder(text.text_config(max_len=10, width=32, num_heads=4,
+                                                    mlp_dim=64, num_layers=1))
 
 
-def test_encoder_outputs_and_padding_invariance():
-    enc = _encoder()
-    params = enc.init(jax.random.key(0))
+@pytest.fixture(scope="module")
+def params(enc):
+    return enc.init(jax.random.key(0))
+
+
+def test_encoder_outputs_and_padding_invariance(enc, params):
     prompts = ["a red circle moving left on a black background", "a blue square", ""]
     ids, mask = enc.tokenize(prompts)
     emb, m = jax.jit(enc.apply)(params, ids, mask)
@@ -64,7 +70,7 @@ def test_encoder_outputs_and_padding_invariance():
     assert bool(jnp.all(jnp.isfinite(emb)))
     # Garbage ids at padded positions change nothing (padding is masked as keys).
     noisy = np.where(mask, ids, 7)
-    emb2, _ = enc.apply(params, noisy, mask)
+    emb2, _ = jax.jit(enc.apply)(params, noisy, mask)
     np.testing.assert_allclose(emb2, emb, atol=1e-6)
     # Different prompts -> different embeddings; the bundle's encode == tokenize + apply.
     e_red, _ = enc.encode(params, ["a red circle"])
@@ -78,8 +84,7 @@ def test_encoder_outputs_and_padding_invariance():
         enc.apply(params, ids[:, :5], mask[:, :5])
 
 
-def test_params_are_logically_partitioned_and_shard():
-    enc = _encoder()
+def test_params_are_logically_partitioned_and_shard(enc, params):
     abstract = jax.eval_shape(lambda k: enc.init(k, unbox=False), jax.random.key(0))
     leaves = jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
@@ -88,23 +93,23 @@ def test_params_are_logically_partitioned_and_shard():
         assert all(n is None or n in rules.LOGICAL_AXES for n in box.names)
     mesh = make_mesh(mc.ConfigDict({"shape": {"data": 2, "fsdp": 2, "tensor": 2}}))
     shardings = sharding.logical_to_shardings(abstract, mesh, rules.DEFAULT_RULES)
-    params = jax.jit(lambda k: enc.init(k, unbox=False), out_shardings=shardings)(jax.random.key(0))
-    params = nn.meta.unbox(params)
-    assert params["token_embed"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-    emb, _ = enc.encode(params, ["a red circle"])
-    ref, _ = enc.encode(enc.init(jax.random.key(0)), ["a red circle"])
+    # (placing existing params avoids a second init compile; the specs are what matter)
+    sharded = jax.device_put(params, nn.meta.unbox(shardings))
+    assert sharded["token_embed"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert sharded["block_0"]["query"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+    emb, _ = enc.encode(sharded, ["a red circle"])
+    ref, _ = enc.encode(params, ["a red circle"])
     np.testing.assert_allclose(emb, ref, atol=1e-5)
 
 
-def test_encoder_is_trainable():
+def test_encoder_is_trainable(enc, params):
     # A linear probe on mean-pooled embeddings learns the colour word in a few Adam steps,
     # and gradients reach the encoder.
-    enc = _encoder(num_layers=1)
     colours = list(ms.COLORS)
     prompts = [f"a {c} {s} moving left" for c in colours for s in ms.SHAPES]
     labels = jnp.array([i for i in range(len(colours)) for _ in ms.SHAPES])
     ids, mask = enc.tokenize(prompts)
-    params = {"enc": enc.init(jax.random.key(1)),
+    params = {"enc": params,
               "probe": 0.1 * jax.random.normal(jax.random.key(2), (32, len(colours)))}
 
     def loss_fn(p):

@@ -28,6 +28,7 @@ The DiT only sees `(emb, mask)` with `emb.shape[-1] == bundle.width`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -159,17 +160,26 @@ class TextEncoderBundle:
     def init(self, key, unbox: bool = True):
         """Params; `unbox=False` keeps the nn.Partitioned boxes (logical axis names), e.g.
         for `jax.eval_shape` -> `parallel.sharding.logical_to_shardings`."""
-        ids, mask = self.tokenize([""])
-        params = self.module.init(key, jnp.asarray(ids), jnp.asarray(mask))["params"]
+        params = self._jit_init(key)["params"]
         return nn.meta.unbox(params) if unbox else params
 
+    @functools.cached_property
+    def _jit_init(self):
+        ids, mask = self.tokenize([""])
+        return jax.jit(lambda key: self.module.init(key, jnp.asarray(ids), jnp.asarray(mask)))
+
     def apply(self, params, ids, mask):
+        """(emb, mask); traceable (use inside jit / grad)."""
         return self.module.apply({"params": params}, ids, mask)
+
+    @functools.cached_property
+    def _jit_apply(self):
+        return jax.jit(self.apply)
 
     def encode(self, params, texts: Sequence[str] | str):
         """Host convenience: tokenize + apply."""
         ids, mask = self.tokenize(texts)
-        return self.apply(params, jnp.asarray(ids), jnp.asarray(mask))
+        return self._jit_apply(params, jnp.asarray(ids), jnp.asarray(mask))
 
     def null_embedding(self, params):
         """The empty prompt's (emb (1, L, D), mask (1, L)): the unconditional branch of CFG
