@@ -9,6 +9,10 @@ import pytest
 
 from seaweed_jax.diffusion import flow
 
+# jitted once per signature: far fewer (tiny) compilations than running op by op
+loss_fn = jax.jit(flow.flow_matching_loss, static_argnames="return_per_example")
+multitask = jax.jit(flow.make_multitask_batch, static_argnums=(2, 3, 4, 5))
+
 
 def test_path_endpoints_and_target():
     k0, k1, k2 = jax.random.split(jax.random.key(0), 3)
@@ -69,27 +73,27 @@ def test_loss_masking():
     k0, k1 = jax.random.split(jax.random.key(1))
     v = jax.random.normal(k0, (2, 3, 2, 2, 4))
     tgt = jax.random.normal(k1, v.shape)
-    full = flow.flow_matching_loss(v, tgt)
+    full = loss_fn(v, tgt)
     np.testing.assert_allclose(full, jnp.mean((v - tgt) ** 2), rtol=1e-6)
     # Frame mask: example 0 ignores frame 0 (I2V); example 1 counts everything.
     m = jnp.array([[0.0, 1, 1], [1, 1, 1]])
-    loss, per = flow.flow_matching_loss(v, tgt, m, return_per_example=True)
+    loss, per = loss_fn(v, tgt, m, return_per_example=True)
     e0 = jnp.mean((v[0, 1:] - tgt[0, 1:]) ** 2)
     e1 = jnp.mean((v[1] - tgt[1]) ** 2)
     np.testing.assert_allclose(per, [e0, e1], rtol=1e-6)
     np.testing.assert_allclose(loss, (e0 + e1) / 2, rtol=1e-6)
     # The masked frame has no effect on the loss or its gradient.
     v_changed = v.at[0, 0].add(100.0)
-    np.testing.assert_allclose(flow.flow_matching_loss(v_changed, tgt, m), loss, rtol=1e-6)
-    g = jax.grad(lambda p: flow.flow_matching_loss(p, tgt, m))(v)
+    np.testing.assert_allclose(loss_fn(v_changed, tgt, m), loss, rtol=1e-6)
+    g = jax.grad(lambda p: loss_fn(p, tgt, m))(v)
     assert float(jnp.abs(g[0, 0]).max()) == 0.0 and float(jnp.abs(g[0, 1]).max()) > 0
     # An example with nothing to learn neither adds loss nor dilutes the mean.
     m2 = jnp.array([[0.0, 0, 0], [1, 1, 1]])
-    np.testing.assert_allclose(flow.flow_matching_loss(v, tgt, m2), e1, rtol=1e-6)
+    np.testing.assert_allclose(loss_fn(v, tgt, m2), e1, rtol=1e-6)
     # bf16 inputs are scored in fp32
-    assert flow.flow_matching_loss(v.astype(jnp.bfloat16), tgt).dtype == jnp.float32
+    assert loss_fn(v.astype(jnp.bfloat16), tgt).dtype == jnp.float32
     with pytest.raises(ValueError, match="prefix"):
-        flow.flow_matching_loss(v, tgt, jnp.ones((2, 4)))
+        loss_fn(v, tgt, jnp.ones((2, 4)))
 
 
 def test_text_dropout():
@@ -115,7 +119,7 @@ def test_multitask_batch():
     key = jax.random.key(7)
     b, t, h, w, c = 4000, 5, 2, 2, 3
     lat = jax.random.normal(key, (b, t, h, w, c)) + 3.0   # away from 0 so zeros are visible
-    out = flow.make_multitask_batch(jax.random.key(8), lat, i2v_share=0.2, extend_share=0.1)
+    out = multitask(jax.random.key(8), lat, 0.2, 0.1)
     tasks = np.asarray(out["task"])
     # shares: 20% I2V, 10% extension, 70% T2V (binomial sd ~0.6% at n=4000)
     assert abs(np.mean(tasks == flow.I2V) - 0.2) < 0.025
@@ -136,12 +140,17 @@ def test_multitask_batch():
         assert np.all(cond[i, :k, ..., c] == 1) and np.all(cond[i, k:, ..., c] == 0)
         np.testing.assert_array_equal(lm[i], (np.arange(t) >= k).astype(np.float32))
     # Images are always T2I with no conditioning.
-    img = flow.make_multitask_batch(jax.random.key(9), lat[:, :1])
+    img = multitask(jax.random.key(9), lat[:, :1])
     assert np.all(np.asarray(img["task"]) == flow.T2I)
     assert float(jnp.abs(img["cond"]).max()) == 0 and bool(jnp.all(img["loss_mask"] == 1))
     # A fixed extension length; jit-able.
-    fixed = jax.jit(lambda k, x: flow.make_multitask_batch(k, x, 0.0, 1.0, 2, 2))(key, lat[:8])
+    fixed = multitask(key, lat[:8], 0.0, 1.0, 2, 2)
     np.testing.assert_array_equal(fixed["num_cond"], 2)
     assert flow.empty_condition(lat.shape).shape == (b, t, h, w, c + 1)
+    # After sampling, the given frames are pasted back from the condition.
+    x = jnp.zeros((8, t, h, w, c))
+    pasted = np.asarray(flow.apply_condition(x, fixed["cond"]))
+    np.testing.assert_array_equal(pasted[:, :2], latn[:8, :2])
+    assert np.all(pasted[:, 2:] == 0)
     with pytest.raises(ValueError, match="sum to"):
         flow.sample_tasks(key, 4, 5, 0.8, 0.5)

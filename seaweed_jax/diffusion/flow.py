@@ -220,6 +220,16 @@ def build_condition(latents: jax.Array, num_cond: jax.Array):
     return cond, loss_mask
 
 
+def apply_condition(x: jax.Array, cond: jax.Array) -> jax.Array:
+    """Paste the given (conditioned) frames of `cond` (B, T, h, w, C + 1) into latents x
+    (B, T, h, w, C). The loss ignores those frames in training, so the model's own output
+    there is unconstrained: after sampling, the known frames are taken from the condition."""
+    if cond.shape[:-1] != x.shape[:-1] or cond.shape[-1] != x.shape[-1] + 1:
+        raise ValueError(f"cond {cond.shape} must be x {x.shape} plus one mask channel")
+    given = cond[..., -1:] > 0.5
+    return jnp.where(given, cond[..., :-1].astype(x.dtype), x)
+
+
 def empty_condition(shape) -> jax.Array:
     """The all-zero conditioning (no frames given) for latents of `shape` (B, T, h, w, C)."""
     return jnp.zeros(tuple(shape[:-1]) + (shape[-1] + 1,), jnp.float32)
