@@ -22,6 +22,7 @@ setup(
         "tensorboardX>=2.6,<3",
         "absl-py>=2.1",
         "numpy>=1.26",
+        "scipy>=1.11",
         "pillow>=10",
         "tqdm>=4.66",
     ],
