@@ -12,7 +12,7 @@ import pytest
 from flax import linen as nn
 
 from seaweed_jax import parallel
-from seaweed_jax.models.dit import DiT, count_params, example_inputs, tiny_config
+from seaweed_jax.models.dit import DiT, count_params, example_inputs, forward_flops, tiny_config
 from seaweed_jax.models.dit.dit import abstract_params
 from seaweed_jax.parallel import sharding
 from seaweed_jax.parallel.rules import LOGICAL_AXES
@@ -200,6 +200,20 @@ def test_input_and_config_errors_say_what_to_change(change, msg):
     cond = jnp.zeros(x.shape[:-1] + (5,)) if change.get("cond") else None
     with pytest.raises(ValueError, match=msg):
         jax.eval_shape(DiT(cfg).init, _key(), x, t, text, mask, cond)
+
+
+def test_forward_flops_matches_xla_cost_analysis():
+    """The analytic count (matmuls + attention) is within 15% of XLA's, and below it (XLA also
+    counts elementwise ops)."""
+    cfg = tiny_config(hidden_size=64, num_heads=4, mlp_hidden=128, rope_axes_dim=(6, 4, 6),
+                      num_layers=3, attention="window,full,space")
+    latent, text_len = (5, 16, 16), 8
+    x, t, text, mask = example_inputs(cfg, latent_shape=latent, text_len=text_len)
+    shapes = nn.meta.unbox(jax.eval_shape(DiT(cfg).init, _key(), x, t, text, mask))
+    xla = jax.jit(DiT(cfg).apply).lower(shapes, x, t, text, mask).compile().cost_analysis()["flops"]
+    ours = forward_flops(cfg, latent, text_len)
+    print(f"forward FLOPs analytic {ours:.4g} vs XLA {xla:.4g}")
+    assert 0.85 * xla < ours <= xla
 
 
 def test_seaweed_7b_config_is_7b_and_stage_table():
