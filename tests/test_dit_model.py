@@ -83,6 +83,9 @@ def test_padded_text_has_no_effect_on_video():
     # ...while the real tokens do matter.
     other = apply(params, x, t, _text(cfg, b, n, seed=4), jnp.ones((b, n), bool))
     assert float(jnp.abs(other - short).max()) > 1e-3
+    # An all-padding prompt (e.g. a dropped caption) stays finite in every layer type.
+    empty = apply(params, x, t, jnp.broadcast_to(junk, (b, L, cfg.text_dim)), jnp.zeros((b, L), bool))
+    assert bool(jnp.isfinite(empty).all())
 
 
 def _block_kinds(params):
