@@ -16,6 +16,7 @@ init uses `fold_in(key(seed), 0)`; the data order lives in the iterator's checkp
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -125,10 +126,18 @@ def _fit(sharding: NamedSharding, shape) -> NamedSharding:
     return NamedSharding(sharding.mesh, P(*spec[:len(shape)])) if changed else sharding
 
 
+def unbox(tree):
+    """Strip logical-axis boxes without adding sharding constraints (which fail on abstract
+    values and are redundant on arrays already placed by out_shardings)."""
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+        tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def state_shardings(abstract_boxed, mesh, rules):
     """NamedShardings for the UNBOXED state from `jax.eval_shape(task.init)` output."""
     shardings = logical_to_shardings(abstract_boxed, mesh, rules)
-    abstract = nn.meta.unbox(abstract_boxed)
+    abstract = unbox(abstract_boxed)
     return jax.tree.map(lambda s, a: _fit(s, a.shape), shardings, abstract)
 
 
@@ -149,8 +158,11 @@ def step_rng(seed: int, step):
 
 # ----------------------------------------------------------------------------- step
 
-def make_train_step(task: Task, seed: int, num_steps: int | None = None):
+def make_train_step(task: Task, seed: int, num_steps: int | None = None, phase=None):
     """Wrap task.train_step: per-step RNG, step counter, non-finite update rejection.
+
+    `phase` (from `task.step_phase(step)`, static) is passed on as `train_step(..., phase=)`
+    unless it is None (the default for tasks with a single kind of step).
 
     A step whose loss (or grad_norm, if reported) is not finite leaves params, optimizer
     state, EMA and extra untouched (the update is discarded as a whole) and increments
@@ -159,7 +171,8 @@ def make_train_step(task: Task, seed: int, num_steps: int | None = None):
     update never enters the state, so it can never be checkpointed.
     """
     def step_fn(state: TrainState, batch):
-        new_state, metrics = task.train_step(state, batch, step_rng(seed, state.step))
+        kw = {} if phase is None else {"phase": phase}
+        new_state, metrics = task.train_step(state, batch, step_rng(seed, state.step), **kw)
         ok = jnp.isfinite(metrics["loss"])
         if "grad_norm" in metrics:
             ok = ok & jnp.isfinite(metrics["grad_norm"])
@@ -189,7 +202,7 @@ class Setup:
         self.batch = batch
         self.abstract_boxed = jax.eval_shape(self.task.init, init_rng(self.config.seed), batch)
         self.shardings = state_shardings(self.abstract_boxed, self.mesh, self.rules)
-        self.abstract = ckpt_lib.abstract_with_shardings(nn.meta.unbox(self.abstract_boxed),
+        self.abstract = ckpt_lib.abstract_with_shardings(unbox(self.abstract_boxed),
                                                          self.shardings)
 
     def init_state(self) -> TrainState:
@@ -197,7 +210,7 @@ class Setup:
         seed = self.config.seed
         init = jax.jit(lambda batch: self.task.init(init_rng(seed), batch),
                        out_shardings=self.shardings)
-        return nn.meta.unbox(init(self.batch))
+        return unbox(init(self.batch))
 
     def apply_init_from(self, state: TrainState, workdir: str, key: str = "params") -> TrainState:
         """Params (and a fresh EMA copy) from another run's latest checkpoint; `key` picks
@@ -270,10 +283,24 @@ def _should_stop(flag: _StopFlag, manager, step: int) -> bool:
 
 # ----------------------------------------------------------------------------- train
 
+@contextlib.contextmanager
+def mesh_context(mesh, config):
+    """Activate `mesh` and the logical-axis rules: Linen's `with_logical_constraint` on
+    activations is silently skipped without both (param shardings come from out_shardings)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_from_config(config.mesh)):
+        yield
+
+
 def train(config, workdir: str, *, data_dir: str | None = None,
           hooks: Sequence[Hook] = ()) -> TrainState:
     """Train `config.task` in `workdir` (resuming if it has a checkpoint). Returns the state."""
     config = freeze(config)
+    with mesh_context(make_mesh(config.mesh), config):
+        return _train(config, workdir, data_dir=data_dir, hooks=hooks)
+
+
+def _train(config, workdir: str, *, data_dir: str | None = None,
+           hooks: Sequence[Hook] = ()) -> TrainState:
     data_dir = data_dir or config.get("data_dir", None) or config_lib.default_data_dir()
     mesh = make_mesh(config.mesh)
     validate_config(config, mesh)
@@ -300,8 +327,15 @@ def train(config, workdir: str, *, data_dir: str | None = None,
     del setup.batch  # the example batch is no longer needed
 
     num_steps = config.num_steps
-    step_jit = jax.jit(make_train_step(task, config.seed, num_steps),
-                       out_shardings=(setup.shardings, replicated(mesh)), donate_argnums=0)
+    step_jits = {}  # phase -> jitted step (one compile per phase, e.g. before/after a GAN starts)
+
+    def step_jit_for(at: int):
+        phase = task.step_phase(at)
+        if phase not in step_jits:
+            step_jits[phase] = jax.jit(make_train_step(task, config.seed, num_steps, phase),
+                                       out_shardings=(setup.shardings, replicated(mesh)),
+                                       donate_argnums=0)
+        return step_jits[phase]
     step = int(state.step)
     last_saved = latest
     flag = _StopFlag()
@@ -325,6 +359,7 @@ def train(config, workdir: str, *, data_dir: str | None = None,
     try:
         while step < num_steps:
             batch = to_device(next(iterator), mesh)
+            step_jit = step_jit_for(step)
             if not flops_checked:
                 flops_checked = True
                 logger.flops_per_step, source = _flops(task, step_jit, state, batch)
