@@ -46,6 +46,12 @@ Contract, method by method
   rejection. `metrics` is a dict of float32 scalars; it must include `"loss"` and should
   include `"grad_norm"` when meaningful (`optimizers.global_norm(grads)`).
 
+`step_phase(step) -> hashable | None`: host-side, for tasks whose step changes kind at known
+  steps (e.g. a GAN discriminator that starts at step N). The loop compiles one jitted step
+  per distinct phase and calls `train_step(state, batch, rng, phase=p)` for a non-None phase
+  (use this instead of `lax.cond`: XLA:CPU runs conv-heavy cond branches ~20x slower).
+  Default: None (one kind of step; train_step gets no `phase`).
+
 `evaluate(state, *, data_dir, workdir, step) -> dict`: host-side; may jit its own functions.
   Returns scalar metrics (logged to TensorBoard / console / metrics.jsonl under `eval/`).
   Default: `{}`.
@@ -108,6 +114,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def train_step(self, state: TrainState, batch: Mapping[str, Any], rng) -> tuple[TrainState, dict]:
         """Pure/jittable: one update; metrics must include 'loss'."""
+
+    def step_phase(self, step: int):
+        """Host-side: the (static) kind of train step to run at loop step `step`; None = one kind."""
+        del step
+        return None
 
     def evaluate(self, state: TrainState, *, data_dir: str, workdir: str, step: int) -> dict:
         """Host-side evaluation; returns scalar metrics. Optional."""
