@@ -1,0 +1,369 @@
+"""`VAETask`: train the causal video VAE (config.task = "vae").
+
+Generator loss (the VAE), all in fp32:
+
+    L_G = l1_weight * |x - x̂|            mean over pixels
+        + lpips_weight * LPIPS(x, x̂)     hook only (`perceptual_loss`), weight 0 by default
+        + kl_weight * KL                  KL(q(z|x) || N(0, I)) summed over latent elements and
+                                          divided by the pixel count per clip (so its ratio to
+                                          the per-pixel L1 is LDM's sum/sum convention)
+        + wl_weight * WL                  wavelet arch only: L1 between the decoder's predicted
+                                          and the true Haar subbands (WF-VAE), per level, summed
+        + lambda * L_adv                  after disc_start_step: hinge generator loss
+                                          -E[D(x̂)] summed over the enabled discriminators
+
+with the VQGAN adaptive weight lambda = adv_weight * clip(|grad_W L_rec| / (|grad_W L_adv| +
+1e-4), 0, adaptive_weight_max), W = the decoder's last conv kernel (`loss.last_layer`),
+L_rec = the L1 (+ LPIPS) term. Discriminators (`models/vae/discriminator.py`): a per-frame 2D
+and a 3D PatchGAN, spectral norm on every conv, no BatchNorm, hinge loss.
+
+One train step = G update, then D update on the same batch (D sees x and stop_grad(x̂)).
+Before `disc_start_step` the step is VAE-only: no discriminator forward, no D update, so early
+steps cost what a plain VAE step costs. The switch is a static phase (`step_phase`: the loop
+compiles one step per phase) rather than a `lax.cond`, which XLA:CPU ran 19x slower here
+(9.5 s vs 0.5 s per tiny-VAE step, the conv-heavy branch inside a conditional). The step uses a single VAE
+forward; the last-layer gradient norms come from the same VJP (XLA drops the parts of those
+backward passes that do not reach the last layer).
+
+State: params / opt_state / EMA of the VAE in TrainState; the discriminators' params,
+spectral-norm vectors and optimizer state in `state.extra` = {"disc_params",
+"disc_stats", "disc_opt_state"} (absent when adversarial training is off:
+adv_weight == 0 or both disc weights 0).
+
+`config.loss` fields (defaults in LOSS_DEFAULTS): see that dict. Evaluation: PSNR / SSIM on
+data.val_examples validation clips (EMA params when present). After the last step,
+`on_train_end` writes W/latent_stats.json (per-channel latent mean / std over the train split).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import optax
+from flax import linen as nn
+
+from seaweed_jax.trainer import optimizers
+from seaweed_jax.trainer.state import TrainState
+from seaweed_jax.trainer.task import Task
+
+LOSS_DEFAULTS = dict(
+    l1_weight=1.0,
+    lpips_weight=0.0,            # > 0 needs a perceptual_loss implementation (see the hook)
+    lpips_weights_path="",       # where pretrained LPIPS weights would be loaded from
+    kl_weight=1e-6,
+    wl_weight=0.1,               # wavelet arch only
+    sample_posterior=True,       # decode z ~ q(z|x) in training (False: the mean)
+    adv_weight=0.5,              # multiplier of the adaptive weight; 0 disables the GAN
+    adaptive_weight=True,        # False: lambda = adv_weight
+    adaptive_weight_max=1e4,
+    disc_start_step=2000,        # loop step at which the adversarial term and D updates start
+    disc_2d_weight=1.0,          # per-frame PatchGAN (0 disables it)
+    disc_3d_weight=1.0,          # video PatchGAN (0 disables it)
+    disc_channels=64,
+    disc_layers=3,
+    disc_power_iterations=1,
+    disc_lr=0.0,                 # 0 = optimizer.lr
+    disc_b1=0.5,
+    disc_b2=0.9,
+    disc_warmup_steps=0,
+    last_layer="decoder/conv_out/kernel",
+    latent_stats_examples=1024,  # train clips for latent_stats.json at the end of training
+)
+
+
+def loss_config(config) -> mc.FrozenConfigDict:
+    """config.loss over LOSS_DEFAULTS; unknown fields are an error (typos)."""
+    given = dict(config.get("loss", None) or {})
+    unknown = sorted(set(given) - set(LOSS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"config.loss has unknown fields {unknown}; known: {sorted(LOSS_DEFAULTS)}")
+    merged = dict(LOSS_DEFAULTS)
+    merged.update(given)
+    return mc.FrozenConfigDict(merged)
+
+
+def _get_path(tree, path: str):
+    for key in path.split("/"):
+        tree = tree[key]
+    return tree
+
+
+def kl_divergence(mean, logvar):
+    """KL(N(mean, exp(logvar)) || N(0, 1)) summed over all but the batch axis -> (B,)."""
+    kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    return jnp.sum(kl.reshape(kl.shape[0], -1), axis=1)
+
+
+def wavelet_loss(pred: Mapping[str, Any], true: Mapping[str, Any]):
+    """Sum over levels of the mean |predicted - true| subbands (keys present in both)."""
+    keys = sorted(set(pred) & set(true))
+    if not keys:
+        return jnp.zeros((), jnp.float32)
+    return sum(jnp.mean(jnp.abs(pred[k].astype(jnp.float32) - true[k].astype(jnp.float32)))
+               for k in keys)
+
+
+class VAETask(Task):
+    """Causal video VAE with L1 / KL / WL / 2D+3D PatchGAN (spectral norm) losses."""
+
+    def __init__(self, config, mesh):
+        super().__init__(config, mesh)
+        from seaweed_jax.models.vae import autoencoder
+        from seaweed_jax.models.vae.discriminator import VideoDiscriminators
+        autoencoder.validate_model_config(config.model)
+        self.lc = lc = loss_config(config)
+        self.model = autoencoder.CausalVAE(autoencoder.model_section(config.model))
+        self.wavelet = config.model.arch == "wavelet"
+        if lc.lpips_weight > 0 and type(self).perceptual_loss is VAETask.perceptual_loss:
+            raise ValueError(
+                f"config.loss.lpips_weight={lc.lpips_weight} but LPIPS is not implemented (it needs "
+                f"pretrained weights, loss.lpips_weights_path); set loss.lpips_weight=0 or subclass "
+                f"VAETask and override perceptual_loss")
+        if lc.disc_start_step < 0:
+            raise ValueError(f"config.loss.disc_start_step={lc.disc_start_step} must be >= 0")
+        self.adversarial = lc.adv_weight > 0 and (lc.disc_2d_weight > 0 or lc.disc_3d_weight > 0)
+        self.disc = VideoDiscriminators(
+            use_2d=lc.disc_2d_weight > 0, use_3d=lc.disc_3d_weight > 0, channels=lc.disc_channels,
+            num_layers=lc.disc_layers, power_iterations=lc.disc_power_iterations,
+            dtype=jnp.dtype(config.model.dtype))
+        self.disc_tx = self._make_disc_optimizer(config, lc)
+
+    @staticmethod
+    def _make_disc_optimizer(config, lc):
+        opt = mc.ConfigDict(config.optimizer.to_dict() if hasattr(config.optimizer, "to_dict")
+                            else dict(config.optimizer))
+        opt.lr = float(lc.disc_lr or config.optimizer.lr)
+        opt.b1, opt.b2 = float(lc.disc_b1), float(lc.disc_b2)
+        opt.schedule = "constant"
+        opt.warmup_steps = int(lc.disc_warmup_steps)
+        opt.weight_decay = 0.0
+        opt.grad_accum_steps = 1
+        return optimizers.make_optimizer(opt, max(1, config.num_steps - lc.disc_start_step))
+
+    # ------------------------------------------------------------------ data / init
+
+    def make_train_iterator(self, *, data_dir, process_index, process_count):
+        from seaweed_jax.data import pipeline
+        return pipeline.make_iterator(self.config.data, data_dir=data_dir,
+                                      process_index=process_index, process_count=process_count)
+
+    def init(self, rng, batch):
+        x = batch["video"]
+        k_vae, k_disc = jax.random.split(rng)
+        params = self.model.init({"params": k_vae}, jnp.zeros((1,) + x.shape[1:], jnp.float32))["params"]
+        try:
+            _get_path(nn.unbox(params), self.lc.last_layer)
+        except (KeyError, TypeError):
+            raise ValueError(f"config.loss.last_layer={self.lc.last_layer!r} is not a param path of "
+                             f"this VAE (expected e.g. 'decoder/conv_out/kernel')") from None
+        extra = {}
+        if self.adversarial:
+            dvars = self.disc.init({"params": k_disc}, jnp.zeros((1,) + x.shape[1:], jnp.float32))
+            from seaweed_jax.models.vae.discriminator import SPECTRAL
+            extra = {"disc_params": dvars["params"], "disc_stats": dvars[SPECTRAL],
+                     "disc_opt_state": self.disc_tx.init(dvars["params"])}
+        return TrainState.create(params=params, tx=self.tx, ema_decay=self.ema_decay, extra=extra)
+
+    # ------------------------------------------------------------------ losses
+
+    def perceptual_loss(self, recon, x):
+        """LPIPS hook (mean distance over frames). Not implemented: it needs pretrained VGG +
+        linear-head weights from `loss.lpips_weights_path`, which this project does not ship.
+        Override in a subclass to enable loss.lpips_weight > 0."""
+        raise NotImplementedError("LPIPS needs pretrained weights (loss.lpips_weights_path)")
+
+    def _rec_terms(self, outs, x):
+        """{'l1': .., ['lpips': ..]}: the terms the adaptive weight balances against."""
+        terms = {"l1": jnp.mean(jnp.abs(outs["recon"].astype(jnp.float32) - x))}
+        if self.lc.lpips_weight > 0:
+            terms["lpips"] = self.perceptual_loss(outs["recon"], x)
+        return terms
+
+    def _rec_loss(self, outs, x):
+        t = self._rec_terms(outs, x)
+        return self.lc.l1_weight * t["l1"] + self.lc.lpips_weight * t.get("lpips", 0.0)
+
+    def _reg_terms(self, outs, x):
+        pixels = x[0].size
+        terms = {"kl": jnp.mean(kl_divergence(outs["mean"], outs["logvar"])) / pixels}
+        if self.wavelet:
+            terms["wl"] = wavelet_loss(outs["subbands_pred"], outs["subbands_true"])
+        return terms
+
+    def _reg_loss(self, outs, x):
+        t = self._reg_terms(outs, x)
+        return self.lc.kl_weight * t["kl"] + self.lc.wl_weight * t.get("wl", 0.0)
+
+    def _disc_logits(self, extra, video, *, update: bool):
+        from seaweed_jax.models.vae.discriminator import SPECTRAL
+        variables = {"params": extra["disc_params"], SPECTRAL: extra["disc_stats"]}
+        if update:
+            return self.disc.apply(variables, video, update_stats=True, mutable=[SPECTRAL])
+        return self.disc.apply(variables, video), None
+
+    def _disc_weights(self):
+        return {"2d": self.lc.disc_2d_weight, "3d": self.lc.disc_3d_weight}
+
+    def _g_adv(self, extra, recon):
+        from seaweed_jax.models.vae.discriminator import hinge_g_loss
+        logits, _ = self._disc_logits(extra, recon, update=False)
+        w = self._disc_weights()
+        return sum(w[k] * hinge_g_loss(v) for k, v in logits.items())
+
+    def _forward(self, params, x, rng):
+        sample = jax.random.fold_in(rng, 1) if self.lc.sample_posterior else None
+        return self.model.apply({"params": params}, x, sample_rng=sample)
+
+    # ------------------------------------------------------------------ steps
+
+    def _metrics(self, outs, x, *, loss, grads, extra_metrics):
+        m = {"loss": loss, "grad_norm": optimizers.global_norm(grads)}
+        m.update({f"loss_{k}": v for k, v in self._rec_terms(outs, x).items()})
+        m.update({f"loss_{k}": v for k, v in self._reg_terms(outs, x).items()})
+        m["latent_std"] = jnp.std(outs["mean"])
+        m.update(extra_metrics)
+        return m
+
+    def _zero_adv_metrics(self):
+        names = ["loss_g_adv", "adv_lambda", "disc_loss", "disc_grad_norm", "disc_active"]
+        names += [f"disc_{k}_{s}" for k in ("2d", "3d") if self._disc_weights()[k] > 0
+                  for s in ("real", "fake")]
+        return {n: jnp.zeros((), jnp.float32) for n in names}
+
+    def _vae_step(self, state, x, rng):
+        def loss_fn(p):
+            outs = self._forward(p, x, rng)
+            return self._rec_loss(outs, x) + self._reg_loss(outs, x), outs
+
+        (loss, outs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, )
+        new = state.apply_gradients(grads)
+        extra = self._zero_adv_metrics() if self.adversarial else {}
+        return new, self._metrics(outs, x, loss=loss, grads=grads, extra_metrics=extra)
+
+    def _gan_step(self, state, x, rng):
+        from seaweed_jax.models.vae.discriminator import hinge_d_loss
+        lc = self.lc
+        outs, vjp = jax.vjp(lambda p: self._forward(p, x, rng), state.params)
+        rec, cot_rec = jax.value_and_grad(self._rec_loss)(outs, x)
+        reg, cot_reg = jax.value_and_grad(self._reg_loss)(outs, x)
+        adv, cot_adv_recon = jax.value_and_grad(lambda r: self._g_adv(state.extra, r))(outs["recon"])
+        cot_adv = jax.tree.map(jnp.zeros_like, outs)
+        cot_adv["recon"] = cot_adv_recon
+        if lc.adaptive_weight:
+            # Only the last-layer leaf of these two VJPs is used: XLA prunes the rest.
+            g_rec = _get_path(vjp(cot_rec)[0], lc.last_layer)
+            g_adv = _get_path(vjp(cot_adv)[0], lc.last_layer)
+            lam = jnp.linalg.norm(g_rec) / (jnp.linalg.norm(g_adv) + 1e-4)
+            lam = lc.adv_weight * jnp.clip(lam, 0.0, lc.adaptive_weight_max)
+        else:
+            lam = jnp.asarray(lc.adv_weight, jnp.float32)
+        lam = jax.lax.stop_gradient(lam)
+        cot = jax.tree.map(lambda a, b, c: a + b + lam * c, cot_rec, cot_reg, cot_adv)
+        (grads,) = vjp(cot)
+        loss = rec + reg + lam * adv
+        new = state.apply_gradients(grads)
+
+        # D update on real x and the (fixed) reconstruction, spectral-norm vectors advanced.
+        fake = jax.lax.stop_gradient(outs["recon"]).astype(jnp.float32)
+        both = jnp.concatenate([x, fake], axis=0)
+        n = x.shape[0]
+        weights = self._disc_weights()
+
+        def d_loss_fn(dparams):
+            extra = dict(state.extra, disc_params=dparams)
+            logits, updates = self._disc_logits(extra, both, update=True)
+            terms = {k: hinge_d_loss(v[:n], v[n:]) for k, v in logits.items()}
+            aux = {f"disc_{k}_real": jnp.mean(v[:n]) for k, v in logits.items()}
+            aux.update({f"disc_{k}_fake": jnp.mean(v[n:]) for k, v in logits.items()})
+            return sum(weights[k] * t for k, t in terms.items()), (updates, aux)
+
+        from seaweed_jax.models.vae.discriminator import SPECTRAL
+        (d_loss, (updates, d_aux)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+            state.extra["disc_params"])
+        d_upd, d_opt = self.disc_tx.update(d_grads, state.extra["disc_opt_state"],
+                                           state.extra["disc_params"])
+        new_extra = {"disc_params": optax.apply_updates(state.extra["disc_params"], d_upd),
+                     "disc_stats": updates[SPECTRAL], "disc_opt_state": d_opt}
+        new = new.replace(extra=new_extra)
+        extra_metrics = {"loss_g_adv": adv, "adv_lambda": lam, "disc_loss": d_loss,
+                         "disc_grad_norm": optimizers.global_norm(d_grads),
+                         "disc_active": jnp.ones((), jnp.float32), **d_aux}
+        return new, self._metrics(outs, x, loss=loss, grads=grads, extra_metrics=extra_metrics)
+
+    def step_phase(self, step: int):
+        """'vae' before loss.disc_start_step, 'gan' from it on (None without a GAN)."""
+        if not self.adversarial:
+            return None
+        return "gan" if step >= self.lc.disc_start_step else "vae"
+
+    def train_step(self, state, batch, rng, phase=None):
+        """phase 'gan': G update with the adversarial term, then D update; 'vae' (or None
+        with the GAN off): VAE losses only, D untouched. Without a phase (direct callers) it
+        is chosen from state.step with a lax.cond (correct, but slow on CPU)."""
+        x = batch["video"].astype(jnp.float32)
+        if not self.adversarial or phase == "vae":
+            return self._vae_step(state, x, rng)
+        if phase == "gan":
+            return self._gan_step(state, x, rng)
+        if phase is not None:
+            raise ValueError(f"unknown VAE train phase {phase!r}; expected 'vae' or 'gan'")
+        return jax.lax.cond(state.step >= self.lc.disc_start_step,
+                            self._gan_step, self._vae_step, state, x, rng)
+
+    # ------------------------------------------------------------------ host side
+
+    def flops_per_step(self, batch):
+        """XLA cost analysis of the VAE-only step (forward + backward); the adversarial branch
+        adds the discriminators (small next to the VAE) and the last-layer VJPs."""
+        try:
+            x = jax.ShapeDtypeStruct(batch["video"].shape, jnp.float32)
+            params = jax.eval_shape(lambda: nn.unbox(self.model.init(
+                {"params": jax.random.key(0)}, jnp.zeros((1,) + x.shape[1:]))["params"]))
+
+            def f(p, x):
+                def loss_fn(p):
+                    outs = self._forward(p, x, jax.random.key(0))
+                    return self._rec_loss(outs, x) + self._reg_loss(outs, x)
+                return jax.grad(loss_fn)(p)
+            cost = jax.jit(f).lower(params, x).cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            return float(cost.get("flops", 0.0)) or None
+        except Exception:  # best effort: the loop falls back to its own estimate
+            return None
+
+    def eval_params(self, state):
+        return state.ema_params if state.ema_params is not None else state.params
+
+    def evaluate(self, state, *, data_dir, workdir, step):
+        from seaweed_jax.eval import reconstruction
+        out = reconstruction.evaluate_split(self.config, self.eval_params(state), data_dir=data_dir,
+                                            mesh=self.mesh)
+        return {"psnr": out["psnr"], "ssim": out["ssim"] if out["ssim"] is not None else float("nan")}
+
+    def on_train_end(self, state, *, workdir, data_dir):
+        """Write W/latent_stats.json from the final (EMA) params."""
+        from seaweed_jax.eval import reconstruction
+        stats = reconstruction.latent_stats(self.config, self.eval_params(state), data_dir=data_dir,
+                                            num_examples=int(self.lc.latent_stats_examples),
+                                            mesh=self.mesh)
+        stats.update(step=int(state.step), params="ema" if state.ema_params is not None else "params")
+        path = reconstruction.write_latent_stats(workdir, stats)
+        if jax.process_index() == 0:
+            print(f"latent stats ({stats['num_examples']} train clips) -> {path}", flush=True)
+
+
+def compute_latent_stats(workdir: str, *, data_dir: str | None = None, num_examples: int | None = None,
+                         step: int | None = None, use_ema: bool = True) -> dict:
+    """Per-channel mean / std of the posterior-mean latents over the training split of a VAE
+    run, written to W/latent_stats.json (also returned)."""
+    from seaweed_jax import config_lib
+    from seaweed_jax.eval import reconstruction
+    config, params, at = reconstruction.restore_vae(workdir, step=step, use_ema=use_ema)
+    data_dir = data_dir or config.get("data_dir", None) or config_lib.default_data_dir()
+    n = int(num_examples or loss_config(config).latent_stats_examples)
+    stats = reconstruction.latent_stats(config, params, data_dir=data_dir, num_examples=n)
+    stats.update(step=at, params="ema" if use_ema else "params")
+    reconstruction.write_latent_stats(workdir, stats)
+    return stats
