@@ -50,8 +50,10 @@ def base_config() -> mc.ConfigDict:
     # eval. A source may override it with its own "crop" dict (e.g. images: no frames crop).
     c.data.crop = mc.ConfigDict({"frames": None, "height": None, "width": None})
     c.data.read_threads = 2          # threads producing batches (grain ReadOptions.num_threads)
-    c.data.num_train = None          # example counts of the built dataset (None = builder
-    c.data.num_validation = None     #   defaults 20,000 / 512); tiny builds for tests
+    # Example counts of the built dataset (None = builder defaults 20,000 / 512); tiny builds
+    # for tests. Placeholders (None, typed int) so `--config.data.num_train=N` works.
+    c.data.num_train = mc.config_dict.placeholder(int)
+    c.data.num_validation = mc.config_dict.placeholder(int)
     c.data.build_if_missing = True   # build a missing dataset on first use
 
     c.optimizer = mc.ConfigDict()

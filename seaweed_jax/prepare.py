@@ -5,6 +5,10 @@
     --data_dir=D                     default $SEAWEED_DATA_DIR or ~/seaweed_data
     --seed=N                         generation seed (another seed = another build)
     --num_train=N --num_validation=N example counts (defaults 20,000 / 512)
+    --vae_workdir=W [--vae_step=N] also encode every split with VAE run W into a latent cache
+                                     (normalized latents + captions + labels, ArrayRecord;
+                                     see data/latent_cache.py); adds latent_cache,
+                                     latent_shape, latent_splits, ... to the JSON line
 
 Reuses an existing build. Progress goes to stderr; the last stdout line is JSON:
 {"dataset", "config", "path", "splits": {split: examples}, "bytes", "seconds", "built"}.
@@ -29,6 +33,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Generation seed; part of the build's id
 _NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Train examples (default 20,000).")
 _NUM_VALIDATION = flags.DEFINE_integer("num_validation", None,
                                        "Validation examples (default 512).")
+_VAE_WORKDIR = flags.DEFINE_string(
+    "vae_workdir", None, "Also encode the dataset with this trained VAE run into a latent cache "
+    "(data/latent_cache.py) that DiT training reads instead of re-running the VAE.")
+_VAE_STEP = flags.DEFINE_integer("vae_step", None, "VAE checkpoint step (default: latest).")
+_VAE_USE_EMA = flags.DEFINE_bool("vae_use_ema", True, "Encode with the VAE's EMA params.")
 
 
 def _dir_bytes(path: str) -> int:
@@ -72,6 +81,16 @@ def main(argv) -> None:
     # Further per-dataset steps (e.g. caching VAE latents with a `--vae_workdir` flag) go
     # here: call a function of their own module with `builder`, add its result to `summary`.
     del builder
+    if _VAE_WORKDIR.value:
+        from seaweed_jax.data import latent_cache
+        try:
+            summary.update(latent_cache.prepare_latents(
+                _DATASET.value, data_dir, _VAE_WORKDIR.value, seed=_SEED.value,
+                num_train=_NUM_TRAIN.value, num_validation=_NUM_VALIDATION.value,
+                vae_step=_VAE_STEP.value, use_ema=_VAE_USE_EMA.value))
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
     print(json.dumps(summary), flush=True)
 
 

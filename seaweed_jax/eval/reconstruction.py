@@ -83,11 +83,14 @@ def encode_mean(params, video, config, *, chunk_frames: int | None = None, mesh=
     return mean
 
 
-def reconstruct(params, video, config, *, chunked: bool | None = None, mesh=None) -> np.ndarray:
+def reconstruct(params, video, config, *, chunked: bool | None = None, mesh=None,
+                chunk_frames: int | None = None, chunk_above: int | None = None) -> np.ndarray:
     """Float video (B, T, H, W, C) in [-1, 1], any T/H/W -> float reconstruction, same shape.
 
-    chunked=None picks Causal Cache chunks when the padded clip has more than
-    `chunk_above_frames(config)` frames; True/False force it.
+    chunked=None picks Causal Cache chunks when the padded clip has more than `chunk_above`
+    (default `chunk_above_frames(config)`) frames; True/False force it. Chunks are
+    `chunk_frames` input frames (default model.chunk_frames, a multiple of dt) and
+    chunk_frames / dt latent frames when decoding (default model.chunk_latent_frames).
     """
     from seaweed_jax.models.vae import autoencoder
     video = np.asarray(video, np.float32)
@@ -97,11 +100,14 @@ def reconstruct(params, video, config, *, chunked: bool | None = None, mesh=None
     x = pad_to_codable(video, config)
     cfg = model_config(config)
     if chunked is None:
-        chunked = x.shape[1] > chunk_above_frames(config)
-    mean = encode_mean(params, x, config, chunk_frames=cfg.chunk_frames if chunked else None,
-                       mesh=mesh)
+        limit = chunk_above_frames(config) if chunk_above is None else chunk_above
+        chunked = x.shape[1] > limit
+    dt = autoencoder.compression(cfg)[0]
+    enc_chunk = int(chunk_frames or cfg.chunk_frames)
+    dec_chunk = max(1, enc_chunk // dt) if chunk_frames else int(cfg.chunk_latent_frames)
+    mean = encode_mean(params, x, config, chunk_frames=enc_chunk if chunked else None, mesh=mesh)
     out = autoencoder.decode(params, mean, config=cfg,
-                             chunk_latent_frames=cfg.chunk_latent_frames if chunked else None)
+                             chunk_latent_frames=dec_chunk if chunked else None)
     return _to_host(out)[:, :t, :h, :w]
 
 
@@ -221,11 +227,13 @@ def dummy_batch(config) -> dict:
 
 
 def restore_vae(workdir: str, *, step: int | None = None, use_ema: bool = True):
-    """(config, params, step) of a VAE run: EMA params when present and `use_ema`."""
+    """(config, params, step, which) of a VAE run: EMA params when present and `use_ema`
+    (which = 'ema'), else the raw params (which = 'params')."""
     from seaweed_jax.trainer import loop
     config = loop.load_config(workdir, step)
     if config.task != "vae":
         raise ValueError(f"{workdir} is a {config.task!r} run, not a VAE run")
     state = loop.restore_state(workdir, step, batch=dummy_batch(config))
-    params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-    return config, params, int(state.step)
+    if use_ema and state.ema_params is not None:
+        return config, state.ema_params, int(state.step), "ema"
+    return config, state.params, int(state.step), "params"

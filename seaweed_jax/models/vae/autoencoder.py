@@ -183,7 +183,8 @@ class ConvDecoder(_Common):
             for j in range(cfg.num_res_blocks + 1):
                 h = self.res(chans[i], cfg.dec_conv[i], name=f"level{i}_res{j}")(h)
             if i > 0:
-                h = Upsample(cfg.down[i - 1], chans[i], conv=cfg.dec_conv[i], name=f"level{i}_up", **kw)(h)
+                # the conv after upsampling runs at level i-1's resolution: use that level's kind
+                h = Upsample(cfg.down[i - 1], chans[i], conv=cfg.dec_conv[i - 1], name=f"level{i}_up", **kw)(h)
         if cfg.stem == "haar3d":
             return InverseHaar3D(name="ihaar_out")(self.head(h, 8 * cfg.in_channels, cfg.dec_conv[0])), {}
         return self.head(h, cfg.in_channels, cfg.dec_conv[0]), {}
@@ -315,7 +316,8 @@ def init_params(config, rng, shape=None):
     """Params (boxed with logical-axis metadata) for a video shape (default: the smallest valid)."""
     cfg = model_section(config)
     x = jnp.zeros(shape or min_video_shape(cfg), jnp.float32)
-    return CausalVAE(cfg).init({"params": rng}, x)["params"]
+    # jitted: eager init would dispatch (and compile) op by op
+    return jax.jit(lambda r: CausalVAE(cfg).init({"params": r}, x)["params"])(rng)
 
 
 def abstract_params(config):
@@ -386,7 +388,7 @@ def encode(params, x, *, config, chunk_frames: int | None = None):
     check_video_shape(x.shape, cfg)
     params = nn.unbox(params)
     dt = compression(cfg)[0]
-    if chunk_frames is None or x.shape[1] <= 1:
+    if chunk_frames is None:
         return _full_fn(cfg, "encode")(params, x)
     if chunk_frames <= 0 or chunk_frames % dt:
         raise ValueError(f"chunk_frames={chunk_frames} must be a positive multiple of the temporal "
@@ -401,7 +403,7 @@ def decode(params, z, *, config, chunk_latent_frames: int | None = None):
     check_latent_shape(z.shape, cfg)
     params = nn.unbox(params)
     dt = compression(cfg)[0]
-    if chunk_latent_frames is None or z.shape[1] <= 1:
+    if chunk_latent_frames is None:
         return _full_fn(cfg, "decode")(params, z)
     if chunk_latent_frames <= 0:
         raise ValueError(f"chunk_latent_frames={chunk_latent_frames} must be positive")

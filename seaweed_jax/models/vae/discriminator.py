@@ -49,11 +49,17 @@ def _normalize(x, eps: float = 1e-12):
 
 
 def power_iteration(w: jax.Array, u: jax.Array, iterations: int):
-    """(W (m, n), u (n,)) -> (sigma, u') after `iterations` rounds (sigma ~ largest singular value)."""
+    """(W (m, n), u (n,)) -> (sigma, u') after `iterations` rounds (sigma ~ largest singular value).
+
+    A `fori_loop` rather than an unrolled loop: XLA:CPU spent ~0.2 s compiling each unrolled
+    round (80 s for the init of two small PatchGANs)."""
+    def one(_, u):
+        return _normalize(w.T @ _normalize(w @ u))
+    if iterations == 1:
+        u = one(0, u)
+    elif iterations > 1:
+        u = jax.lax.fori_loop(0, iterations, one, u)
     v = _normalize(w @ u)
-    for _ in range(iterations):
-        v = _normalize(w @ u)
-        u = _normalize(w.T @ v)
     sigma = v @ (w @ u)
     return sigma, u
 

@@ -1,0 +1,125 @@
+r"""Toy hybrid-stream DiT on moving_shapes latents (2-core CPU scale).
+
+Arguments (`--config=configs/dit/moving_shapes.py:MODE,vae=W,root=R,steps=N`):
+  MODE   t2v     the demo's single-stage text-to-video model: 32x32, 17 frames (default)
+         stage0  the paper's schedule at toy scale, stage 0: images only (32x32_f1)
+         stage1  stage 1: + 17-frame 32x32 video; init_from = {root}/stage0
+  vae    the trained VAE run (default runs/vae_tiny); recorded in the DiT config (absolute)
+  root   where stage runs live (stage1 initializes from {root}/stage0)
+  steps  override num_steps (0 = the mode's default)
+
+Commands (after `python -m seaweed_jax.train --config=configs/vae/tiny.py --workdir=runs/vae_tiny`):
+
+    python -m seaweed_jax.prepare --dataset=moving_shapes/32x32_f17 --vae_workdir=runs/vae_tiny
+    python -m seaweed_jax.train --config=configs/dit/moving_shapes.py:t2v,vae=runs/vae_tiny \
+        --workdir=runs/dit_t2v
+    python -m seaweed_jax.sample --workdir=runs/dit_t2v --canonical_prompts=64 --check
+
+    # the staged schedule (images first, then + video):
+    python -m seaweed_jax.train --config=configs/dit/moving_shapes.py:stage0,root=runs/dit_ms \
+        --workdir=runs/dit_ms/stage0
+    python -m seaweed_jax.train --config=configs/dit/moving_shapes.py:stage1,root=runs/dit_ms \
+        --workdir=runs/dit_ms/stage1
+
+Training reads the latent cache (data.latent_cache=True; built on first use if `prepare`
+was not run). Model: latents (5, 4, 4, 16) from the tiny VAE ((4, 8, 8) compression), patch
+(1, 1, 1) -> 80 video tokens + 16 text tokens; hidden 128, 4 hybrid-stream layers (the last
+2 share FFN gate/up), 4 heads; the tiny text encoder (width 64, 2 layers) trains jointly.
+In-channels 33 = noisy latent + condition latents + mask, so the same model does T2V and
+I2V / extension (20% / 10% of video examples).
+
+Hardware / time / result: see MEASURED below (2 shared CPU cores).
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections as mc
+
+from seaweed_jax import config_lib
+from seaweed_jax.models.dit.dit import default_config as dit_default_config
+from seaweed_jax.models.text import text_config
+
+MODES = ("t2v", "stage0", "stage1")
+IMAGES = "moving_shapes/32x32_f1"
+VIDEO = "moving_shapes/32x32_f17"
+
+# MEASURED (filled in from real runs; see the issue note for the loss curves).
+MEASURED = {}
+
+
+def model_config(latent_channels: int = 16) -> mc.ConfigDict:
+    m = dit_default_config()
+    m.latent_channels = latent_channels
+    m.in_channels = 2 * latent_channels + 1
+    m.patch_size = (1, 2, 2)
+    m.hidden_size = 128
+    m.num_layers = 4
+    m.num_heads = 4
+    m.rope_axes_dim = (8, 12, 12)       # head_dim 32
+    m.mlp_hidden = 256
+    m.num_shared_ffn_layers = 2
+    m.text_dim = 64
+    m.max_text_len = 12
+    m.attention = "full"
+    m.timestep_freq_dim = 128
+    m.dtype = "float32"                 # bf16 is slower on CPU
+    m.remat = "none"
+    return m
+
+
+def get_config(arg: str | None = None) -> mc.ConfigDict:
+    args = config_lib.parse_arg(arg, mode="t2v", vae="runs/vae_tiny", root="runs/dit_moving_shapes",
+                                steps=0)
+    if args.mode not in MODES:
+        raise ValueError(f"unknown mode {args.mode!r}; use one of {MODES}")
+    c = config_lib.base_config()
+    c.task = "dit"
+    c.mode = args.mode
+    c.seed = 0
+    # The DiT run must find its VAE from anywhere: record an absolute path.
+    c.vae_workdir = os.path.abspath(args.vae)
+    c.vae_step = None            # latest
+    c.vae_use_ema = True
+    c.init_from = None
+
+    c.data.latent_cache = True
+    c.data.global_batch_size = 32
+    c.data.val_examples = 64
+    c.data.prefetch = 2
+    if args.mode == "t2v":
+        c.data.sources = [{"name": VIDEO, "split": "train", "weight": 1.0}]
+        c.num_steps = 3000
+    elif args.mode == "stage0":
+        c.data.sources = [{"name": IMAGES, "split": "train", "weight": 1.0}]
+        c.num_steps = 1200          # 37.5% : 25% of the paper's first two stages -> 3 : 2
+    else:
+        c.data.sources = [{"name": IMAGES, "split": "train", "weight": 0.3},
+                          {"name": VIDEO, "split": "train", "weight": 0.7}]
+        c.num_steps = 2000
+        c.init_from = os.path.abspath(os.path.join(args.root, "stage0"))
+    if args.steps:
+        c.num_steps = int(args.steps)
+
+    c.model = model_config()
+    c.text_encoder = text_config(kind="tiny", max_len=12, width=64, num_layers=2, num_heads=4,
+                                 mlp_dim=128)
+    c.diffusion = mc.ConfigDict(dict(
+        timesteps="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0, shift_base_tokens=0,
+        text_dropout=0.1, i2v_share=0.2, extend_share=0.1, extend_min=1, extend_max=None,
+        eval_t=(0.1, 0.3, 0.5, 0.7, 0.9), eval_seed=1234))
+    c.sample = mc.ConfigDict(dict(cfg_scale=4.0, steps=50, sampler="euler", shift=1.0,
+                                  num_frames=None, height=None, width=None, fps=8.0))
+
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = 100
+    c.optimizer.schedule = "cosine"
+    c.optimizer.end_lr_ratio = 0.1
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip = 1.0
+    c.ema_decay = 0.995
+    c.log_every = 50
+    c.eval_every = 500
+    c.ckpt_every = 500
+    c.keep_checkpoints = 2
+    return c

@@ -1,0 +1,454 @@
+"""`DiTTask` ("dit"): flow-matching pretraining of the hybrid-stream DiT on VAE latents.
+
+Trainable params: `{"dit": DiT params, "text": text encoder params}` (the tiny text encoder
+is trained jointly; one optimizer, one EMA over both).
+
+One training step (all in `train_step`, fp32 loss):
+  text ids -> text encoder -> (emb, mask); with prob `diffusion.text_dropout` an example's
+  text is replaced by the empty prompt's (the CFG null branch);
+  tasks: images -> T2I; videos -> I2V (`diffusion.i2v_share`, default 20% of video
+  examples), extension (`extend_share`), else T2V; condition latents + mask channel from
+  `diffusion.flow.build_condition` (model.in_channels = 2C + 1; with in_channels = C the
+  model is T2V/T2I only and no conditioning is drawn);
+  t ~ logit-normal, then the resolution shift (a fixed `diffusion.shift`, or
+  `shift * sqrt(tokens / shift_base_tokens)` when shift_base_tokens > 0, per bucket);
+  x_t = (1 - t) x0 + t eps; loss = mean ||v - (eps - x0)||^2 over the non-conditioned frames.
+Metrics: loss, grad_norm, t_mean and loss_{t2i,t2v,i2v,extend} for the tasks the config can
+draw (NaN in a batch without that task; the logger's nanmean skips it).
+
+Inputs: normalized latents, either read from the latent cache (`data.latent_cache=True`,
+built under data_dir on first use) or encoded on the fly by the frozen VAE of
+`config.vae_workdir` (the same `FrozenVAE` and normalization). Captions are tokenized in
+the input pipeline (batches carry `text_ids` / `text_mask`).
+
+Self-describing workdir: the config records `vae_workdir` (+ `vae_step`, `vae_use_ema`),
+`text_encoder` (kind, sizes; the tokenizer is fixed by the kind) and `sample` (the tuned
+cfg_scale, steps, sampler, shift, default size), so `sample --workdir=W` needs nothing else.
+
+`evaluate`: validation loss (T2V/T2I, text always on) at fixed t values
+(`diffusion.eval_t`) with fixed noise (a key per (source, example index)), for the params
+and the EMA params: deterministic, independent of batch size and of the training RNG.
+
+Config sections read here (defaults in `default_diffusion_config`, `default_sample_config`):
+  model        the DiT (models.dit.default_config fields); text_dim = text_encoder.width
+  text_encoder models.text.text_config fields (default: tiny, width = model.text_dim)
+  diffusion    timesteps, shift, text_dropout, i2v_share, extend_share, eval_t, eval_seed
+  sample       cfg_scale (> 1, tuned), steps, sampler, shift, num_frames, height, width
+  vae_workdir, vae_step, vae_use_ema, data.latent_cache
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+
+from seaweed_jax.data import pipeline as pipe
+from seaweed_jax.diffusion import flow
+from seaweed_jax.models.dit import DiT
+from seaweed_jax.models.dit import validate_config as validate_dit_config
+from seaweed_jax.models.text import build_text_encoder, text_config
+from seaweed_jax.trainer import optimizers
+from seaweed_jax.trainer.state import TrainState
+from seaweed_jax.trainer.task import Task
+
+TASK_METRICS = tuple(f"loss_{n}" for n in flow.TASK_NAMES)
+
+
+# ----------------------------------------------------------------------------- config
+
+def default_diffusion_config(**overrides) -> mc.ConfigDict:
+    c = mc.ConfigDict()
+    c.timesteps = "logit_normal"    # logit_normal | uniform
+    c.logit_mean = 0.0
+    c.logit_std = 1.0
+    c.shift = 1.0                   # t <- s t / (1 + (s - 1) t)
+    c.shift_base_tokens = 0         # > 0: shift * sqrt(latent tokens / this), per bucket
+    c.text_dropout = 0.1            # P(empty prompt) for classifier-free guidance
+    c.i2v_share = 0.2               # of video examples (Seaweed: 20%)
+    c.extend_share = 0.1            # of video examples: video extension
+    c.extend_min = 1                # conditioned latent frames for extension: [min, max]
+    c.extend_max = None             # None = T - 1
+    c.eval_t = (0.1, 0.3, 0.5, 0.7, 0.9)
+    c.eval_seed = 1234
+    c.update(overrides)
+    return c
+
+
+def default_sample_config(**overrides) -> mc.ConfigDict:
+    c = mc.ConfigDict()
+    c.cfg_scale = 4.0       # guidance the model is tuned for (documented in the config file)
+    c.steps = 50
+    c.sampler = "euler"
+    c.shift = 1.0
+    c.num_frames = None     # None: the training data's size (first video source)
+    c.height = None
+    c.width = None
+    c.fps = 8.0
+    c.update(overrides)
+    return c
+
+
+def _section(config, name, default_fn, **defaults):
+    """A config section with defaults filled in (missing fields are allowed in configs)."""
+    base = default_fn(**defaults)
+    given = config.get(name, None)
+    if given is not None:
+        for k in given.keys():
+            with base.ignore_type():
+                base[k] = given[k]
+    return mc.FrozenConfigDict(base)
+
+
+def diffusion_config(config) -> mc.FrozenConfigDict:
+    return _section(config, "diffusion", default_diffusion_config)
+
+
+def sample_config(config) -> mc.FrozenConfigDict:
+    return _section(config, "sample", default_sample_config)
+
+
+def text_encoder_config(config) -> mc.FrozenConfigDict:
+    return _section(config, "text_encoder", text_config, width=int(config.model.text_dim))
+
+
+def conditioning(model_cfg) -> bool:
+    """Whether the model takes condition latents + mask (I2V / extension)."""
+    return int(model_cfg.in_channels) == 2 * int(model_cfg.latent_channels) + 1
+
+
+def training_video_size(config) -> tuple[int, int, int]:
+    """(frames, height, width) the model was trained on: `sample.*` if set, else the first
+    video source (else the first source) of data.sources."""
+    from seaweed_jax.data import datasets
+    s = sample_config(config)
+    sizes = [datasets.parse_name(src["name"])[1:] for src in config.data.sources]  # (h, w, t)
+    video = [x for x in sizes if x[2] > 1] or sizes
+    h, w, t = video[0]
+    return (int(s.num_frames or t), int(s.height or h), int(s.width or w))
+
+
+def validate_task_config(config) -> None:
+    validate_dit_config(config.model)
+    te = text_encoder_config(config)
+    if int(te.width) != int(config.model.text_dim):
+        raise ValueError(f"text_encoder.width={te.width} must equal model.text_dim="
+                         f"{config.model.text_dim}; set one to the other")
+    if int(te.max_len) > int(config.model.max_text_len):
+        raise ValueError(f"text_encoder.max_len={te.max_len} > model.max_text_len="
+                         f"{config.model.max_text_len}; raise model.max_text_len")
+    d = diffusion_config(config)
+    if d.timesteps not in ("logit_normal", "uniform"):
+        raise ValueError(f"diffusion.timesteps={d.timesteps!r}; use 'logit_normal' or 'uniform'")
+    if not 0.0 <= float(d.text_dropout) < 1.0:
+        raise ValueError(f"diffusion.text_dropout={d.text_dropout} must be in [0, 1)")
+    if float(d.shift) <= 0:
+        raise ValueError(f"diffusion.shift={d.shift} must be > 0 (1 = no shift)")
+    if d.i2v_share < 0 or d.extend_share < 0 or d.i2v_share + d.extend_share > 1:
+        raise ValueError(f"diffusion.i2v_share={d.i2v_share} and extend_share={d.extend_share} "
+                         "must be >= 0 and sum to <= 1")
+    if not d.eval_t or any(not 0.0 <= float(t) <= 1.0 for t in d.eval_t):
+        raise ValueError(f"diffusion.eval_t={tuple(d.eval_t)} must be values in [0, 1]")
+    s = sample_config(config)
+    if s.sampler not in ("euler", "heun"):
+        raise ValueError(f"sample.sampler={s.sampler!r}; use 'euler' or 'heun'")
+    if not config.get("vae_workdir"):
+        raise ValueError("config.vae_workdir is empty: set it to a trained VAE run, e.g. "
+                         "--config.vae_workdir=runs/vae_tiny (the DiT trains on its latents)")
+
+
+# ----------------------------------------------------------------------------- input
+
+class Tokenize(grain.transforms.Map):
+    """caption -> text_ids int32 (L,), text_mask bool (L,) with the task's tokenizer."""
+
+    def __init__(self, text_cfg):
+        self.text_cfg = dict(text_cfg)
+        self._bundle = None
+
+    def map(self, ex: dict) -> dict:
+        if self._bundle is None:
+            self._bundle = build_text_encoder(self.text_cfg)
+        ids, mask = self._bundle.tokenize([str(ex["caption"])])
+        ex = dict(ex)
+        ex["text_ids"], ex["text_mask"] = ids[0], mask[0]
+        return ex
+
+    def __getstate__(self):
+        return {"text_cfg": self.text_cfg, "_bundle": None}
+
+
+class EncodeVideo(grain.transforms.Map):
+    """Host batch with `video` in [-1, 1] -> `latents` (normalized) via the frozen VAE.
+    Runs in the consuming process (after prefetch), so JAX stays out of grain workers."""
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def map(self, batch: dict) -> dict:
+        batch = dict(batch)
+        batch["latents"] = self.vae.encode(batch.pop("video"))
+        return batch
+
+
+# ----------------------------------------------------------------------------- task
+
+class DiTTask(Task):
+    """See the module docstring."""
+
+    def __init__(self, config, mesh):
+        super().__init__(config, mesh)
+        validate_task_config(config)
+        self.model_cfg = config.model
+        self.model = DiT(config.model)
+        self.text_cfg = text_encoder_config(config)
+        self.text = build_text_encoder(self.text_cfg)
+        self.diff = diffusion_config(config)
+        self.sample_cfg = sample_config(config)
+        self.cond = conditioning(config.model)
+        null_ids, null_mask = self.text.tokenize([""])
+        self.null_ids, self.null_mask = np.asarray(null_ids), np.asarray(null_mask)
+        self._vae = None
+        self.metric_tasks = self._possible_tasks()
+
+    def _possible_tasks(self) -> tuple[int, ...]:
+        """Task ids this config can draw (their per-task losses are logged; a batch without
+        one logs NaN for it, which the logger's nanmean skips)."""
+        from seaweed_jax.data import datasets
+        frames = [datasets.parse_name(s["name"])[3] for s in self.config.data.sources]
+        crops = [dict(s).get("crop") or self.config.data.get("crop") for s in self.config.data.sources]
+        frames = [int(c["frames"]) if c and c.get("frames") else f for f, c in zip(frames, crops)]
+        tasks = []
+        if any(f == 1 for f in frames):
+            tasks.append(flow.T2I)
+        if any(f > 1 for f in frames):
+            tasks.append(flow.T2V)
+            if self.cond and self.diff.i2v_share > 0:
+                tasks.append(flow.I2V)
+            if self.cond and self.diff.extend_share > 0:
+                tasks.append(flow.EXTEND)
+        return tuple(tasks)
+
+    # ------------------------------------------------------------------ VAE / data
+    @property
+    def vae(self):
+        """The frozen VAE of config.vae_workdir (loaded on first use)."""
+        if self._vae is None:
+            from seaweed_jax.data.latent_cache import FrozenVAE
+            self._vae = FrozenVAE.load(resolve_vae_workdir(self.config),
+                                       self.config.get("vae_step", None),
+                                       bool(self.config.get("vae_use_ema", True)))
+            if self._vae.latent_channels != int(self.model_cfg.latent_channels):
+                raise ValueError(
+                    f"model.latent_channels={self.model_cfg.latent_channels} but the VAE at "
+                    f"{self._vae.workdir} has {self._vae.latent_channels} latent channels; "
+                    f"set model.latent_channels={self._vae.latent_channels} and model.in_channels="
+                    f"{2 * self._vae.latent_channels + 1} (or {self._vae.latent_channels} for T2V only)")
+        return self._vae
+
+    def _use_cache(self) -> bool:
+        return bool(self.config.data.get("latent_cache", True))
+
+    def make_train_iterator(self, *, data_dir, process_index, process_count):
+        tok = Tokenize(self.text_cfg)
+        if self._use_cache():
+            from seaweed_jax.data import latent_cache
+            return latent_cache.make_latent_iterator(
+                self.config.data, data_dir=data_dir, vae=self.vae, process_index=process_index,
+                process_count=process_count, example_fn=tok)
+        ds = pipe.make_dataset(self.config.data, data_dir=data_dir, process_index=process_index,
+                               process_count=process_count, example_fn=tok)
+        return iter(ds.map(EncodeVideo(self.vae)))
+
+    def make_eval_iterator(self, *, data_dir, source: int, num_examples=None, batch_size=None):
+        tok = Tokenize(self.text_cfg)
+        kw = dict(data_dir=data_dir, source=source, num_examples=num_examples,
+                  batch_size=batch_size, example_fn=tok)
+        if self._use_cache():
+            from seaweed_jax.data import latent_cache
+            return latent_cache.make_latent_eval_iterator(self.config.data, vae=self.vae, **kw)
+        return iter(pipe.make_eval_iterator(self.config.data, **kw).map(EncodeVideo(self.vae)))
+
+    def example_batch(self, latent_shape=(1, 1, 1), batch_size: int = 1) -> dict:
+        """Zero batch of the right structure (param shapes do not depend on the latent size)."""
+        pt, ph, pw = tuple(self.model_cfg.patch_size)
+        t, h, w = (max(s, p) for s, p in zip(latent_shape, (pt, ph, pw)))
+        L = int(self.text_cfg.max_len)
+        return {"latents": jnp.zeros((batch_size, t, h, w, int(self.model_cfg.latent_channels)),
+                                     jnp.float32),
+                "text_ids": jnp.zeros((batch_size, L), jnp.int32),
+                "text_mask": jnp.ones((batch_size, L), bool)}
+
+    # ------------------------------------------------------------------ model
+    def init(self, rng, batch):
+        k_dit, k_text = jax.random.split(rng)
+        x = batch["latents"][:1]
+        ids, mask = batch["text_ids"][:1], batch["text_mask"][:1].astype(bool)
+        text_params = self.text.module.init(k_text, ids, mask)["params"]
+        emb = jnp.zeros((1, ids.shape[1], int(self.model_cfg.text_dim)), jnp.float32)
+        cond = None
+        if self.cond:
+            cond = flow.empty_condition(x.shape)
+        dit_params = self.model.init(k_dit, x, jnp.zeros((1,), jnp.float32), emb, mask,
+                                     cond)["params"]
+        params = {"dit": dit_params, "text": text_params}
+        return TrainState.create(params=params, tx=self.tx, ema_decay=self.ema_decay)
+
+    def encode_text(self, params, ids, mask):
+        return self.text.apply(params["text"], ids, mask.astype(bool))
+
+    def velocity(self, params, x_t, t, emb, mask, cond=None):
+        """The DiT's velocity prediction (float32)."""
+        return self.model.apply({"params": params["dit"]}, x_t, t, emb, mask, cond)
+
+    def timestep_shift(self, latent_shape) -> float:
+        """The training shift for latents (t, h, w) (static per bucket)."""
+        d = self.diff
+        if int(d.shift_base_tokens or 0) > 0:
+            pt, ph, pw = tuple(self.model_cfg.patch_size)
+            tokens = math.prod(s // p for s, p in zip(latent_shape, (pt, ph, pw)))
+            return flow.shift_for_tokens(tokens, int(d.shift_base_tokens), float(d.shift))
+        return float(d.shift)
+
+    def _loss(self, params, batch, rng):
+        x0 = batch["latents"].astype(jnp.float32)
+        b, t_lat = x0.shape[:2]
+        d = self.diff
+        k_drop, k_task, k_t, k_noise = jax.random.split(rng, 4)
+
+        emb, mask = self.encode_text(params, batch["text_ids"], batch["text_mask"])
+        null_emb, null_mask = self.encode_text(params, jnp.asarray(self.null_ids),
+                                               jnp.asarray(self.null_mask))
+        emb, mask, _ = flow.drop_text(k_drop, emb, mask, null_emb[0], null_mask[0],
+                                      float(d.text_dropout))
+
+        if self.cond:
+            mt = flow.make_multitask_batch(k_task, x0, float(d.i2v_share), float(d.extend_share),
+                                           int(d.extend_min), d.extend_max)
+            cond, loss_mask, tasks = mt["cond"], mt["loss_mask"], mt["task"]
+        else:
+            cond, loss_mask = None, None
+            tasks = jnp.full((b,), flow.T2I if t_lat == 1 else flow.T2V, jnp.int32)
+
+        t = flow.sample_timesteps(k_t, b, d.timesteps, float(d.logit_mean), float(d.logit_std),
+                                  self.timestep_shift(x0.shape[1:4]))
+        x_t, v_target, _ = flow.noisy_inputs(k_noise, x0, t)
+        v = self.velocity(params, x_t, t, emb, mask, cond)
+        loss, per_example = flow.flow_matching_loss(v, v_target, loss_mask, return_per_example=True)
+        aux = {"t_mean": t.mean()}
+        for task_id in self.metric_tasks:
+            name = TASK_METRICS[task_id]
+            sel = (tasks == task_id).astype(jnp.float32)
+            n = sel.sum()
+            aux[name] = jnp.where(n > 0, (per_example * sel).sum() / jnp.maximum(n, 1.0), jnp.nan)
+        return loss, aux
+
+    def train_step(self, state: TrainState, batch: Mapping[str, Any], rng):
+        (loss, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, batch, rng)
+        state = state.apply_gradients(grads)
+        return state, {"loss": loss, "grad_norm": optimizers.global_norm(grads), **aux}
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_fn(self):
+        if getattr(self, "_eval_jit", None) is None:
+            seed = int(self.diff.eval_seed)
+
+            def per_example_loss(params, latents, ids, mask, source, index, t_value):
+                x0 = latents.astype(jnp.float32)
+                b = x0.shape[0]
+                base = jax.random.fold_in(jax.random.key(seed), source)
+                keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+                eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], jnp.float32))(keys)
+                t = jnp.full((b,), t_value, jnp.float32)
+                x_t = flow.interpolate(x0, eps, t)
+                emb, m = self.encode_text(params, ids, mask)
+                cond = flow.empty_condition(x0.shape) if self.cond else None
+                v = self.velocity(params, x_t, t, emb, m, cond)
+                _, pe = flow.flow_matching_loss(v, flow.velocity_target(x0, eps),
+                                                return_per_example=True)
+                return pe
+
+            self._eval_jit = jax.jit(per_example_loss)
+        return self._eval_jit
+
+    def validation_losses(self, params, *, data_dir: str, num_examples: int | None = None,
+                          batch_size: int | None = None) -> dict:
+        """{'val_loss': mean, 'val_loss_t0.5': ..., per source when several} for `params`."""
+        fn = self._eval_fn()
+        sources = self.config.data.sources
+        out, totals = {}, []
+        for s in range(len(sources)):
+            it = self.make_eval_iterator(data_dir=data_dir, source=s, num_examples=num_examples,
+                                         batch_size=batch_size)
+            sums = np.zeros(len(self.diff.eval_t))
+            n = 0
+            for batch in it:
+                args = (jnp.asarray(batch["latents"]), jnp.asarray(batch["text_ids"]),
+                        jnp.asarray(batch["text_mask"]), jnp.int32(s),
+                        jnp.asarray(batch["index"], jnp.int32))
+                for j, tv in enumerate(self.diff.eval_t):
+                    sums[j] += float(jnp.sum(fn(params, *args, jnp.float32(tv))))
+                n += len(batch["index"])
+            means = sums / max(n, 1)
+            suffix = "" if len(sources) == 1 else f"/{sources[s]['name'].replace('/', '_')}"
+            for tv, m in zip(self.diff.eval_t, means):
+                out[f"val_loss_t{float(tv):g}{suffix}"] = float(m)
+            out[f"val_loss{suffix}"] = float(means.mean())
+            totals.append(float(means.mean()))
+        if len(sources) > 1:
+            out["val_loss"] = float(np.mean(totals))
+        return out
+
+    def evaluate(self, state, *, data_dir, workdir, step):
+        del workdir, step
+        out = self.validation_losses(state.params, data_dir=data_dir)
+        if state.ema_params is not None:
+            ema = self.validation_losses(state.ema_params, data_dir=data_dir)
+            out.update({k.replace("val_loss", "val_loss_ema", 1): v for k, v in ema.items()})
+        return out
+
+
+# ----------------------------------------------------------------------------- workdirs
+
+def resolve_vae_workdir(config, dit_workdir: str | None = None) -> str:
+    """config.vae_workdir as an existing directory: as given (absolute, or relative to the
+    current directory), else relative to the DiT workdir's parent (a moved run tree)."""
+    path = str(config.vae_workdir)
+    if os.path.isdir(path) or os.path.isabs(path) and dit_workdir is None:
+        return path
+    if dit_workdir is not None:
+        for base in (os.path.dirname(os.path.abspath(dit_workdir)), os.path.abspath(dit_workdir)):
+            cand = os.path.join(base, os.path.basename(path.rstrip("/")))
+            if os.path.isdir(cand):
+                return cand
+    return path
+
+
+def load_params(workdir: str, *, step: int | None = None, use_ema: bool = True, mesh=None):
+    """(config, task, params, step) of a DiT run: only the params (EMA if asked and kept) are
+    read, replicated on the local devices of `mesh` (default: a 1-device mesh)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from seaweed_jax.parallel import make_mesh
+    from seaweed_jax.trainer import checkpoint as ckpt_lib
+    from seaweed_jax.trainer.loop import init_rng, load_config, unbox
+
+    config = load_config(workdir, step)
+    if config.task != "dit":
+        raise ValueError(f"{workdir} is a {config.task!r} run, not a DiT ('dit') run")
+    if mesh is None:
+        mesh = make_mesh(mc.ConfigDict({"shape": {"data": 1, "fsdp": 1, "tensor": 1, "context": 1}}),
+                         devices=jax.local_devices()[:1])
+    task = DiTTask(config, mesh)
+    abstract = jax.eval_shape(task.init, init_rng(config.seed), task.example_batch())
+    key = "ema_params" if (use_ema and abstract.ema_params is not None) else "params"
+    rep = NamedSharding(mesh, P())
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+                          unbox(abstract.params))
+    params, got = ckpt_lib.restore_params_subtree(workdir, target, key=key, step=step)
+    return config, task, params, got

@@ -1,0 +1,187 @@
+"""Shared tiny fixtures for the DiT task / sample / latent-cache tests.
+
+A tiny "VAE run" is written directly (config + a checkpoint whose `params` are a randomly
+initialized CausalVAE, + latent_stats.json): the DiT side only needs the VAE run's layout,
+not a trained VAE. Everything is built once per pytest session under the session's base
+temp dir (a lock + marker file, so several test modules share it).
+
+Sizes: moving_shapes/16x16_f5 (48 train / 16 validation clips), VAE compression (4, 4, 4)
+with 4 latent channels -> latents (2, 4, 4, 4); DiT hidden 32, 2 layers.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASET = "moving_shapes/16x16_f5"
+NUM_TRAIN, NUM_VAL = 48, 16
+RUNNER = os.path.join(REPO, "tests", "_dit_run.py")
+
+
+def vae_run_config():
+    from seaweed_jax import config_lib
+    from seaweed_jax.models.vae import autoencoder
+    c = config_lib.base_config()
+    c.task = "vae"
+    c.ema_decay = 0.0
+    c.data.sources = [{"name": DATASET, "split": "train", "weight": 1.0}]
+    # Haar stem (2,2,2) x one joint level (2,2,2) = (4,4,4): few layers, quick to compile.
+    c.model = autoencoder.default_model_config(
+        stem="haar3d", base_channels=8, channel_mults=(1, 1), num_res_blocks=1, down=("joint",),
+        enc_conv=("2d", "3d"), dec_conv=("2d", "3d"), mid_attention=False,
+        norm_groups=4, latent_channels=4, compression=(4, 4, 4), chunk_frames=4,
+        chunk_latent_frames=4)
+    return c
+
+
+def write_vae_run(workdir: str, seed: int = 0) -> str:
+    """A VAE run directory with a random-init checkpoint at step 0 and latent stats."""
+    import jax
+    from flax import linen as nn
+    from seaweed_jax.models.vae import autoencoder
+    from seaweed_jax.trainer import checkpoint as ckpt_lib
+    c = vae_run_config()
+    init = jax.jit(lambda k: nn.meta.unbox(autoencoder.init_params(c.model, k)))
+    params = init(jax.random.key(seed))
+    manager = ckpt_lib.make_manager(workdir, async_save=False)
+    ckpt_lib.save(manager, 0, {"params": params}, config=c)
+    manager.wait_until_finished()
+    manager.close()
+    with open(os.path.join(workdir, "latent_stats.json"), "w") as f:
+        json.dump({"mean": [0.05, -0.02, 0.0, 0.01], "std": [0.5, 0.8, 1.2, 1.0]}, f)
+    return workdir
+
+
+def dit_config(vae_workdir: str, **overrides):
+    """A tiny DiT run config (T2V + I2V/extension conditioning) on DATASET."""
+    from seaweed_jax import config_lib
+    from seaweed_jax.models.dit import tiny_config
+    from seaweed_jax.models.text import text_config
+    c = config_lib.base_config()
+    c.task = "dit"
+    c.seed = 0
+    c.vae_workdir = vae_workdir
+    c.vae_step = None
+    c.vae_use_ema = True
+    c.num_steps = 20
+    c.data.sources = [{"name": DATASET, "split": "train", "weight": 1.0}]
+    c.data.num_train, c.data.num_validation = NUM_TRAIN, NUM_VAL
+    c.data.global_batch_size = 8
+    c.data.val_examples = 16
+    c.data.latent_cache = True
+    c.data.prefetch = 0
+    c.model = tiny_config(latent_channels=4, in_channels=9, patch_size=(1, 2, 2), hidden_size=32,
+                          num_layers=2, num_heads=2, mlp_hidden=64, num_shared_ffn_layers=1,
+                          text_dim=16, max_text_len=12, rope_axes_dim=(4, 6, 6))
+    c.text_encoder = text_config(width=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=12)
+    c.diffusion = {"text_dropout": 0.2, "i2v_share": 0.3, "extend_share": 0.2}
+    c.sample = {"cfg_scale": 3.0, "steps": 4}
+    c.optimizer.lr = 3e-3
+    c.optimizer.warmup_steps = 4
+    c.ema_decay = 0.9
+    c.log_every, c.eval_every, c.ckpt_every = 5, 10, 5
+    c.keep_checkpoints = 10
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def env(cache_dir: str) -> dict:
+    e = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
+             PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests"), REPO]),
+             JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    e.pop("XLA_FLAGS", None)
+    return e
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def shared_setup(tmp_path_factory) -> dict:
+    """{root, data_dir, vae, cache}: the tiny VAE run and its latent cache, built once per
+    session (other modules reuse them)."""
+    root = str(tmp_path_factory.getbasetemp() / "dit_shared")
+    os.makedirs(root, exist_ok=True)
+    out = {"root": root, "data_dir": os.path.join(root, "data"), "vae": os.path.join(root, "vae"),
+           "jax_cache": os.path.join(root, "jax_cache")}
+    marker = os.path.join(root, "ready.json")
+    with _locked(os.path.join(root, ".lock")):
+        if not os.path.exists(marker):
+            from seaweed_jax.data import latent_cache
+            write_vae_run(out["vae"])
+            vae = latent_cache.FrozenVAE.load(out["vae"])
+            cache, _ = latent_cache.build_latent_cache(
+                DATASET, out["data_dir"], vae, num_train=NUM_TRAIN, num_validation=NUM_VAL,
+                batch_size=16, verbose=False)
+            with open(marker, "w") as f:
+                json.dump({"cache": cache}, f)
+        with open(marker) as f:
+            out.update(json.load(f))
+    return out
+
+
+def write_config_file(path: str, config) -> str:
+    """A config .py file that returns `config` (for the train CLI / runner subprocesses)."""
+    from seaweed_jax.trainer import checkpoint as ckpt_lib
+    d = ckpt_lib.config_to_dict(config)
+    with open(path, "w") as f:
+        f.write("import ml_collections as mc\n\n"
+                f"_CONFIG = {d!r}\n\n"
+                "def get_config(arg=None):\n"
+                "    return mc.ConfigDict(_CONFIG)\n")
+    return path
+
+
+def python() -> str:
+    return sys.executable
+
+
+def to_np(tree):
+    import jax
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def write_dit_run(workdir: str, vae_workdir: str, *, perturb: float = 0.05, step: int = 7,
+                  **overrides) -> str:
+    """A DiT run directory without training: init params + noise (so predictions are not
+    the zero-initialized output layer's zeros) saved as a checkpoint at `step`, with the
+    same layout `loop.train` writes (config.json + checkpoints/<step>/{state,config})."""
+    import jax
+    from flax import linen as nn
+    from seaweed_jax.parallel import make_mesh
+    from seaweed_jax.trainer import checkpoint as ckpt_lib
+    from seaweed_jax.trainer import loop
+    from seaweed_jax.trainer.dit_task import DiTTask
+    import ml_collections as mc
+    config = loop.freeze(dit_config(vae_workdir, **overrides))
+    mesh = make_mesh(mc.ConfigDict({"shape": {"data": 1}}), devices=jax.devices()[:1])
+    task = DiTTask(config, mesh)
+    state = nn.meta.unbox(jax.jit(task.init)(jax.random.key(0), task.example_batch()))
+    leaves, tree = jax.tree.flatten(state.params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + perturb * jax.random.normal(k, x.shape, x.dtype)
+                                       for x, k in zip(leaves, keys)])
+    state = state.replace(params=params, ema_params=params, step=jax.numpy.int32(step))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(ckpt_lib.config_to_dict(config), f)
+    manager = ckpt_lib.make_manager(workdir, async_save=False)
+    ckpt_lib.save(manager, step, state, config=config)
+    manager.wait_until_finished()
+    manager.close()
+    return workdir
