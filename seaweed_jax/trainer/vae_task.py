@@ -151,6 +151,9 @@ class VAETask(Task):
 
     def init(self, rng, batch):
         x = batch["video"]
+        # Param init draws from an RBG key derived from `rng` (deterministic): XLA:CPU compiles
+        # threefry-based initializers ~10x slower (39 s vs 4 s for 8 conv kernels here).
+        rng = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
         k_vae, k_disc = jax.random.split(rng)
         params = self.model.init({"params": k_vae}, jnp.zeros((1,) + x.shape[1:], jnp.float32))["params"]
         try:
