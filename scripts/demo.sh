@@ -5,7 +5,7 @@
 #   make demo                                   # installs into .venv, then runs this script
 #   DEMO_DIR=/tmp/demo bash scripts/demo.sh     # outputs elsewhere (default runs/demo)
 #
-# Outputs under $DEMO_DIR: data/ (unless SEAWEED_DATA_DIR is set), vae/, dit/,
+# Outputs under $DEMO_DIR: data/ (unless SEAWEED_DATA_DIR is set), vae/, vae_check/, dit/,
 # samples/{prompts.txt, 000..007.mp4 + .npy, contact_sheet.png, scores.json},
 # samples/heldout/ (the same for the larger scored set), demo_summary.json, logs/.
 #
@@ -100,6 +100,12 @@ run_stage prepare "$DATA_DIR/moving_shapes" \
 # 2. The tiny causal VAE (writes vae/latent_stats.json when it finishes).
 run_stage vae "$VAE_DIR/latent_stats.json" "$PY" -m seaweed_jax.train "${VAE_ARGS[@]}"
 
+# 2b. How well the VAE keeps colour / shape / motion: the prompt checker on its reconstructions
+#     of validation clips is about the best the DiT's samples can score.
+run_stage vae_check "$DEMO_DIR/vae_check/vae_check.json" \
+  "$PY" scripts/check_vae.py --vae_workdir="$VAE_DIR" --data_dir="$DATA_DIR" \
+  --output_dir="$DEMO_DIR/vae_check"
+
 # 3. Encode the dataset once with the VAE: the DiT trains on cached, normalized latents.
 run_stage latents "$DATA_DIR/latent_cache" \
   "$PY" -m seaweed_jax.prepare "${PREP_ARGS[@]}" --vae_workdir="$VAE_DIR"
@@ -166,7 +172,13 @@ summary = {
     "contact_sheet": os.path.join(samples, "contact_sheet.png"),
     "scores": scores(samples),
     "heldout_scores": scores(os.path.join(samples, "heldout")),
+    "vae_check": None,
 }
+try:
+    with open(os.path.join(demo, "vae_check", "vae_check.json")) as f:
+        summary["vae_check"] = json.load(f)
+except FileNotFoundError:
+    pass
 with open(os.path.join(demo, "demo_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
 print()
@@ -179,5 +191,10 @@ for name, s in (("these prompts", summary["scores"]), ("held-out set", summary["
     if s:
         print(f"checker, {name} (n={s['n']}): colour {s['color']:.0%}, shape {s['shape']:.0%}, "
               f"direction {s['direction']:.0%}, all three {s['all']:.0%}")
+v = summary["vae_check"]
+if v:
+    r = v["checker_on_reconstructions"]
+    print(f"VAE check:     PSNR {v['psnr']:.1f} dB; checker on reconstructions: colour "
+          f"{r['color']:.0%}, shape {r['shape']:.0%}, direction {r['direction']:.0%}")
 print(f"summary:       {os.path.join(demo, 'demo_summary.json')}")
 EOF

@@ -63,7 +63,7 @@ def test_demo_script_parses_and_names_every_stage():
     path = os.path.join(REPO, "scripts", "demo.sh")
     subprocess.run(["bash", "-n", path], check=True)
     text = open(path).read()
-    for stage in ("prepare", "vae", "latents", "dit", "sample", "check"):
+    for stage in ("prepare", "vae", "vae_check", "latents", "dit", "sample", "check"):
         assert f"run_stage {stage} " in text
     assert "set -euo pipefail" in text
     assert "configs/vae/tiny.py" in text and "configs/dit/moving_shapes.py:t2v" in text
@@ -82,6 +82,10 @@ case "$1 $2" in
     NAME=workdir; w=$(arg "$@"); mkdir -p "$w"; touch "$w/latent_stats.json" "$w/config.json" ;;
   "-m seaweed_jax.sample")
     NAME=output_dir; o=$(arg "$@"); mkdir -p "$o"; touch "$o/contact_sheet.png" ;;
+  scripts/check_vae.py*)
+    NAME=output_dir; o=$(arg "$@"); mkdir -p "$o"
+    echo '{"psnr": 30.0, "checker_on_reconstructions": {"color": 1, "shape": 1, "direction": 1}}' \
+      > "$o/vae_check.json" ;;
   scripts/check_samples.py*)
     NAME=samples; o=$(arg "$@")
     echo '{"summary": {"color": 1, "shape": 1, "direction": 1, "all": 1, "n": 8}}' > "$o/scores.json" ;;
@@ -116,24 +120,25 @@ def _verb(call: str) -> str:
 def test_demo_runs_every_stage_then_skips_finished_ones(tmp_path):
     out, calls = _run_demo(tmp_path, {"DEMO_DIT_STEPS": "7", "DEMO_NUM_TRAIN": "100"})
     assert [_verb(c) for c in calls] == [
-        "seaweed_jax.prepare", "seaweed_jax.train", "seaweed_jax.prepare", "seaweed_jax.train",
-        "seaweed_jax.sample", "scripts/check_samples.py",
+        "seaweed_jax.prepare", "seaweed_jax.train", "scripts/check_vae.py", "seaweed_jax.prepare",
+        "seaweed_jax.train", "seaweed_jax.sample", "scripts/check_samples.py",
         "seaweed_jax.sample", "scripts/check_samples.py"]   # the last two: the held-out set
     demo = tmp_path / "demo"
     assert f"--data_dir={demo}/data" in calls[0] and "--num_train=100" in calls[0]
     assert "configs/vae/tiny.py" in calls[1] and f"--workdir={demo}/vae" in calls[1]
-    assert f"--vae_workdir={demo}/vae" in calls[2]
-    assert f"configs/dit/moving_shapes.py:t2v,vae={demo}/vae" in calls[3]
-    assert "--config.num_steps=7" in calls[3] and "--config.data.num_train=100" in calls[3]
+    assert f"--vae_workdir={demo}/vae" in calls[2] and f"--vae_workdir={demo}/vae" in calls[3]
+    assert f"configs/dit/moving_shapes.py:t2v,vae={demo}/vae" in calls[4]
+    assert "--config.num_steps=7" in calls[4] and "--config.data.num_train=100" in calls[4]
     assert (demo / "samples" / "prompts.txt").read_text().count("\n") == 8
     assert len((demo / "samples" / "heldout" / "prompts.txt").read_text().split("\n")) >= 4
     summary = json.loads((demo / "demo_summary.json").read_text())
     assert summary["scores"]["n"] == 8 and "contact_sheet" in summary
+    assert summary["vae_check"]["psnr"] == 30.0 and "VAE check:     PSNR 30.0 dB" in out
     assert "contact sheet:" in out and "checker, these prompts (n=8)" in out
 
     # Same command again: everything is skipped.
     out, calls = _run_demo(tmp_path, {"DEMO_DIT_STEPS": "7", "DEMO_NUM_TRAIN": "100"})
-    assert calls == [] and out.count("skipping") == 8
+    assert calls == [] and out.count("skipping") == 9
 
     # Another DiT step count: prepare / VAE / latents stay skipped, the DiT and later re-run.
     out, calls = _run_demo(tmp_path, {"DEMO_DIT_STEPS": "9", "DEMO_NUM_TRAIN": "100"})
@@ -150,4 +155,5 @@ def test_demo_stops_at_a_failing_stage_and_retries_it(tmp_path):
     stamps = tmp_path / "demo" / ".stamps"
     assert (stamps / "prepare").exists() and not (stamps / "vae").exists()
     out, calls = _run_demo(tmp_path)
-    assert [_verb(c) for c in calls][:2] == ["seaweed_jax.train", "seaweed_jax.prepare"]
+    assert [_verb(c) for c in calls][:3] == ["seaweed_jax.train", "scripts/check_vae.py",
+                                             "seaweed_jax.prepare"]
