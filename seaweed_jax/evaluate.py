@@ -20,13 +20,19 @@ from typing import Callable
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints + config).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Clips to score (default: data.val_examples).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Datasets root directory.")
-_USE_EMA = flags.DEFINE_bool("use_ema", True, "Use the EMA params when present.")
-_LATENT_STATS = flags.DEFINE_bool("latent_stats", False,
-                                  "VAE: compute W/latent_stats.json instead of scoring.")
+
+def _define_flags():
+    """CLI flags (defined only when run as a script, so the module imports cleanly next to
+    other CLIs that define the same flag names)."""
+    return dict(
+        workdir=flags.DEFINE_string("workdir", None, "Run directory (checkpoints + config)."),
+        step=flags.DEFINE_integer("step", None, "Checkpoint step (default: latest)."),
+        num_examples=flags.DEFINE_integer("num_examples", None, "Clips to score (default: data.val_examples)."),
+        data_dir=flags.DEFINE_string("data_dir", None, "Datasets root directory."),
+        use_ema=flags.DEFINE_bool("use_ema", True, "Use the EMA params when present."),
+        latent_stats=flags.DEFINE_bool("latent_stats", False,
+            "VAE: compute W/latent_stats.json instead of scoring."),
+    )
 
 
 def _data_dir(config, data_dir):
@@ -88,16 +94,15 @@ def evaluate(workdir: str, **kwargs) -> dict:
     return EVALUATORS.get(task, evaluate_generic)(workdir, **kwargs)
 
 
-def main(argv) -> None:
+def main(argv, flag_values) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
-    if not _WORKDIR.value:
+    f = {k: v.value for k, v in flag_values.items()}
+    if not f["workdir"]:
         raise app.UsageError("--workdir is required")
     logging.set_verbosity(logging.WARNING)
     try:
-        out = evaluate(_WORKDIR.value, step=_STEP.value, num_examples=_NUM_EXAMPLES.value,
-                       data_dir=_DATA_DIR.value, use_ema=_USE_EMA.value,
-                       latent_stats=_LATENT_STATS.value)
+        out = evaluate(f.pop("workdir"), **f)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -105,4 +110,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _FLAGS = _define_flags()
+    app.run(lambda argv: main(argv, _FLAGS))

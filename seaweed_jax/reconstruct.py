@@ -26,16 +26,22 @@ import sys
 
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "VAE run directory (checkpoints + config).")
-_INPUT = flags.DEFINE_string("input", None, "An .mp4/.npy/.gif file or a folder of them.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where <stem>.npy and <stem>.mp4 go.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_USE_EMA = flags.DEFINE_bool("use_ema", True, "Use the EMA params when the run has them.")
-_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", None,
-                                     "Causal Cache chunk length in input frames (multiple of dt).")
-_CHUNK_ABOVE = flags.DEFINE_integer("chunk_above_frames", None,
-                                    "Chunk inputs longer than this (0 = always chunk).")
-_FPS = flags.DEFINE_float("fps", 8.0, "Frame rate of the written .mp4 files.")
+
+def _define_flags():
+    """CLI flags (defined only when run as a script, so the module imports cleanly next to
+    other CLIs that define the same flag names)."""
+    return dict(
+        workdir=flags.DEFINE_string("workdir", None, "VAE run directory (checkpoints + config)."),
+        input=flags.DEFINE_string("input", None, "An .mp4/.npy/.gif file or a folder of them."),
+        output_dir=flags.DEFINE_string("output_dir", None, "Where <stem>.npy and <stem>.mp4 go."),
+        step=flags.DEFINE_integer("step", None, "Checkpoint step (default: latest)."),
+        use_ema=flags.DEFINE_bool("use_ema", True, "Use the EMA params when the run has them."),
+        chunk_frames=flags.DEFINE_integer("chunk_frames", None,
+            "Causal Cache chunk length in input frames (multiple of dt)."),
+        chunk_above=flags.DEFINE_integer("chunk_above_frames", None,
+            "Chunk inputs longer than this (0 = always chunk)."),
+        fps=flags.DEFINE_float("fps", 8.0, "Frame rate of the written .mp4 files."),
+    )
 
 
 def output_stems(paths: list[str], root: str | None) -> dict[str, str]:
@@ -105,19 +111,20 @@ def run(workdir: str, input_path: str, output_dir: str, *, step: int | None = No
     return summary
 
 
-def main(argv) -> None:
+def main(argv, flag_values) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
-    for flag in (_WORKDIR, _INPUT, _OUTPUT_DIR):
-        if not flag.value:
-            raise app.UsageError(f"--{flag.name} is required")
+    f = {k: v.value for k, v in flag_values.items()}
+    for name in ("workdir", "input", "output_dir"):
+        if not f[name]:
+            raise app.UsageError(f"--{name} is required")
     logging.set_verbosity(logging.WARNING)
-    summary = run(_WORKDIR.value, _INPUT.value, _OUTPUT_DIR.value, step=_STEP.value,
-                  use_ema=_USE_EMA.value, chunk_frames=_CHUNK_FRAMES.value,
-                  chunk_above_frames=_CHUNK_ABOVE.value, fps=_FPS.value)
+    summary = run(f["workdir"], f["input"], f["output_dir"], step=f["step"], use_ema=f["use_ema"],
+                  chunk_frames=f["chunk_frames"], chunk_above_frames=f["chunk_above"], fps=f["fps"])
     print(json.dumps(summary), flush=True)
     sys.exit(0 if summary["num_videos"] else 1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _FLAGS = _define_flags()
+    app.run(lambda argv: main(argv, _FLAGS))

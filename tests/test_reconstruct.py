@@ -1,0 +1,135 @@
+"""reconstruct / evaluate CLIs on a micro-VAE workdir: any shape in == shape out (edge padding +
+crop), .npy and .mp4 inputs, Causal Cache chunking for long inputs (== full inference), corrupt
+files skipped and counted, one JSON line; evaluate scores the validation split; latent stats."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import _vae_tiny
+from seaweed_jax.data import video_io
+from seaweed_jax.eval import metrics, reconstruction
+from seaweed_jax.trainer import checkpoint as ckpt_lib
+from seaweed_jax.trainer import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def vae_workdir(tmp_path_factory):
+    """A VAE workdir with one checkpoint (the initial state; no GAN), written the way the loop
+    writes it. The CLIs only need a checkpoint and its config."""
+    workdir = str(tmp_path_factory.mktemp("vae_ckpt"))
+    c = _vae_tiny.get_config()
+    c.loss.adv_weight = 0.0
+    config = loop.freeze(c)
+    setup = loop.Setup(config, batch=reconstruction.dummy_batch(config))
+    state = setup.init_state()
+    manager = ckpt_lib.make_manager(workdir, async_save=False)
+    ckpt_lib.save(manager, 0, state, None, config)
+    manager.wait_until_finished()
+    manager.close()
+    return workdir, config
+
+
+def test_padding_is_edge_replication_and_shapes_are_codable(vae_workdir):
+    _, config = vae_workdir
+    assert reconstruction.padded_shape(7, 13, 19, config) == (9, 16, 20)
+    assert reconstruction.padded_shape(1, 16, 16, config) == (1, 16, 16)
+    x = np.arange(2 * 3 * 5 * 6 * 3, dtype=np.float32).reshape(2, 3, 5, 6, 3)
+    p = reconstruction.pad_to_codable(x, config)
+    assert p.shape == (2, 5, 8, 8, 3)
+    np.testing.assert_array_equal(p[:, :3, :5, :6], x)
+    np.testing.assert_array_equal(p[:, 4, :5, :6], x[:, 2])          # last frame repeated
+    np.testing.assert_array_equal(p[:, :3, 7, :6], x[:, :, 4])       # last row repeated
+    np.testing.assert_array_equal(p[:, :3, :5, 7], x[:, :, :, 5])    # last column repeated
+
+
+def test_chunked_equals_full_through_padding(vae_workdir):
+    workdir, _ = vae_workdir
+    config, params, step, which = reconstruction.restore_vae(workdir)
+    assert step == 0 and which == "ema"
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 11, 10, 14, 3)).astype(np.float32)
+    full = reconstruction.reconstruct(params, x, config, chunked=False)
+    chunked = reconstruction.reconstruct(params, x, config, chunked=True, chunk_frames=4)
+    assert full.shape == chunked.shape == x.shape
+    assert np.max(np.abs(full - chunked)) <= 1e-5
+
+
+def _write_inputs(folder):
+    rng = np.random.default_rng(1)
+    os.makedirs(os.path.join(folder, "sub"))
+    shapes = {"odd.npy": (7, 13, 19, 3), "clip.mp4": (6, 16, 20, 3), "sub/long.npy": (23, 16, 16, 3)}
+    for name, shape in shapes.items():
+        # smooth-ish content so the lossy mp4 round trip stays close
+        v = (rng.uniform(0, 1, shape) * 64 + np.linspace(0, 160, shape[2])[None, None, :, None])
+        video_io.write_video(os.path.join(folder, name), v.astype(np.uint8))
+    video_io.write_npy(os.path.join(folder, "image.npy"), rng.integers(0, 255, (18, 22, 3), np.uint8))
+    shapes["image.npy"] = (1, 18, 22, 3)
+    with open(os.path.join(folder, "broken.npy"), "wb") as f:
+        f.write(b"\x93NUMPY garbage")
+    with open(os.path.join(folder, "sub", "broken.mp4"), "wb") as f:
+        f.write(os.urandom(300))
+    return shapes
+
+
+def test_reconstruct_cli_shapes_chunking_and_corrupt_files(vae_workdir, tmp_path):
+    workdir, _ = vae_workdir
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    shapes = _write_inputs(str(inputs))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "seaweed_jax.reconstruct", f"--workdir={workdir}", f"--input={inputs}",
+         f"--output_dir={out}", "--chunk_above_frames=9"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [l for l in proc.stdout.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stdout
+    summary = json.loads(lines[0])
+    assert summary["num_videos"] == 4 and summary["skipped"] == 2
+    assert sorted(os.path.relpath(p, inputs) for p in summary["skipped_files"]) == [
+        "broken.npy", os.path.join("sub", "broken.mp4")]
+    by_input = {os.path.relpath(f["input"], inputs): f for f in summary["files"]}
+    assert set(by_input) == set(shapes)
+    psnrs = []
+    for name, shape in shapes.items():
+        f = by_input[name]
+        stem = os.path.splitext(name)[0]
+        assert f["npy"] == str(out / (stem + ".npy")) and f["mp4"] == str(out / (stem + ".mp4"))
+        recon = np.load(f["npy"])
+        assert recon.shape == shape and recon.dtype == np.uint8 and tuple(f["shape"]) == shape
+        assert video_io.read_video(f["mp4"]).shape == shape
+        assert f["chunked"] == (name == "sub/long.npy")    # 23 frames -> 25 > 9
+        original = video_io.read_video(str(inputs / name))
+        np.testing.assert_allclose(f["psnr"], metrics.psnr(original, recon), rtol=1e-9)
+        psnrs.append(f["psnr"])
+    assert by_input["image.npy"]["ssim"] is not None
+    np.testing.assert_allclose(summary["psnr"], np.mean(psnrs), rtol=1e-9)
+    assert summary["step"] == 0 and summary["params"] == "ema"
+
+
+def test_evaluate_scores_validation_split_and_latent_stats(vae_workdir, shared_data_dir):
+    from seaweed_jax import evaluate
+    workdir, config = vae_workdir
+    out = evaluate.evaluate(workdir, num_examples=8, data_dir=shared_data_dir)
+    assert out["task"] == "vae" and out["num_videos"] == 8 and out["split"] == "validation"
+    assert np.isfinite(out["psnr"]) and -1 <= out["ssim"] <= 1
+    # the same numbers by hand from the validation clips
+    from seaweed_jax.data import pipeline
+    _, params, _, _ = reconstruction.restore_vae(workdir)
+    it = pipeline.make_eval_iterator(config.data, data_dir=shared_data_dir, num_examples=8)
+    videos = np.concatenate([b["video"] for b in it])
+    recon = reconstruction.reconstruct(params, videos, config)
+    np.testing.assert_allclose(out["psnr"], metrics.mean_psnr(metrics.to_uint8(videos),
+                                                              metrics.to_uint8(recon)), rtol=1e-6)
+    stats = evaluate.evaluate(workdir, num_examples=8, data_dir=shared_data_dir, latent_stats=True)
+    with open(os.path.join(workdir, reconstruction.LATENT_STATS_FILE)) as f:
+        saved = json.load(f)
+    assert saved["mean"] == stats["mean"] and len(saved["std"]) == config.model.latent_channels
+    assert saved["num_examples"] == 8 and saved["split"] == "train"
+    assert reconstruction.read_latent_stats(workdir)["std"] == saved["std"]
