@@ -56,7 +56,7 @@ def _first_batch(task, shared):
 @pytest.fixture(scope="module")
 def runs(shared, tmp_path_factory):
     """A straight 20-step run and a run SIGKILLed at step 12 (latest checkpoint: 10) then
-    resumed to 20, started together."""
+    resumed to 20."""
     root = tmp_path_factory.mktemp("dit_runs")
     cfg = H.write_config_file(str(root / "config.py"), H.dit_config(shared["vae"]))
     env = H.env(shared["jax_cache"])
@@ -69,13 +69,13 @@ def runs(shared, tmp_path_factory):
         return subprocess.Popen(args, cwd=H.REPO, env=env, stdout=log, stderr=subprocess.STDOUT), root / f"{name}.log"
 
     t0 = time.time()
-    procs = {"straight": start("straight"), "killed": start("killed", "--kill_at=12")}
     out = {"workdirs": wd}
-    rc = procs["killed"][0].wait(timeout=600)
-    out["killed_rc"], out["killed_log"] = rc, open(procs["killed"][1]).read()
-    resume = start("killed_resume")
-    for name, (p, log) in [("straight", procs["straight"]), ("killed_resume", resume)]:
-        out[f"{name}_rc"] = p.wait(timeout=600)
+    # One after the other: the later runs reuse the first one's compiled executables (the
+    # persistent compilation cache), which costs less CPU than compiling concurrently.
+    for name, extra in (("straight", ()), ("killed", ("--kill_at=12", "--config.eval_every=0")),
+                        ("killed_resume", ("--config.eval_every=0",))):
+        p, log = start(name, *extra)
+        out[f"{name}_rc"] = p.wait(timeout=900)
         out[f"{name}_log"] = open(log).read()
     out["seconds"] = time.time() - t0
     print(f"DiT resume runs: {out['seconds']:.1f}s")
@@ -145,6 +145,7 @@ def test_run_logs_losses_and_eval(runs):
 
 # ----------------------------------------------------------------------------- step pieces
 
+@pytest.mark.slow
 def test_text_dropout_one_removes_the_caption(shared):
     """text_dropout=1: every caption is replaced by the empty prompt, so the loss cannot
     depend on the caption; with 0 it does."""
@@ -161,6 +162,7 @@ def test_text_dropout_one_removes_the_caption(shared):
         assert (float(l1) == float(l2)) == same, (p, float(l1), float(l2))
 
 
+@pytest.mark.slow
 def test_task_mix_and_conditioned_frames_carry_no_loss(shared):
     """i2v_share=1: every example is I2V (logged as such) and the model's output on the
     conditioned first latent frame does not enter the loss."""
@@ -182,24 +184,6 @@ def test_task_mix_and_conditioned_frames_carry_no_loss(shared):
     loss_poked, _ = jax.jit(task._loss)(params, batch, jax.random.key(1))
     task.velocity = orig
     assert float(loss_poked) == pytest.approx(float(loss), rel=1e-6)
-
-
-def test_train_step_updates_both_groups_and_reports_metrics(shared):
-    import ml_collections as mc
-    opt = H.dit_config(shared["vae"]).optimizer
-    opt.warmup_steps = 0   # (warmup starts at lr 0)
-    task, config = _task(shared, optimizer=opt)
-    batch = _first_batch(task, shared)
-    state = loop.unbox(jax.jit(task.init)(jax.random.key(0), batch))
-    # from exact init the zero-initialized gates block every gradient into the text encoder
-    state = state.replace(params=_random_params(task, batch))
-    new, m = jax.jit(task.train_step)(state, batch, jax.random.key(1))
-    assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
-    for g in ("dit", "text"):
-        diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in
-                 zip(jax.tree.leaves(state.params[g]), jax.tree.leaves(new.params[g]))]
-        assert max(diffs) > 0, g
-    assert set(m) >= {"loss", "grad_norm", "t_mean", "loss_t2v", "loss_i2v", "loss_extend"}
 
 
 def test_cached_and_on_the_fly_latents_agree(shared):

@@ -68,6 +68,16 @@ def model_config(latent_channels: int = 16) -> mc.ConfigDict:
     return m
 
 
+def vae_latent_channels(vae_workdir: str, default: int = 16) -> int:
+    """The VAE run's latent channels (its config.json), so the DiT always matches its VAE."""
+    import json
+    path = os.path.join(vae_workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return int(json.load(f)["model"]["latent_channels"])
+    return default
+
+
 def get_config(arg: str | None = None) -> mc.ConfigDict:
     args = config_lib.parse_arg(arg, mode="t2v", vae="runs/vae_tiny", root="runs/dit_moving_shapes",
                                 steps=0)
@@ -101,7 +111,7 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     if args.steps:
         c.num_steps = int(args.steps)
 
-    c.model = model_config()
+    c.model = model_config(vae_latent_channels(c.vae_workdir))
     c.text_encoder = text_config(kind="tiny", max_len=12, width=64, num_layers=2, num_heads=4,
                                  mlp_dim=128)
     c.diffusion = mc.ConfigDict(dict(

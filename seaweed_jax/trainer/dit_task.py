@@ -407,7 +407,7 @@ class DiTTask(Task):
     def evaluate(self, state, *, data_dir, workdir, step):
         del workdir, step
         out = self.validation_losses(state.params, data_dir=data_dir)
-        if state.ema_params is not None:
+        if state.ema_params is not None and state.ema_params is not state.params:
             ema = self.validation_losses(state.ema_params, data_dir=data_dir)
             out.update({k.replace("val_loss", "val_loss_ema", 1): v for k, v in ema.items()})
         return out
