@@ -170,6 +170,36 @@ def test_discriminator_pieces():
     assert float(disc_lib.hinge_g_loss(jnp.array([1.0, 3.0]))) == -2.0
 
 
+def test_wavelet_variant_adds_the_wl_loss():
+    """WF-VAE arch: WL = sum over Haar levels of mean |predicted - true subbands|, weighted by
+    loss.wl_weight in the generator loss; the conv arch has no WL term."""
+    from seaweed_jax.models.vae.autoencoder import default_model_config
+    c = _vae_tiny.get_config()
+    c.model = default_model_config(
+        arch="wavelet", latent_channels=4, compression=(4, 8, 8), base_channels=4,
+        channel_mults=(1, 1, 1), num_res_blocks=1, ef_enc_channels=4, ef_dec_channels=4,
+        connect_res_blocks=1, mid_attention=False, norm="group", norm_groups=2)
+    c.loss.adv_weight = 0.0
+    task = VAETask(loop.freeze(c), mesh=None)
+    x = jax.random.uniform(jax.random.key(1), (1, 5, 16, 16, 3), minval=-1, maxval=1)
+    params = nn.unbox(jax.jit(task.model.init)({"params": jax.random.key(0, impl="rbg")}, x))["params"]
+
+    @jax.jit
+    def terms(params):
+        outs = task._forward(params, x, jax.random.key(3))
+        return outs, task._reg_terms(outs, x), task._reg_loss(outs, x)
+
+    outs, reg, reg_loss = terms(params)
+    assert set(outs["subbands_pred"]) == set(outs["subbands_true"]) == {"l1", "l2"}
+    manual = sum(float(jnp.mean(jnp.abs(outs["subbands_pred"][k] - outs["subbands_true"][k])))
+                 for k in ("l1", "l2"))
+    np.testing.assert_allclose(float(reg["wl"]), manual, rtol=1e-5)
+    assert manual > 0
+    np.testing.assert_allclose(float(reg_loss), 1e-6 * float(reg["kl"]) + 0.1 * manual, rtol=1e-5)
+    assert "wl" not in VAETask(loop.freeze(_vae_tiny.get_config()), None)._reg_terms(
+        {"mean": jnp.zeros((1, 2, 4, 4, 4)), "logvar": jnp.zeros((1, 2, 4, 4, 4))}, x)
+
+
 def test_config_errors_name_the_field():
     c = _vae_tiny.get_config()
     c.loss.lpips_weight = 1.0

@@ -3,6 +3,7 @@
 Generator loss (the VAE), all in fp32:
 
     L_G = l1_weight * |x - x̂|            mean over pixels
+        + l2_weight * (x - x̂)^2          optional, mean over pixels (0 by default)
         + lpips_weight * LPIPS(x, x̂)     hook only (`perceptual_loss`), weight 0 by default
         + kl_weight * KL                  KL(q(z|x) || N(0, I)) summed over latent elements and
                                           divided by the pixel count per clip (so its ratio to
@@ -50,6 +51,7 @@ from seaweed_jax.trainer.task import Task
 
 LOSS_DEFAULTS = dict(
     l1_weight=1.0,
+    l2_weight=0.0,               # optional MSE term (mean-seeking: helps small objects early)
     lpips_weight=0.0,            # > 0 needs a perceptual_loss implementation (see the hook)
     lpips_weights_path="",       # where pretrained LPIPS weights would be loaded from
     kl_weight=1e-6,
@@ -179,14 +181,18 @@ class VAETask(Task):
 
     def _rec_terms(self, outs, x):
         """{'l1': .., ['lpips': ..]}: the terms the adaptive weight balances against."""
-        terms = {"l1": jnp.mean(jnp.abs(outs["recon"].astype(jnp.float32) - x))}
+        err = outs["recon"].astype(jnp.float32) - x
+        terms = {"l1": jnp.mean(jnp.abs(err))}
+        if self.lc.l2_weight > 0:
+            terms["l2"] = jnp.mean(jnp.square(err))
         if self.lc.lpips_weight > 0:
             terms["lpips"] = self.perceptual_loss(outs["recon"], x)
         return terms
 
     def _rec_loss(self, outs, x):
         t = self._rec_terms(outs, x)
-        return self.lc.l1_weight * t["l1"] + self.lc.lpips_weight * t.get("lpips", 0.0)
+        return (self.lc.l1_weight * t["l1"] + self.lc.l2_weight * t.get("l2", 0.0)
+                + self.lc.lpips_weight * t.get("lpips", 0.0))
 
     def _reg_terms(self, outs, x):
         pixels = x[0].size
