@@ -13,7 +13,7 @@ Model config (`config.model`, a FrozenConfigDict) fields:
   ef_enc_channels, ef_dec_channels, connect_res_blocks   wavelet arch: energy-flow widths
   mid_attention      per-frame spatial attention in the mid block
   norm, norm_groups  'group' (per-frame GroupNorm) | 'layer' (channel LayerNorm)
-  dtype, conv_impl, remat, logvar_min, logvar_max
+  dtype, conv_impl, remat, logvar_init (initial logvar bias), logvar_min, logvar_max
   chunk_frames, chunk_latent_frames   Causal Cache chunk sizes for long inputs (callers pass them)
 
 Public functions (params = the 'params' collection, boxed or not):
@@ -141,9 +141,19 @@ class _Common(nn.Module):
             h = self.attn(f"{prefix}_attn")(h)
         return self.res(out_features, name=f"{prefix}_res1")(h)
 
-    def head(self, h, features, conv="3d", name="conv_out"):
+    def head(self, h, features, conv="3d", name="conv_out", bias_init=nn.initializers.zeros):
         h = nn.silu(make_norm(self.cfg.norm, self.cfg.norm_groups, name="norm_out")(h))
-        return make_conv(conv, features, dtype=_dtype(self.cfg), conv_impl=self.cfg.conv_impl, name=name)(h)
+        return make_conv(conv, features, dtype=_dtype(self.cfg), conv_impl=self.cfg.conv_impl, name=name,
+                         bias_init=bias_init)(h)
+
+    def moments_head(self, h):
+        """Encoder head -> 2*latent channels (mean, logvar); the logvar bias starts at
+        cfg.logvar_init (negative = little posterior noise early in training)."""
+        c, v = self.cfg.latent_channels, self.cfg.logvar_init
+
+        def bias_init(key, shape, dtype=jnp.float32):
+            return jnp.concatenate([jnp.zeros((c,), dtype), jnp.full((c,), v, dtype)])
+        return _gaussian(self.cfg, self.head(h, 2 * c, bias_init=bias_init))
 
 
 def _gaussian(cfg, moments):
@@ -168,7 +178,7 @@ class ConvEncoder(_Common):
             if i < len(chans) - 1:
                 h = Downsample(cfg.down[i], c, name=f"level{i}_down", **kw)(h)
         h = self.mid(h, chans[-1], chans[-1])
-        return _gaussian(cfg, self.head(h, 2 * cfg.latent_channels)), {}
+        return self.moments_head(h), {}
 
 
 class ConvDecoder(_Common):
@@ -216,7 +226,7 @@ class WaveletEncoder(_Common):
         l2 = FrameConv2d(cfg.ef_enc_channels, name="connect_l2", dtype=kw["dtype"])(l2_coeffs)
         h = jnp.concatenate([h, l2.astype(h.dtype)], axis=-1)
         h = self.mid(h, c2, c2)
-        return _gaussian(cfg, self.head(h, 2 * cfg.latent_channels)), {"l1": l1_coeffs, "l2": l2_coeffs}
+        return self.moments_head(h), {"l1": l1_coeffs, "l2": l2_coeffs}
 
 
 class WaveletDecoder(_Common):
@@ -460,6 +470,7 @@ def default_model_config(**overrides) -> mc.ConfigDict:
         dtype="float32",
         conv_impl="fold_time",
         remat="none",
+        logvar_init=0.0,        # initial logvar bias; e.g. -6 starts with little posterior noise
         logvar_min=-30.0,
         logvar_max=20.0,
         chunk_frames=16,

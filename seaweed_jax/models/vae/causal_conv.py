@@ -106,6 +106,7 @@ class CausalConv3d(nn.Module):
     dtype: jnp.dtype = jnp.float32
     conv_impl: str = "fold_time"
     kernel_init: nn.initializers.Initializer = default_kernel_init
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -133,7 +134,7 @@ class CausalConv3d(nn.Module):
                 self.put_variable(CACHE, "tail", tail)
         y = conv3d_valid_time(padded, kernel.astype(self.dtype), self.strides, self.conv_impl)
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, BIAS_AXES),
+            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
                               (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
         return checkpoint_name(y, "conv_out")
@@ -147,6 +148,7 @@ class FrameConv2d(nn.Module):
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
     kernel_init: nn.initializers.Initializer = default_kernel_init
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -155,7 +157,7 @@ class FrameConv2d(nn.Module):
                             (kh, kw, x.shape[-1], self.features), jnp.float32)
         y = conv2d_frames(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, BIAS_AXES),
+            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
                               (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
         return checkpoint_name(y, "conv_out")
@@ -167,6 +169,7 @@ class PointwiseConv(nn.Module):
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
     kernel_init: nn.initializers.Initializer = default_kernel_init
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -174,7 +177,7 @@ class PointwiseConv(nn.Module):
                             (x.shape[-1], self.features), jnp.float32)
         y = jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, BIAS_AXES),
+            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
                               (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
         return y
@@ -182,14 +185,14 @@ class PointwiseConv(nn.Module):
 
 def make_conv(kind: str, features: int, *, kernel: int = 3, strides=(1, 1, 1), dtype=jnp.float32,
               conv_impl: str = "fold_time", name: str | None = None,
-              kernel_init=default_kernel_init) -> nn.Module:
+              kernel_init=default_kernel_init, bias_init=nn.initializers.zeros) -> nn.Module:
     """kind '3d' -> CausalConv3d (k x k x k); '2d' -> FrameConv2d (k x k, spatial strides only)."""
     if kind == "3d":
         return CausalConv3d(features, (kernel,) * 3, tuple(strides), dtype=dtype, conv_impl=conv_impl,
-                            kernel_init=kernel_init, name=name)
+                            kernel_init=kernel_init, bias_init=bias_init, name=name)
     if kind == "2d":
         if strides[0] != 1:
             raise ValueError("a per-frame 2D conv cannot stride in time; use a '3d' conv")
         return FrameConv2d(features, (kernel, kernel), tuple(strides[1:]), dtype=dtype,
-                           kernel_init=kernel_init, name=name)
+                           kernel_init=kernel_init, bias_init=bias_init, name=name)
     raise ValueError(f"conv type {kind!r} must be '2d' or '3d'")
