@@ -49,6 +49,8 @@ def base_config() -> mc.ConfigDict:
     # Crop to (frames, height, width); None keeps that dim. Random for training, centred for
     # eval. A source may override it with its own "crop" dict (e.g. images: no frames crop).
     c.data.crop = mc.ConfigDict({"frames": None, "height": None, "width": None})
+    # Crop of the evaluation clips (same keys); None = the training crop, {} = whole clips.
+    c.data.eval_crop = None
     c.data.read_threads = 2          # threads producing batches (grain ReadOptions.num_threads)
     # Example counts of the built dataset (None = builder defaults 20,000 / 512); tiny builds
     # for tests. Placeholders (None, typed int) so `--config.data.num_train=N` works.

@@ -169,6 +169,23 @@ def test_eval_iterator_first_examples_in_order(data_dir):
                                   src[3]["video"][:, 16:48, 16:48] / np.float32(127.5) - 1)
 
 
+def test_eval_crop_replaces_the_training_crop(data_dir):
+    """Train on 5-frame crops, score whole clips: data.eval_crop={} keeps all 17 frames."""
+    c = data_config([{"name": VID, "weight": 1.0}], batch_size=4, val_examples=4,
+                    crop={"frames": 5})
+    train = next(pipeline.make_iterator(c, data_dir=data_dir, process_index=0, process_count=1))
+    assert train["video"].shape == (4, 5, 32, 32, 3)
+    (same,) = list(pipeline.make_eval_iterator(c, data_dir=data_dir))
+    assert same["video"].shape == (4, 5, 32, 32, 3)     # default: the training crop
+    c.eval_crop = {}
+    (whole,) = list(pipeline.make_eval_iterator(c, data_dir=data_dir))
+    src = source(VID, data_dir, "validation")
+    np.testing.assert_array_equal(whole["video"][2], src[2]["video"] / np.float32(127.5) - 1)
+    c.eval_crop = {"height": 16}
+    (part,) = list(pipeline.make_eval_iterator(c, data_dir=data_dir))
+    assert part["video"].shape == (4, 17, 16, 32, 3)
+
+
 def test_example_fn_runs_before_batching(data_dir):
     def add_length(ex):
         return dict(ex, caption_len=np.int32(len(ex["caption"])))

@@ -375,7 +375,8 @@ def make_eval_iterator(data_config, *, data_dir: str, source: int | str = 0,
     `source` picks the entry of data.sources (position or name); split defaults to
     data.val_split, N to data.val_examples (at most the split size, rounded down to a
     multiple of process_count), batch_size (global) to data.global_batch_size. Crops are
-    centered. The last batch may be smaller; every process gets the same batch sizes.
+    centered; `data.eval_crop` (when set) replaces the training crop here, e.g. {} scores whole
+    clips of a model trained on short crops. The last batch may be smaller; every process gets the same batch sizes.
     """
     process_index, process_count = _resolve_process(process_index, process_count)
     split = split or _field(data_config, "val_split", "validation")
@@ -389,6 +390,9 @@ def make_eval_iterator(data_config, *, data_dir: str, source: int | str = 0,
         raise ValueError(f"eval source {source} out of range: data.sources has {len(entries)}")
     one = dict(data_config)
     one["sources"] = [dict(_field(data_config, "sources")[source], split=split)]
+    eval_crop = _field(data_config, "eval_crop")
+    if eval_crop is not None:  # e.g. train on 5-frame crops, score whole 17-frame clips
+        one["sources"][0]["crop"] = dict(eval_crop)
     if batch_size is not None:
         one["global_batch_size"] = batch_size
     per_process = local_batch_size(one, process_count)
