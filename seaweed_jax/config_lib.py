@@ -6,6 +6,7 @@ Schema (every training config has these sections):
   task            'vae' | 'dit' | ...   picks the trainer task
   seed            int                   model init / training RNG
   num_steps       int
+  cpu_devices     int                   CPU-only hosts: XLA devices to split the CPU into
   mesh            shape: {data, fsdp, tensor, context} (one -1 fills), rules: None = default table
   data            sources: [{name, split, weight}], global_batch_size, dataset_seed, ...
   optimizer       name, lr, b1, b2, weight_decay, warmup_steps, schedule, end_lr_ratio,
@@ -31,6 +32,10 @@ def base_config() -> mc.ConfigDict:
     c.task = ""
     c.seed = 0
     c.num_steps = 1000
+
+    # CPU-only hosts: split the CPU into this many XLA devices so the data axis runs batch
+    # shards in parallel (train CLI only; 0 = one CPU device; ignored by TPU/GPU backends).
+    c.cpu_devices = 0
 
     c.mesh = mc.ConfigDict()
     c.mesh.shape = {"data": -1, "fsdp": 1, "tensor": 1, "context": 1}

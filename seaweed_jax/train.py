@@ -31,6 +31,20 @@ def _wants_distributed() -> bool:
         os.environ.get("TPU_WORKER_HOSTNAMES", "x").count(",")) > 0
 
 
+def use_cpu_devices(n: int) -> None:
+    """Split the host CPU into n XLA devices (config.cpu_devices; 0 = JAX's default of one).
+
+    XLA:CPU runs one small conv net on about one core, so on a CPU-only machine the data axis
+    over n fake devices runs n batch shards in parallel (measured ~1.6x steps/s for the tiny
+    VAE on 2 cores). Only affects the CPU backend; must run before JAX creates it."""
+    if n:
+        import jax
+        try:
+            jax.config.update("jax_num_cpu_devices", int(n))
+        except RuntimeError as e:  # backend already up (e.g. called twice in one process)
+            raise ValueError(f"config.cpu_devices={n} must be set before JAX starts: {e}") from None
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
@@ -40,6 +54,7 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required: the run directory (created if missing)")
     logging.set_verbosity(logging.WARNING)
     import jax
+    use_cpu_devices(_CONFIG.value.get("cpu_devices", 0))
     if _wants_distributed():
         jax.distributed.initialize()
     from seaweed_jax.trainer import loop

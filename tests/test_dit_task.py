@@ -199,6 +199,11 @@ def test_cached_and_on_the_fly_latents_agree(shared):
     np.testing.assert_array_equal(a["index"], b["index"])
     np.testing.assert_array_equal(a["text_ids"], b["text_ids"])
     np.testing.assert_allclose(a["latents"], b["latents"], atol=1e-4, rtol=1e-4)
+    ea = next(t_cache.make_eval_iterator(data_dir=shared["data_dir"], source=0, batch_size=4))
+    eb = next(t_fly.make_eval_iterator(data_dir=shared["data_dir"], source=0, batch_size=4))
+    np.testing.assert_array_equal(ea["index"], np.arange(4))
+    np.testing.assert_array_equal(eb["index"], np.arange(4))
+    np.testing.assert_allclose(ea["latents"], eb["latents"], atol=1e-4, rtol=1e-4)
 
 
 def test_validation_loss_is_deterministic_and_batch_independent(shared):

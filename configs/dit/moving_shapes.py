@@ -94,6 +94,7 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     c.init_from = None
 
     c.data.latent_cache = True
+    c.cpu_devices = 2            # the data axis over both cores (train CLI, CPU only)
     c.data.global_batch_size = 32
     c.data.val_examples = 64
     c.data.prefetch = 2

@@ -114,10 +114,7 @@ class FrozenVAE:
                                     f"`python -m seaweed_jax.train --config=configs/vae/tiny.py "
                                     f"--workdir=...` or point vae_workdir at it")
         run_config = ckpt_lib.load_config(workdir, step)
-        # Fields added to the VAE after this run was trained take their defaults.
-        model_cfg = autoencoder.default_model_config()
-        model_cfg.update(dict(autoencoder.model_section(run_config)))
-        model_cfg = autoencoder.model_section(model_cfg)
+        model_cfg = autoencoder.model_section(run_config)   # missing (newer) fields: defaults
         autoencoder.validate_model_config(model_cfg)
         has_ema = float(run_config.get("ema_decay", 0.0) or 0.0) > 0
         key = "ema_params" if (use_ema and has_ema) else "params"

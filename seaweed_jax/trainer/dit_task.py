@@ -272,7 +272,8 @@ class DiTTask(Task):
         if self._use_cache():
             from seaweed_jax.data import latent_cache
             return latent_cache.make_latent_eval_iterator(self.config.data, vae=self.vae, **kw)
-        return iter(pipe.make_eval_iterator(self.config.data, **kw).map(EncodeVideo(self.vae)))
+        encode = EncodeVideo(self.vae)   # one pass, never checkpointed: a plain generator
+        return (encode.map(b) for b in pipe.make_eval_iterator(self.config.data, **kw))
 
     def example_batch(self, latent_shape=(1, 1, 1), batch_size: int = 1) -> dict:
         """Zero batch of the right structure (param shapes do not depend on the latent size)."""

@@ -75,6 +75,15 @@ LOSS_DEFAULTS = dict(
 )
 
 
+def default_loss_config(**overrides) -> mc.ConfigDict:
+    """Every `config.loss` field with its default (so `--config.loss.X=...` works for all of
+    them), updated with `overrides`; for config files."""
+    unknown = sorted(set(overrides) - set(LOSS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown loss fields {unknown}; known: {sorted(LOSS_DEFAULTS)}")
+    return mc.ConfigDict({**LOSS_DEFAULTS, **overrides})
+
+
 def loss_config(config) -> mc.FrozenConfigDict:
     """config.loss over LOSS_DEFAULTS; unknown fields are an error (typos)."""
     given = dict(config.get("loss", None) or {})

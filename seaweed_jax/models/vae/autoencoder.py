@@ -12,6 +12,7 @@ Model config (`config.model`, a FrozenConfigDict) fields:
   enc_conv, dec_conv conv arch: per level '2d' (per-frame) | '3d' (causal) convs
   ef_enc_channels, ef_dec_channels, connect_res_blocks   wavelet arch: energy-flow widths
   mid_attention      per-frame spatial attention in the mid block
+  res_zero_init      zero-init the last conv of every ResNet block (blocks start as identity)
   norm, norm_groups  'group' (per-frame GroupNorm) | 'layer' (channel LayerNorm)
   dtype, conv_impl, remat, logvar_init (initial logvar bias), logvar_min, logvar_max
   chunk_frames, chunk_latent_frames   Causal Cache chunk sizes for long inputs (callers pass them)
@@ -45,12 +46,13 @@ from seaweed_jax.parallel.remat import maybe_remat
 
 
 def model_section(config) -> Any:
-    """Accepts a full training config or its `model` section."""
+    """Accepts a full training config or its `model` section; fields it lacks (a run trained
+    before they existed) take their `default_model_config` values."""
     if "arch" not in config and "model" in config:
         config = config.model
-    if not isinstance(config, mc.FrozenConfigDict):
-        config = mc.FrozenConfigDict(config)
-    return config
+    full = default_model_config()
+    full.update(dict(config))
+    return mc.FrozenConfigDict(full)
 
 
 def compression(config) -> tuple[int, int, int]:
@@ -129,7 +131,8 @@ class _Common(nn.Module):
     def res(self, features, conv="3d", name=None):
         cls = maybe_remat(ResBlock, self.cfg.remat)
         return cls(features, conv=conv, norm=self.cfg.norm, num_groups=self.cfg.norm_groups,
-                   dtype=_dtype(self.cfg), conv_impl=self.cfg.conv_impl, name=name)
+                   dtype=_dtype(self.cfg), conv_impl=self.cfg.conv_impl,
+                   zero_init=self.cfg.res_zero_init, name=name)
 
     def attn(self, name):
         return FrameAttention(norm=self.cfg.norm, num_groups=self.cfg.norm_groups, dtype=_dtype(self.cfg),
@@ -465,6 +468,7 @@ def default_model_config(**overrides) -> mc.ConfigDict:
         ef_dec_channels=128,
         connect_res_blocks=1,
         mid_attention=True,
+        res_zero_init=False,    # ResNet blocks start as identity (last conv zero-initialized)
         norm="group",
         norm_groups=32,
         dtype="float32",

@@ -11,7 +11,7 @@ from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
 from seaweed_jax.models.vae.causal_conv import (
-    CausalConv3d, PointwiseConv, at_sequence_start, make_conv)
+    CausalConv3d, PointwiseConv, at_sequence_start, default_kernel_init, make_conv)
 
 NORM_AXES = ("norm",)
 
@@ -70,6 +70,7 @@ class ResBlock(nn.Module):
     num_groups: int = 32
     dtype: jnp.dtype = jnp.float32
     conv_impl: str = "fold_time"
+    zero_init: bool = False     # last conv starts at 0: the block starts as its shortcut
 
     @nn.compact
     def __call__(self, x):
@@ -77,7 +78,9 @@ class ResBlock(nn.Module):
         h = nn.silu(make_norm(self.norm, self.num_groups, name="norm1")(x))
         h = make_conv(self.conv, self.features, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(h)
         h = nn.silu(make_norm(self.norm, self.num_groups, name="norm2")(h))
-        h = make_conv(self.conv, self.features, dtype=self.dtype, conv_impl=self.conv_impl, name="conv2")(h)
+        init2 = nn.initializers.zeros if self.zero_init else default_kernel_init
+        h = make_conv(self.conv, self.features, dtype=self.dtype, conv_impl=self.conv_impl, name="conv2",
+                      kernel_init=init2)(h)
         if x.shape[-1] != self.features:
             x = PointwiseConv(self.features, dtype=self.dtype, name="shortcut")(x)
         return x.astype(self.dtype) + h
