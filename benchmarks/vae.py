@@ -6,6 +6,8 @@
 Measures, in one process on the current backend:
 * `matmul_gflops`: the machine's dense f32 matmul rate, best of `--repeats` jitted
   (2048 x 2048) @ (2048 x 2048) products (2 n^3 FLOPs each);
+* the batch is sharded over `--cpu_devices` XLA CPU devices (default config.cpu_devices),
+  as the training CLI does: XLA:CPU runs these small convs on about one core per device;
 * encode / decode (full inference, posterior mean, jitted): clips/s and achieved GFLOP/s, the
   FLOPs taken from XLA's cost analysis of the compiled function (`flops_source`), the time the
   best of `--repeats` runs after a warm-up; `*_ratio_to_matmul` = achieved / matmul GFLOP/s;
@@ -34,6 +36,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs (best is reported).")
 _MEMORY_FRAMES = flags.DEFINE_list("memory_frames", ["17", "65", "129"], "Clip lengths for memory.")
 _SKIP_MEMORY = flags.DEFINE_bool("skip_memory", False, "Skip the compiled-memory section.")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "Matrix size of the peak-rate matmul.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "CPU backend: split the CPU into N XLA devices and shard the batch over "
+    "them (data parallel, as the training CLI does); default config.cpu_devices, 0 = one device.")
 
 
 def best_time(fn, *args, repeats: int) -> float:
@@ -65,7 +70,11 @@ def matmul_gflops(n: int, repeats: int) -> float:
 def main(argv):
     del argv
     import jax
+    n_dev = _CPU_DEVICES.value if _CPU_DEVICES.value is not None else _CONFIG.value.get("cpu_devices", 0)
+    if n_dev:
+        jax.config.update("jax_num_cpu_devices", int(n_dev))
     import jax.numpy as jnp
+    import numpy as np
     from flax import linen as nn
 
     from seaweed_jax.data import datasets
@@ -99,9 +108,17 @@ def main(argv):
               "params": autoencoder.param_count(cfg)["total"], "devices": jax.device_count(),
               "backend": jax.default_backend(), "flops_source": "xla_cost_analysis",
               "matmul_gflops": round(peak, 2), "matmul_n": _MATMUL_N.value}
+    # Batch sharded over all local devices (params replicated); FLOPs are counted on the
+    # unsharded program (the same math), so GFLOP/s is the whole machine's.
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    if b % mesh.size:
+        raise ValueError(f"--batch={b} must be a multiple of the {mesh.size} devices")
+    shard = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))
+    sparams = jax.device_put(params, NamedSharding(mesh, P()))
     for name, fn, arg in (("encode", enc, x), ("decode", dec, z), ("train_fwd_bwd", train, x)):
         flops = xla_flops(fn, params, arg)
-        sec = best_time(fn, params, arg, repeats=reps)
+        sec = best_time(fn, sparams, shard(arg), repeats=reps)
         result[f"{name}_clips_per_sec"] = round(b / sec, 3)
         result[f"{name}_sec"] = round(sec, 4)
         result[f"{name}_gflop"] = round(flops / 1e9, 3)
