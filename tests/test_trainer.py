@@ -370,3 +370,16 @@ def test_exact_resume_matches_uninterrupted_run(runs):
     assert rc == 0, log
     assert _resumed_from(log) == 14 and out["D_latest"] == 20
     _assert_same_run(runs.wd["straight"], runs.wd["chain"])
+
+
+def test_cpu_devices_splits_the_cpu_before_jax_starts():
+    """config.cpu_devices: the train CLI makes N XLA CPU devices (the mesh's data axis then
+    runs batch shards in parallel); too late once the backend is up -> a clear error."""
+    code = ("from seaweed_jax import train; import jax; train.use_cpu_devices(3); "
+            "print(jax.device_count()); train.use_cpu_devices(2)")
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.stdout.strip().splitlines()[0] == "3", p.stderr
+    assert p.returncode != 0 and "cpu_devices=2 must be set before JAX starts" in p.stderr
