@@ -62,8 +62,16 @@ def get_config(arg=None):
     return c
 
 
-# Filled in from real runs (2 CPU cores): see the issue note.
-MEASURED = {}
+# Measured 2026-11-22 (2 idle CPU cores, `make demo`'s VAE stage): 7-8 steps/s, ~45 GFLOP/s
+# (XLA cost analysis, 5.6 GFLOP/step); 3,500 steps in 8m49s wall including compiles and the
+# latent statistics. Validation PSNR / SSIM (EMA params, 64 whole 17-frame clips) by step:
+MEASURED = {
+    "psnr_db": {500: 20.71, 1000: 23.82, 1500: 24.77, 2000: 25.45, 2500: 25.92, 3000: 26.24,
+                3500: 26.41},
+    "ssim": {500: 0.551, 1000: 0.741, 1500: 0.778, 2000: 0.783, 2500: 0.796, 3000: 0.801,
+             3500: 0.805},
+    "wall_seconds": 529,
+}
 
 
 if __name__ == "__main__":
