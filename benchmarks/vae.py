@@ -71,8 +71,8 @@ def main(argv):
     del argv
     import jax
     n_dev = _CPU_DEVICES.value if _CPU_DEVICES.value is not None else _CONFIG.value.get("cpu_devices", 0)
-    if n_dev:
-        jax.config.update("jax_num_cpu_devices", int(n_dev))
+    from seaweed_jax.parallel.mesh import use_cpu_devices
+    use_cpu_devices(n_dev)
     import jax.numpy as jnp
     import numpy as np
     from flax import linen as nn

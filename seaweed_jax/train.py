@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from seaweed_jax.parallel.mesh import use_cpu_devices
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/vae/tiny.py or configs/wfvae.py:size=S", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
@@ -29,20 +31,6 @@ def _wants_distributed() -> bool:
         return _MULTIHOST.value
     return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or int(
         os.environ.get("TPU_WORKER_HOSTNAMES", "x").count(",")) > 0
-
-
-def use_cpu_devices(n: int) -> None:
-    """Split the host CPU into n XLA devices (config.cpu_devices; 0 = JAX's default of one).
-
-    XLA:CPU runs one small conv net on about one core, so on a CPU-only machine the data axis
-    over n fake devices runs n batch shards in parallel (measured ~1.6x steps/s for the tiny
-    VAE on 2 cores). Only affects the CPU backend; must run before JAX creates it."""
-    if n:
-        import jax
-        try:
-            jax.config.update("jax_num_cpu_devices", int(n))
-        except RuntimeError as e:  # backend already up (e.g. called twice in one process)
-            raise ValueError(f"config.cpu_devices={n} must be set before JAX starts: {e}") from None
 
 
 def main(argv) -> None:
