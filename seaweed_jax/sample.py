@@ -13,6 +13,8 @@
                              the first output frame is the VAE's reconstruction of the image
     --step=N --use_ema=true  which checkpoint / params (EMA by default when the run has them)
     --sampler=euler|heun     default: config.sample.sampler
+    --shift=S                timestep shift of the solver grid, t' = S t / (1 + (S - 1) t);
+                             S > 1 spends more steps at high noise (default: config.sample.shift)
     --output_dir=O           default W/samples; writes {i:03d}.mp4, {i:03d}.npy (uint8
                              (T, H, W, 3)) and contact_sheet.png
     --check                  also score the videos with eval.prompt_checker (colour / shape /
@@ -147,7 +149,7 @@ class DiTSampler:
                  height: int | None = None, width: int | None = None, steps: int | None = None,
                  cfg_scale: float | None = None, negative_prompt: str = "",
                  image: np.ndarray | None = None, sampler: str | None = None,
-                 batch_size: int = 8, progress: bool = True, return_latents: bool = False):
+                 shift: float | None = None, batch_size: int = 8, progress: bool = True, return_latents: bool = False):
         """uint8 videos (N, T, H, W, 3) for `prompts` (prompt i with seed + i) and an info
         dict (nfe, steps, cfg_scale, sampler, size)."""
         import jax
@@ -162,6 +164,9 @@ class DiTSampler:
         steps = int(steps or self.sample_cfg.steps)
         cfg_scale = float(self.sample_cfg.cfg_scale if cfg_scale is None else cfg_scale)
         sampler = sampler or self.sample_cfg.sampler
+        shift = float(self.sample_cfg.shift if shift is None else shift)
+        if shift <= 0:
+            raise ValueError(f"--shift={shift} must be > 0 (1 = unshifted timesteps)")
         if sampler not in samplers.METHODS:
             raise ValueError(f"--sampler={sampler!r}; use one of {samplers.METHODS}")
         if steps < 1:
@@ -203,7 +208,7 @@ class DiTSampler:
             res = samplers.sample(
                 fn, noise, inputs,
                 uncond if cfg_scale != 1.0 else None, num_steps=steps, method=sampler,
-                cfg_scale=cfg_scale, shift=float(self.sample_cfg.shift), callback=callback)
+                cfg_scale=cfg_scale, shift=shift, callback=callback)
             nfe = res.nfe
             z = np.asarray(res.x)[:real]
             latents_out.append(z)
@@ -211,7 +216,7 @@ class DiTSampler:
         if bar is not None:
             bar.close()
         videos = np.concatenate(out)
-        info = dict(nfe=nfe, steps=steps, cfg_scale=cfg_scale, sampler=sampler,
+        info = dict(nfe=nfe, steps=steps, cfg_scale=cfg_scale, sampler=sampler, shift=shift,
                     num_frames=num_frames, resolution=f"{height}x{width}",
                     latent_shape=list(lshape), i2v=image is not None, dit_step=self.step,
                     vae_step=self.vae.step)
@@ -261,6 +266,8 @@ def _flags():
     f.DEFINE_bool("use_ema", True, "Use the EMA params (when the run kept them).")
     f.DEFINE_string("output_dir", None, "Where to write videos (default W/samples).")
     f.DEFINE_enum("sampler", None, ["euler", "heun"], "ODE solver (default: config.sample.sampler).")
+    f.DEFINE_float("shift", None, "Timestep shift of the ODE grid (>1 spends more steps at high "
+                   "noise; default: config.sample.shift).")
     f.DEFINE_integer("batch_size", 8, "Prompts sampled together.")
     f.DEFINE_bool("check", False, "Score the videos with the prompt checker.")
     f.DEFINE_integer("canonical_prompts", 0, "Use N canonical random-label prompts.")
@@ -312,7 +319,8 @@ def main(argv) -> None:
         videos, info = s.generate(prompts, seed=FLAGS.seed, num_frames=num_frames, height=height,
                                   width=width, steps=FLAGS.steps, cfg_scale=FLAGS.cfg_scale,
                                   negative_prompt=FLAGS.negative_prompt, image=image,
-                                  sampler=FLAGS.sampler, batch_size=FLAGS.batch_size)
+                                  sampler=FLAGS.sampler, shift=FLAGS.shift,
+                                  batch_size=FLAGS.batch_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

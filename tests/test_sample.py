@@ -101,6 +101,21 @@ def test_prompt_i_uses_seed_k_plus_i(sampler):
     assert info["nfe"] == 4 and info["dit_step"] == 7
 
 
+def test_shift_default_override_and_validation(sampler):
+    kw = dict(num_frames=5, height=16, width=16, steps=3, progress=False, seed=3)
+    default, info = sampler.generate(PROMPTS[:1], **kw)
+    assert info["shift"] == float(sampler.sample_cfg.shift)
+    same, _ = sampler.generate(PROMPTS[:1], shift=float(sampler.sample_cfg.shift), **kw)
+    np.testing.assert_array_equal(default, same)
+    other = float(sampler.sample_cfg.shift) + 2.0
+    shifted, info = sampler.generate(PROMPTS[:1], shift=other, **kw)
+    assert info["shift"] == other
+    # A different solver grid from the same noise: a different (decoded) sample.
+    assert np.abs(shifted.astype(int) - default.astype(int)).max() > 0
+    with pytest.raises(ValueError, match="--shift=0.0 must be > 0"):
+        sampler.generate(PROMPTS[:1], shift=0.0, **kw)
+
+
 def _image(seed=0):
     from seaweed_jax.data import moving_shapes
     video, labels = moving_shapes.render_example(seed, 3, 16, 16, 1)
