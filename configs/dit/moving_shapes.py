@@ -1,7 +1,10 @@
 r"""Toy hybrid-stream DiT on moving_shapes latents (2-core CPU scale).
 
 Arguments (`--config=configs/dit/moving_shapes.py:MODE,vae=W,root=R,steps=N`):
-  MODE   t2v     the demo's single-stage text-to-video model: 32x32, 17 frames (default)
+  MODE   t2v     the demo's single-stage text-to-video model: 32x32, 17 frames, 2,400 steps
+                 (default; sized so `make demo` fits in 30 minutes on 2 cores)
+         t2v_long  the same model trained for 8,000 steps (~50 min on 2 idle cores): the toy
+                 T2V model of the issue's "trained <= 60 minutes" measurement
          stage0  the paper's schedule at toy scale, stage 0: images only (32x32_f1)
          stage1  stage 1: + 17-frame 32x32 video; init_from = {root}/stage0
   vae    the trained VAE run (default runs/vae_tiny); recorded in the DiT config (absolute)
@@ -40,7 +43,7 @@ from seaweed_jax import config_lib
 from seaweed_jax.models.dit.dit import default_config as dit_default_config
 from seaweed_jax.models.text import text_config
 
-MODES = ("t2v", "stage0", "stage1")
+MODES = ("t2v", "t2v_long", "stage0", "stage1")
 IMAGES = "moving_shapes/32x32_f1"
 VIDEO = "moving_shapes/32x32_f17"
 
@@ -107,9 +110,9 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     c.data.global_batch_size = 32
     c.data.val_examples = 64
     c.data.prefetch = 2
-    if args.mode == "t2v":
+    if args.mode in ("t2v", "t2v_long"):
         c.data.sources = [{"name": VIDEO, "split": "train", "weight": 1.0}]
-        c.num_steps = 3000
+        c.num_steps = 2400 if args.mode == "t2v" else 8000
     elif args.mode == "stage0":
         c.data.sources = [{"name": IMAGES, "split": "train", "weight": 1.0}]
         c.num_steps = 1200          # 37.5% : 25% of the paper's first two stages -> 3 : 2
@@ -142,4 +145,7 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     c.eval_every = 500
     c.ckpt_every = 500
     c.keep_checkpoints = 2
+    if args.mode == "t2v_long":
+        c.ckpt_every = 1000
+        c.keep_checkpoints = 10   # every 1,000 steps, to score the checker along the run
     return c
