@@ -8,7 +8,7 @@
 3. resume from the latest finalized checkpoint in W/checkpoints (state + iterator position),
    or `jax.jit(task.init, out_shardings=...)` (+ `config.init_from` params);
 4. loop: host batch -> global arrays -> jitted, donated step (non-finite updates rejected);
-   metrics every `log_every`, eval every `eval_every`, async checkpoint every `ckpt_every`
+   metrics every `log_every`; eval and async checkpoint every `eval_every` / `ckpt_every`
    and at the end; SIGTERM -> finish the current step, save, wait, return normally.
 
 Randomness needs no saved RNG state: step `s` uses `fold_in(fold_in(key(seed), 1), s)`,
@@ -380,7 +380,7 @@ def _train(config, workdir: str, *, data_dir: str | None = None,
                         f"or grad norm (all rejected); lower optimizer.lr, check the data, or "
                         f"resume from the last checkpoint ({last_saved})")
                 last_log_nonfinite, last_log_step = nonfinite, step
-            if eval_every and step % eval_every == 0:
+            if eval_every and (step % eval_every == 0 or step == num_steps):  # always score the end
                 logger.log_eval(step, task.evaluate(state, data_dir=data_dir, workdir=workdir,
                                                     step=step))
             if step % config.ckpt_every == 0 or step == num_steps:
