@@ -41,7 +41,8 @@ def main(argv=None) -> dict:
     from seaweed_jax.eval import prompt_checker
     from seaweed_jax.sample import DiTSampler, write_outputs
 
-    data_dir = a.data_dir or config_lib.default_data_dir()
+    from seaweed_jax.trainer import loop
+    data_dir = config_lib.data_dir_for(loop.load_config(a.workdir), a.data_dir)
     _, h, w, t = datasets.parse_name(a.dataset)
     datasets.ensure_built(a.dataset, data_dir)
     src = datasets.data_source(a.dataset, "validation", data_dir)

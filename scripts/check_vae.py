@@ -86,7 +86,9 @@ def main(argv=None) -> None:
     p.add_argument("--output_dir", default=None)
     a = p.parse_args(argv)
     try:
-        s = check_vae(a.vae_workdir, a.data_dir or config_lib.default_data_dir(),
+        from seaweed_jax.trainer import loop
+        data_dir = config_lib.data_dir_for(loop.load_config(a.vae_workdir), a.data_dir)
+        s = check_vae(a.vae_workdir, data_dir,
                       a.num_examples, output_dir=a.output_dir)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

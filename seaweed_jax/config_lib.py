@@ -14,6 +14,7 @@ Schema (every training config has these sections):
   ema_decay       0 disables EMA
   log_every, eval_every, ckpt_every, keep_checkpoints, async_checkpoint
   init_from       workdir to take initial params from (trainer), init_from_key params|ema_params
+  data_dir        None; the trainer records the datasets root it used (absolute) for eval tools
   model           task specific
 """
 from __future__ import annotations
@@ -27,11 +28,25 @@ def default_data_dir() -> str:
     return os.environ.get("SEAWEED_DATA_DIR") or os.path.expanduser("~/seaweed_data")
 
 
+def data_dir_for(config=None, data_dir: str | None = None) -> str:
+    """The datasets root for a run: `data_dir` if given, else the one the run trained on (the
+    trainer records it in the config) when it still exists, else the default. So `evaluate`,
+    `sample` and friends read the data a run was trained on instead of building a second copy
+    under ~/seaweed_data."""
+    if data_dir:
+        return data_dir
+    recorded = config.get("data_dir", None) if config is not None else None
+    if recorded and os.path.isdir(recorded):
+        return recorded
+    return default_data_dir()
+
+
 def base_config() -> mc.ConfigDict:
     c = mc.ConfigDict()
     c.task = ""
     c.seed = 0
     c.num_steps = 1000
+    c.data_dir = None  # set by the trainer to the datasets root it used (see data_dir_for)
 
     # CPU-only hosts: split the CPU into this many XLA devices so the data axis runs batch
     # shards in parallel (train CLI only; 0 = one CPU device; ignored by TPU/GPU backends).

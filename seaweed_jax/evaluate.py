@@ -37,7 +37,7 @@ def _define_flags():
 
 def _data_dir(config, data_dir):
     from seaweed_jax import config_lib
-    return data_dir or config.get("data_dir", None) or config_lib.default_data_dir()
+    return config_lib.data_dir_for(config, data_dir)
 
 
 def evaluate_vae(workdir: str, *, step=None, num_examples=None, data_dir=None, use_ema=True,

@@ -24,6 +24,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import _toy_task
+from seaweed_jax import config_lib
 from seaweed_jax.trainer import checkpoint as ckpt_lib
 from seaweed_jax.trainer import loop, optimizers
 from seaweed_jax.trainer.state import TrainState
@@ -339,6 +340,8 @@ def test_straight_run_logs_and_is_self_describing(runs):
     config = loop.load_config(wd)
     assert config.task == "_toy_task:ToyTask" and config.num_steps == 20
     assert config.data.sources[0]["name"] == "moving_shapes/32x32_f17"   # list of dicts survives
+    # the datasets root it trained on is recorded (absolute), for evaluate / sample
+    assert config.data_dir == os.path.abspath(config_lib.default_data_dir())
     assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "15", "20", "5"]
 
 
@@ -370,6 +373,18 @@ def test_exact_resume_matches_uninterrupted_run(runs):
     assert rc == 0, log
     assert _resumed_from(log) == 14 and out["D_latest"] == 20
     _assert_same_run(runs.wd["straight"], runs.wd["chain"])
+
+
+def test_data_dir_for_prefers_explicit_then_recorded_then_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEAWEED_DATA_DIR", str(tmp_path / "default"))
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    config = mc.ConfigDict({"data_dir": str(recorded)})
+    assert config_lib.data_dir_for(config, "/explicit") == "/explicit"
+    assert config_lib.data_dir_for(config) == str(recorded)
+    config.data_dir = str(tmp_path / "moved_away")   # run copied to another machine
+    assert config_lib.data_dir_for(config) == str(tmp_path / "default")
+    assert config_lib.data_dir_for(None) == str(tmp_path / "default")
 
 
 def test_cpu_devices_splits_the_cpu_before_jax_starts():

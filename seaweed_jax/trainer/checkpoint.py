@@ -14,6 +14,7 @@ previous checkpoint as the latest.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Mapping
 
@@ -35,9 +36,24 @@ MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 1 << 20
 _handler_registered = False
 
 
+class _DropExpectedNotices(logging.Filter):
+    """Orbax warns about two things we do on purpose: opening a manager read-only (every
+    sample / evaluate / init_from) and overriding the jax.Array handler (below)."""
+
+    NOTICES = ("Given directory is read only", "Type handler registry type")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.NOTICES)
+
+
+_NOTICE_FILTER = _DropExpectedNotices()
+
+
 def _register_array_handler() -> None:
     global _handler_registered
     if not _handler_registered:
+        logging.getLogger("absl").addFilter(_NOTICE_FILTER)
         ocp.type_handlers.register_type_handler(
             jax.Array, ocp.type_handlers.ArrayHandler(
                 min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),

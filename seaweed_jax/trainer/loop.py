@@ -17,6 +17,7 @@ init uses `fold_in(key(seed), 0)`; the data order lives in the iterator's checkp
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -294,6 +295,10 @@ def mesh_context(mesh, config):
 def train(config, workdir: str, *, data_dir: str | None = None,
           hooks: Sequence[Hook] = ()) -> TrainState:
     """Train `config.task` in `workdir` (resuming if it has a checkpoint). Returns the state."""
+    data_dir = config_lib.data_dir_for(config, data_dir)
+    config = ml_collections.ConfigDict(copy.deepcopy(config))  # the caller's stays untouched
+    with config.unlocked():  # recorded so eval / sample tools find the run's data
+        config.data_dir = os.path.abspath(data_dir)
     config = freeze(config)
     with mesh_context(make_mesh(config.mesh), config):
         return _train(config, workdir, data_dir=data_dir, hooks=hooks)
@@ -301,7 +306,7 @@ def train(config, workdir: str, *, data_dir: str | None = None,
 
 def _train(config, workdir: str, *, data_dir: str | None = None,
            hooks: Sequence[Hook] = ()) -> TrainState:
-    data_dir = data_dir or config.get("data_dir", None) or config_lib.default_data_dir()
+    data_dir = config_lib.data_dir_for(config, data_dir)
     mesh = make_mesh(config.mesh)
     validate_config(config, mesh)
     task = get_task(config.task)(config, mesh)
@@ -422,7 +427,7 @@ def restore_state(workdir: str, step: int | None = None, mesh=None, task: Task |
     mesh = make_mesh(config.mesh) if mesh is None else mesh
     task = get_task(config.task)(config, mesh) if task is None else task
     if batch is None:
-        data_dir = data_dir or config.get("data_dir", None) or config_lib.default_data_dir()
+        data_dir = config_lib.data_dir_for(config, data_dir)
         it = task.make_train_iterator(data_dir=data_dir, process_index=jax.process_index(),
                                       process_count=jax.process_count())
         batch = to_device(_peek(it), mesh)

@@ -379,7 +379,7 @@ def compute_latent_stats(workdir: str, *, data_dir: str | None = None, num_examp
     from seaweed_jax import config_lib
     from seaweed_jax.eval import reconstruction
     config, params, at, which = reconstruction.restore_vae(workdir, step=step, use_ema=use_ema)
-    data_dir = data_dir or config.get("data_dir", None) or config_lib.default_data_dir()
+    data_dir = config_lib.data_dir_for(config, data_dir)
     n = int(num_examples or loss_config(config).latent_stats_examples)
     stats = reconstruction.latent_stats(config, params, data_dir=data_dir, num_examples=n)
     stats.update(step=at, params=which)
