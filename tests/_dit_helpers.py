@@ -10,8 +10,6 @@ with 4 latent channels -> latents (2, 4, 4, 4); DiT hidden 32, 2 layers.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -102,16 +100,6 @@ def env(cache_dir: str) -> dict:
     return e
 
 
-@contextlib.contextmanager
-def _locked(path: str):
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def shared_setup(tmp_path_factory) -> dict:
     """{root, data_dir, vae, cache}: the tiny VAE run and its latent cache, built once per
     session (other modules reuse them)."""
@@ -120,7 +108,8 @@ def shared_setup(tmp_path_factory) -> dict:
     out = {"root": root, "data_dir": os.path.join(root, "data"), "vae": os.path.join(root, "vae"),
            "jax_cache": os.path.join(root, "jax_cache")}
     marker = os.path.join(root, "ready.json")
-    with _locked(os.path.join(root, ".lock")):
+    from seaweed_jax.data import datasets
+    with datasets.build_lock(os.path.join(root, ".lock")):
         if not os.path.exists(marker):
             from seaweed_jax.data import latent_cache
             write_vae_run(out["vae"])

@@ -70,7 +70,7 @@ def get_builder(name: str, data_dir: str, seed: int = 0, num_train: int | None =
 
 
 @contextlib.contextmanager
-def _build_lock(path: str):
+def build_lock(path: str):
     """Inter-process lock so two processes (e.g. two hosts sharing a disk) never build twice."""
     if "://" in path:  # remote filesystem: no flock; TFDS still writes to a temp dir + rename
         yield
@@ -103,7 +103,7 @@ def build(name: str, data_dir: str, seed: int = 0, num_train: int | None = None,
         return builder, False
     c = builder.builder_config
     lock = os.path.join(os.fspath(data_dir), "moving_shapes", f".{c.name}.lock")
-    with _build_lock(lock):
+    with build_lock(lock):
         builder = get_builder(name, data_dir, seed, num_train, num_validation)
         if _is_built(builder):  # another process built it while we waited
             return builder, False

@@ -34,7 +34,6 @@ config + params from the VAE run's checkpoint, plus its latent statistics.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -319,18 +318,6 @@ def _write_split(path_prefix: str, source, vae: FrozenVAE, split: str, batch_siz
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-@contextlib.contextmanager
-def _lock(path: str):
-    import fcntl
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build_latent_cache(dataset: str, data_dir: str, vae: FrozenVAE, *, seed: int = 0,
                        num_train: int | None = None, num_validation: int | None = None,
                        splits: Sequence[str] = ("train", "validation"), batch_size: int = 32,
@@ -344,7 +331,7 @@ def build_latent_cache(dataset: str, data_dir: str, vae: FrozenVAE, *, seed: int
     from seaweed_jax.data import datasets
     out_dir = cache_dir(data_dir, dataset, vae, seed, num_train, num_validation)
     start = time.perf_counter()
-    with _lock(out_dir + ".lock"):
+    with datasets.build_lock(out_dir + ".lock"):
         if os.path.exists(os.path.join(out_dir, "meta.json")):
             meta = read_meta(out_dir)
             return out_dir, _summary(out_dir, meta, built=False, seconds=time.perf_counter() - start)
