@@ -66,6 +66,19 @@ MEASURED = {
         "i2v_32": {"first_frame_psnr_mean": 27.68, "first_frame_psnr_min": 25.32,
                    "later_frames": {"color": 1.0, "shape": 0.875, "direction": 1.0}},
     },
+    # t2v_long on the demo's 3,000-step VAE (2026-11-28 host: 8,000 steps in 25m15s wall at
+    # 5.4 steps/s). Shape is capped by that VAE (checker on its reconstructions: 78%).
+    "t2v_long_vae3000": {
+        "val_loss": {1000: 0.351, 2000: 0.269, 3000: 0.232, 4000: 0.213, 5000: 0.191,
+                     6000: 0.178, 7000: 0.174, 8000: 0.171},
+        "checker_heldout_64": {2000: {"color": 1.0, "shape": 0.688, "direction": 0.875, "all": 0.594},
+                               4000: {"color": 1.0, "shape": 0.719, "direction": 1.0, "all": 0.719},
+                               6000: {"color": 1.0, "shape": 0.813, "direction": 0.984, "all": 0.797},
+                               8000: {"color": 1.0, "shape": 0.781, "direction": 1.0, "all": 0.781}},
+        "checker_heldout_128_seed777": {"color": 1.0, "shape": 0.758, "direction": 1.0, "all": 0.758},
+        "i2v_32": {"first_frame_psnr_mean": 27.19, "first_frame_psnr_min": 24.98,
+                   "later_frames": {"color": 1.0, "shape": 0.844, "direction": 1.0}},
+    },
     # t2v (the demo's default, 2,400 steps): fresh-clone `make demo` 26m07s on the 2026-11-22
     # host (DiT 15m56s) and 12m42s on the 2026-11-28 host (DiT 7m32s), bit-identical scores.
     "t2v": {
