@@ -30,13 +30,13 @@ def default_data_dir() -> str:
 
 def data_dir_for(config=None, data_dir: str | None = None) -> str:
     """The datasets root for a run: `data_dir` if given, else the one the run trained on (the
-    trainer records it in the config) when it still exists, else the default. So `evaluate`,
-    `sample` and friends read the data a run was trained on instead of building a second copy
-    under ~/seaweed_data."""
+    trainer records it in the config) when it still exists (remote `gs://...` roots are taken
+    as recorded), else the default. So `evaluate`, `sample` and friends read the data a run was
+    trained on instead of building a second copy under ~/seaweed_data."""
     if data_dir:
         return data_dir
     recorded = config.get("data_dir", None) if config is not None else None
-    if recorded and os.path.isdir(recorded):
+    if recorded and ("://" in recorded or os.path.isdir(recorded)):
         return recorded
     return default_data_dir()
 

@@ -20,6 +20,8 @@ from typing import Callable
 
 from absl import app, flags, logging
 
+from seaweed_jax import config_lib
+
 
 def _define_flags():
     """CLI flags (defined only when run as a script, so the module imports cleanly next to
@@ -35,11 +37,6 @@ def _define_flags():
     )
 
 
-def _data_dir(config, data_dir):
-    from seaweed_jax import config_lib
-    return config_lib.data_dir_for(config, data_dir)
-
-
 def evaluate_vae(workdir: str, *, step=None, num_examples=None, data_dir=None, use_ema=True,
                  latent_stats=False) -> dict:
     from seaweed_jax.eval import reconstruction
@@ -50,7 +47,7 @@ def evaluate_vae(workdir: str, *, step=None, num_examples=None, data_dir=None, u
         return {"task": "vae", "latent_stats": f"{workdir.rstrip('/')}/{reconstruction.LATENT_STATS_FILE}",
                 **stats}
     config, params, at, which = reconstruction.restore_vae(workdir, step=step, use_ema=use_ema)
-    out = reconstruction.evaluate_split(config, params, data_dir=_data_dir(config, data_dir),
+    out = reconstruction.evaluate_split(config, params, data_dir=config_lib.data_dir_for(config, data_dir),
                                         num_examples=num_examples)
     return {"task": "vae", "step": at, "params": which,
             "split": config.data.get("val_split", "validation"),
@@ -74,7 +71,7 @@ def evaluate_generic(workdir: str, *, step=None, num_examples=None, data_dir=Non
         config = loop.freeze(c)
     mesh = make_mesh(config.mesh)
     task = get_task(config.task)(config, mesh)
-    data_dir = _data_dir(config, data_dir)
+    data_dir = config_lib.data_dir_for(config, data_dir)
     state = loop.restore_state(workdir, step, mesh=mesh, task=task, data_dir=data_dir)
     if use_ema and state.ema_params is not None:
         state = state.replace(params=state.ema_params)

@@ -385,6 +385,8 @@ def test_data_dir_for_prefers_explicit_then_recorded_then_default(tmp_path, monk
     config.data_dir = str(tmp_path / "moved_away")   # run copied to another machine
     assert config_lib.data_dir_for(config) == str(tmp_path / "default")
     assert config_lib.data_dir_for(None) == str(tmp_path / "default")
+    config.data_dir = "gs://bucket/data"              # remote roots are not checked locally
+    assert config_lib.data_dir_for(config) == "gs://bucket/data"
 
 
 def test_cpu_devices_splits_the_cpu_before_jax_starts():

@@ -298,15 +298,14 @@ def train(config, workdir: str, *, data_dir: str | None = None,
     data_dir = config_lib.data_dir_for(config, data_dir)
     config = ml_collections.ConfigDict(copy.deepcopy(config))  # the caller's stays untouched
     with config.unlocked():  # recorded so eval / sample tools find the run's data
-        config.data_dir = os.path.abspath(data_dir)
+        config.data_dir = data_dir if "://" in data_dir else os.path.abspath(data_dir)
     config = freeze(config)
     with mesh_context(make_mesh(config.mesh), config):
-        return _train(config, workdir, data_dir=data_dir, hooks=hooks)
+        return _train(config, workdir, hooks=hooks)
 
 
-def _train(config, workdir: str, *, data_dir: str | None = None,
-           hooks: Sequence[Hook] = ()) -> TrainState:
-    data_dir = config_lib.data_dir_for(config, data_dir)
+def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
+    data_dir = config.data_dir  # resolved and recorded by train()
     mesh = make_mesh(config.mesh)
     validate_config(config, mesh)
     task = get_task(config.task)(config, mesh)
