@@ -25,8 +25,20 @@ import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
+
+if __name__ == "__main__":  # run as `python benchmarks/vae.py`: make the repo's seaweed_jax importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# None of these imports starts the JAX backend, so use_cpu_devices in main() still takes effect.
+from seaweed_jax.data import datasets  # noqa: E402
+from seaweed_jax.models.vae import autoencoder  # noqa: E402
+from seaweed_jax.parallel.mesh import use_cpu_devices  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vae/tiny.py", "VAE training config.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Clips per encode/decode call.")
@@ -42,7 +54,6 @@ _CPU_DEVICES = flags.DEFINE_integer(
 
 
 def best_time(fn, *args, repeats: int) -> float:
-    import jax
     jax.block_until_ready(fn(*args))  # warm-up (and compile)
     times = []
     for _ in range(repeats):
@@ -59,8 +70,6 @@ def xla_flops(jitted, *args) -> float:
 
 
 def matmul_gflops(n: int, repeats: int) -> float:
-    import jax
-    import jax.numpy as jnp
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(jnp.matmul)
@@ -69,16 +78,8 @@ def matmul_gflops(n: int, repeats: int) -> float:
 
 def main(argv):
     del argv
-    import jax
     n_dev = _CPU_DEVICES.value if _CPU_DEVICES.value is not None else _CONFIG.value.get("cpu_devices", 0)
-    from seaweed_jax.parallel.mesh import use_cpu_devices
-    use_cpu_devices(n_dev)
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import linen as nn
-
-    from seaweed_jax.data import datasets
-    from seaweed_jax.models.vae import autoencoder
+    use_cpu_devices(n_dev)  # before anything starts the JAX backend
 
     config = _CONFIG.value
     cfg = autoencoder.model_section(config.model)
@@ -110,7 +111,6 @@ def main(argv):
               "matmul_gflops": round(peak, 2), "matmul_n": _MATMUL_N.value}
     # Batch sharded over all local devices (params replicated); FLOPs are counted on the
     # unsharded program (the same math), so GFLOP/s is the whole machine's.
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     mesh = Mesh(np.array(jax.devices()), ("data",))
     if b % mesh.size:
         raise ValueError(f"--batch={b} must be a multiple of the {mesh.size} devices")
@@ -143,5 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     app.run(main)

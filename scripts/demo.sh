@@ -103,7 +103,7 @@ run_stage vae "$VAE_DIR/latent_stats.json" "$PY" -m seaweed_jax.train "${VAE_ARG
 # 2b. How well the VAE keeps colour / shape / motion: the prompt checker on its reconstructions
 #     of validation clips is about the best the DiT's samples can score.
 run_stage vae_check "$DEMO_DIR/vae_check/vae_check.json" \
-  "$PY" scripts/check_vae.py --vae_workdir="$VAE_DIR" --data_dir="$DATA_DIR" \
+  "$PY" -m seaweed_jax.check vae --vae_workdir="$VAE_DIR" --data_dir="$DATA_DIR" \
   --output_dir="$DEMO_DIR/vae_check"
 
 # 3. Encode the dataset once with the VAE: the DiT trains on cached, normalized latents.
@@ -130,71 +130,21 @@ run_stage sample "$SAMPLES/contact_sheet.png" \
   "$PY" -m seaweed_jax.sample --workdir="$DIT_DIR" --prompts_file="$SAMPLES/prompts.txt" \
   --output_dir="$SAMPLES" --steps="$SAMPLE_STEPS" --seed="$SEED"
 
-# 6. Score them: colour / shape / direction read back from the pixels (eval/prompt_checker.py).
-run_stage check "$SAMPLES/scores.json" "$PY" scripts/check_samples.py --samples="$SAMPLES"
+# 6. Score them: colour / shape / direction read back from the pixels (moving_shapes/checker.py).
+run_stage check "$SAMPLES/scores.json" "$PY" -m seaweed_jax.check samples --samples="$SAMPLES"
 
 # 7. A larger held-out set for the checker: canonical captions with random labels drawn with
 #    a label seed nothing else uses.
+#    `sample` writes the prompts it used to $HELDOUT/prompts.txt, which `check samples` reads.
 if (( SCORE_PROMPTS > 0 )); then
-  mkdir -p "$HELDOUT"
-  "$PY" -c 'import sys; from seaweed_jax.sample import canonical_prompts as c
-print(*c(int(sys.argv[1]), int(sys.argv[2])), sep="\n")' "$SCORE_PROMPTS" "$PROMPT_SEED" \
-    > "$HELDOUT/prompts.txt"
   run_stage sample_heldout "$HELDOUT/contact_sheet.png" \
-    "$PY" -m seaweed_jax.sample --workdir="$DIT_DIR" --prompts_file="$HELDOUT/prompts.txt" \
-    --output_dir="$HELDOUT" --steps="$SAMPLE_STEPS" --seed="$SEED"
+    "$PY" -m seaweed_jax.sample --workdir="$DIT_DIR" --canonical_prompts="$SCORE_PROMPTS" \
+    --prompt_seed="$PROMPT_SEED" --output_dir="$HELDOUT" --steps="$SAMPLE_STEPS" --seed="$SEED"
   run_stage check_heldout "$HELDOUT/scores.json" \
-    "$PY" scripts/check_samples.py --samples="$HELDOUT"
+    "$PY" -m seaweed_jax.check samples --samples="$HELDOUT"
 fi
 
 TOTAL=$(( $(date +%s) - T_ALL ))
-"$PY" - "$DEMO_DIR" "$TOTAL" "$(load)" "${TIMES[@]}" <<'EOF'
-import json, os, sys
-demo, total, load, times = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
-samples = os.path.join(demo, "samples")
-
-
-def scores(path):
-    try:
-        with open(os.path.join(path, "scores.json")) as f:
-            return json.load(f)["summary"]
-    except FileNotFoundError:
-        return None
-
-
-summary = {
-    "demo_dir": demo,
-    "stage_seconds": dict(t.split("=", 1) for t in times),
-    "total_seconds_this_run": total,
-    "load_avg_at_end": load,
-    "cpu_cores": os.cpu_count(),
-    "videos": sorted(os.path.join(samples, f) for f in os.listdir(samples) if f.endswith(".mp4")),
-    "contact_sheet": os.path.join(samples, "contact_sheet.png"),
-    "scores": scores(samples),
-    "heldout_scores": scores(os.path.join(samples, "heldout")),
-    "vae_check": None,
-}
-try:
-    with open(os.path.join(demo, "vae_check", "vae_check.json")) as f:
-        summary["vae_check"] = json.load(f)
-except FileNotFoundError:
-    pass
-with open(os.path.join(demo, "demo_summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-print()
-print("=" * 78)
-print(f"demo done: {total // 60}m{total % 60:02d}s this run (load avg {load}); "
-      + ", ".join(times))
-print(f"videos:        {samples}/000.mp4 .. ({len(summary['videos'])} mp4, with .npy)")
-print(f"contact sheet: {summary['contact_sheet']}")
-for name, s in (("these prompts", summary["scores"]), ("held-out set", summary["heldout_scores"])):
-    if s:
-        print(f"checker, {name} (n={s['n']}): colour {s['color']:.0%}, shape {s['shape']:.0%}, "
-              f"direction {s['direction']:.0%}, all three {s['all']:.0%}")
-v = summary["vae_check"]
-if v:
-    r = v["checker_on_reconstructions"]
-    print(f"VAE check:     PSNR {v['psnr']:.1f} dB; checker on reconstructions: colour "
-          f"{r['color']:.0%}, shape {r['shape']:.0%}, direction {r['direction']:.0%}")
-print(f"summary:       {os.path.join(demo, 'demo_summary.json')}")
-EOF
+# 8. demo_summary.json: stage times, scores, the VAE check; printed as a short report.
+"$PY" -m seaweed_jax.check demo --demo_dir="$DEMO_DIR" --total_seconds="$TOTAL" \
+  --load_avg="$(load)" --stage_times="$(IFS=,; echo "${TIMES[*]}")"

@@ -16,12 +16,17 @@ Schema (every training config has these sections):
   init_from       workdir to take initial params from (trainer), init_from_key params|ema_params
   data_dir        None; the trainer records the datasets root it used (absolute) for eval tools
   model           task specific
+
+Also here: `freeze` (the hashable FrozenConfigDict every layer passes around) and the JSON
+round trip a checkpoint stores (`config_to_dict` / `config_from_dict`).
 """
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 import ml_collections as mc
+from flax.core import FrozenDict
 
 
 def default_data_dir() -> str:
@@ -118,3 +123,59 @@ def parse_arg(arg: str | None, **defaults) -> mc.ConfigDict:
             raise ValueError(f"unknown config argument {k!r}; expected one of {keys}")
         out[k] = type(defaults[k])(v) if defaults[k] is not None else v
     return out
+
+
+# ----------------------------------------------------------------------------- freezing / JSON
+
+def freeze(config) -> mc.FrozenConfigDict:
+    """A hashable FrozenConfigDict (safe as a static jit argument).
+
+    FrozenConfigDict refuses dicts inside lists (e.g. `data.sources`), so those become
+    `flax.core.FrozenDict`s: still Mappings (`src["name"]`, `src.get(...)`, `dict(src)`).
+    """
+    if isinstance(config, mc.FrozenConfigDict):
+        return config
+    return mc.FrozenConfigDict(_freeze_lists(mc.ConfigDict(config)))
+
+
+def _freeze_item(v):
+    if isinstance(v, (dict, mc.ConfigDict, FrozenDict)):
+        return FrozenDict({k: _freeze_item(x) for k, x in dict(v).items()})
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze_item(x) for x in v)
+    return v
+
+
+def _freeze_lists(node):
+    for key in list(node.keys()):
+        value = node[key]
+        if isinstance(value, mc.ConfigDict):
+            _freeze_lists(value)
+        elif isinstance(value, (list, tuple)):
+            with node.ignore_type():
+                node[key] = tuple(_freeze_item(x) for x in value)
+    return node
+
+
+def config_to_dict(config) -> dict:
+    """JSON-safe nested dict of a (Frozen)ConfigDict (tuples -> lists, Mappings -> dicts)."""
+    def convert(v):
+        if isinstance(v, (mc.ConfigDict, mc.FrozenConfigDict)):
+            return {k: convert(v[k]) for k in v.keys()}
+        if isinstance(v, Mapping):
+            return {str(k): convert(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        return str(v)
+    return convert(config)
+
+
+def config_from_dict(d: dict) -> mc.FrozenConfigDict:
+    return freeze(mc.ConfigDict(d))
+
+
+def thaw(config) -> mc.ConfigDict:
+    """A mutable copy of a (Frozen)ConfigDict, e.g. to override fields of a loaded run."""
+    return mc.ConfigDict(config_to_dict(config))

@@ -17,13 +17,13 @@ Measured on a shared 2-core CPU: 32x32_f17 at the default counts builds in ~22 s
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 
 from absl import app, flags, logging
 
 from seaweed_jax import config_lib
+from seaweed_jax.data import datasets
+from seaweed_jax.inference.vae import encode_dataset
 
 _DATASET = flags.DEFINE_string("dataset", "moving_shapes/32x32_f17",
                                "Dataset name '<dataset>/HxW_fT', e.g. moving_shapes/64x64_f17.")
@@ -40,57 +40,22 @@ _VAE_STEP = flags.DEFINE_integer("vae_step", None, "VAE checkpoint step (default
 _VAE_USE_EMA = flags.DEFINE_bool("vae_use_ema", True, "Encode with the VAE's EMA params.")
 
 
-def _dir_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, f))
-               for root, _, files in os.walk(path) for f in files)
-
-
-def prepare_dataset(name: str, data_dir: str, seed: int = 0, num_train: int | None = None,
-                    num_validation: int | None = None, verbose: bool = True):
-    """Builds (or reuses) `name`; returns (builder, summary dict)."""
-    from seaweed_jax.data import datasets
-
-    start = time.perf_counter()
-    builder, built_now = datasets.build(name, data_dir, seed, num_train, num_validation,
-                                        verbose=verbose)
-    path = os.fspath(builder.data_dir)
-    summary = {
-        "dataset": name,
-        "config": builder.builder_config.name,
-        "seed": builder.builder_config.seed,
-        "path": path,
-        "splits": {k: int(v.num_examples) for k, v in builder.info.splits.items()},
-        "bytes": _dir_bytes(path) if "://" not in path else None,
-        "seconds": round(time.perf_counter() - start, 2),
-        "built": built_now,
-    }
-    return builder, summary
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
     logging.set_verbosity(logging.WARNING)  # TFDS info lines would drown the progress bars
     data_dir = _DATA_DIR.value or config_lib.default_data_dir()
     try:
-        builder, summary = prepare_dataset(_DATASET.value, data_dir, _SEED.value,
-                                           _NUM_TRAIN.value, _NUM_VALIDATION.value)
-    except ValueError as e:  # bad name / counts: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    # Further per-dataset steps (e.g. caching VAE latents with a `--vae_workdir` flag) go
-    # here: call a function of their own module with `builder`, add its result to `summary`.
-    del builder
-    if _VAE_WORKDIR.value:
-        from seaweed_jax.data import latent_cache
-        try:
-            summary.update(latent_cache.prepare_latents(
+        _, summary = datasets.prepare(_DATASET.value, data_dir, _SEED.value, _NUM_TRAIN.value,
+                                      _NUM_VALIDATION.value)
+        if _VAE_WORKDIR.value:
+            summary.update(encode_dataset(
                 _DATASET.value, data_dir, _VAE_WORKDIR.value, seed=_SEED.value,
                 num_train=_NUM_TRAIN.value, num_validation=_NUM_VALIDATION.value,
                 vae_step=_VAE_STEP.value, use_ema=_VAE_USE_EMA.value))
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
+    except (ValueError, FileNotFoundError) as e:  # bad name / counts / runs: one clear line
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     print(json.dumps(summary), flush=True)
 
 

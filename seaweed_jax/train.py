@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from seaweed_jax.parallel.mesh import use_cpu_devices
+from seaweed_jax.trainer import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/vae/tiny.py or configs/wfvae.py:size=S", lock_config=True)
@@ -41,15 +44,12 @@ def main(argv) -> None:
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required: the run directory (created if missing)")
     logging.set_verbosity(logging.WARNING)
-    import jax
     use_cpu_devices(_CONFIG.value.get("cpu_devices", 0))
     if _wants_distributed():
         jax.distributed.initialize()
-    from seaweed_jax.trainer import loop
     try:
         loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)
     except ValueError as e:  # config errors: the last frames, then one clear line
-        import traceback
         traceback.print_exc(limit=-2)
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

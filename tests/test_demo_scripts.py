@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from seaweed_jax.data import moving_shapes as ms
-from seaweed_jax.eval import prompt_checker
+from seaweed_jax.moving_shapes import builder as ms
+from seaweed_jax.moving_shapes import checker
+from seaweed_jax.moving_shapes import labels as msl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -21,8 +22,8 @@ def _write_clips(out, n=8, seed=5):
     for i in range(n):
         video, labels = ms.render_example(seed, i, 32, 32, 17)
         np.save(out / f"{i:03d}.npy", video)
-        prompts.append(ms.canonical_caption(labels["color"], labels["shape"], labels["direction"],
-                                            labels["background"]))
+        prompts.append(msl.canonical_caption(labels["color"], labels["shape"], labels["direction"],
+                                             labels["background"]))
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
     return prompts
 
@@ -34,7 +35,7 @@ def test_check_samples_scores_like_the_checker_and_writes_json(tmp_path, capsys)
     summary = json.loads(lines[-1])
     assert len(lines) == len(prompts) + 2          # one line per video, a sentence, the JSON
     videos = [np.load(tmp_path / f"{i:03d}.npy") for i in range(len(prompts))]
-    direct = prompt_checker.score(videos, prompts)
+    direct = checker.score(videos, prompts)
     for k in ("color", "shape", "direction", "all", "n"):
         assert summary[k] == direct[k]
     assert summary["all"] >= 7 / 8                  # ground truth: the checker's >= 98% regime

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from seaweed_jax.data import datasets
-from seaweed_jax.data import moving_shapes as ms
+from seaweed_jax.moving_shapes import builder as ms
+from seaweed_jax.moving_shapes import labels as msl
 
 SMALL = dict(num_train=96, num_validation=24)
 
@@ -22,16 +23,16 @@ def _build(name, data_dir, seed=0, **counts):
 
 # ----------------------------------------------------------------------------- vocabulary
 def test_vocabulary_matches_issue():
-    assert ms.COLORS == {
+    assert msl.COLORS == {
         "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
         "yellow": (255, 255, 0), "cyan": (0, 255, 255), "magenta": (255, 0, 255),
         "white": (255, 255, 255), "orange": (255, 165, 0)}
-    assert ms.BACKGROUNDS == {"black": (0, 0, 0), "gray": (128, 128, 128), "navy": (0, 0, 128)}
-    assert ms.SHAPES == ("circle", "square", "triangle")
-    assert ms.DIRECTIONS == ("left", "right", "up", "down", "still")
-    assert (ms.canonical_caption("red", "circle", "left", "black")
+    assert msl.BACKGROUNDS == {"black": (0, 0, 0), "gray": (128, 128, 128), "navy": (0, 0, 128)}
+    assert msl.SHAPES == ("circle", "square", "triangle")
+    assert msl.DIRECTIONS == ("left", "right", "up", "down", "still")
+    assert (msl.canonical_caption("red", "circle", "left", "black")
             == "a red circle moving left on a black background")
-    assert (ms.canonical_caption("red", "circle", "still", "black")
+    assert (msl.canonical_caption("red", "circle", "still", "black")
             == "a red circle standing still on a black background")
 
 
@@ -129,8 +130,8 @@ def _analyse(video: np.ndarray) -> dict:
 
 def _check_example(video, labels, h, w, t):
     a = _analyse(video)
-    assert a["fg"] == ms.COLORS[labels["color"]]
-    assert a["bg"] == ms.BACKGROUNDS[labels["background"]]
+    assert a["fg"] == msl.COLORS[labels["color"]]
+    assert a["bg"] == msl.BACKGROUNDS[labels["background"]]
     assert a["shape"] == labels["shape"]
     assert a["direction"] == labels["direction"]
     d = ms.shape_diameter(h, w)
@@ -151,9 +152,9 @@ def _check_example(video, labels, h, w, t):
 
 
 def _decoded_labels(ex: dict) -> dict:
-    return dict(color=ms.COLOR_NAMES[ex["color"]], shape=ms.SHAPES[ex["shape"]],
-                direction=ms.DIRECTIONS[ex["direction"]],
-                background=ms.BACKGROUND_NAMES[ex["background"]],
+    return dict(color=msl.COLOR_NAMES[ex["color"]], shape=msl.SHAPES[ex["shape"]],
+                direction=msl.DIRECTIONS[ex["direction"]],
+                background=msl.BACKGROUND_NAMES[ex["background"]],
                 caption=ex["caption"].decode() if isinstance(ex["caption"], bytes) else ex["caption"])
 
 
@@ -171,13 +172,13 @@ def test_labels_match_pixels_for_every_example(shared_data_dir, h, w, t):
             _check_example(ex["video"], labels, h, w, t)
             for k in seen:
                 seen[k].add(labels[k])
-            canonical += labels["caption"] == ms.canonical_caption(
+            canonical += labels["caption"] == msl.canonical_caption(
                 labels["color"], labels["shape"], labels["direction"], labels["background"])
         assert canonical >= 0.6 * len(src), f"{split}: {canonical}/{len(src)} canonical captions"
     # The check is not vacuous: the builds cover the vocabulary.
-    assert seen["direction"] == ({"still"} if t == 1 else set(ms.DIRECTIONS))
-    assert seen["shape"] == set(ms.SHAPES) and seen["background"] == set(ms.BACKGROUND_NAMES)
-    assert len(seen["color"]) == len(ms.COLORS)
+    assert seen["direction"] == ({"still"} if t == 1 else set(msl.DIRECTIONS))
+    assert seen["shape"] == set(msl.SHAPES) and seen["background"] == set(msl.BACKGROUND_NAMES)
+    assert len(seen["color"]) == len(msl.COLORS)
 
 
 def test_many_renders_match_labels():

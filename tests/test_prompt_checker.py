@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from seaweed_jax.data import moving_shapes as ms
-from seaweed_jax.eval import prompt_checker as pc
+from seaweed_jax.moving_shapes import builder as ms
+from seaweed_jax.moving_shapes import checker as pc
+from seaweed_jax.moving_shapes import labels as msl
 
 N_PER_SIZE = 200          # x 2 sizes = 400 clips of 17 frames
 SIZES = ((32, 32), (64, 64))
@@ -100,7 +101,7 @@ def test_check_api_and_failures():
     assert set(r) >= {"color_ok", "shape_ok", "direction_ok", "all_ok", "background_ok",
                       "predicted", "expected"}
     # A wrong prompt is caught on the right attribute only.
-    wrong_color = next(c for c in ms.COLORS if c != labels["color"])
+    wrong_color = next(c for c in msl.COLORS if c != labels["color"])
     r = pc.check(video, dict(labels, color=wrong_color))
     assert not r["color_ok"] and r["shape_ok"] and r["direction_ok"] and not r["all_ok"]
     # A blank video (no shape) fails every attribute instead of crashing.

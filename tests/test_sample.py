@@ -117,7 +117,7 @@ def test_shift_default_override_and_validation(sampler):
 
 
 def _image(seed=0):
-    from seaweed_jax.data import moving_shapes
+    from seaweed_jax.moving_shapes import builder as moving_shapes
     video, labels = moving_shapes.render_example(seed, 3, 16, 16, 1)
     return video[0], labels
 
@@ -164,7 +164,8 @@ def test_i2v_first_frame_psnr_with_trained_vae(tmp_path):
     """First I2V frame vs the conditioning image itself, with a trained tiny VAE."""
     if not os.path.exists(os.path.join(TRAINED_VAE, "latent_stats.json")):
         pytest.skip(f"no trained VAE run at {TRAINED_VAE} (set SEAWEED_TRAINED_VAE)")
-    from seaweed_jax.data import latent_cache, moving_shapes
+    from seaweed_jax.data import latent_cache
+    from seaweed_jax.moving_shapes import builder as moving_shapes
     from seaweed_jax.models.dit import tiny_config
     from seaweed_jax.sample import DiTSampler
     vae = latent_cache.FrozenVAE.load(TRAINED_VAE)

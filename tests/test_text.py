@@ -1,5 +1,8 @@
-"""Word tokenizer and tiny text encoder: vocabulary coverage, (ids, mask) contract, padding
-invariance, logical-axis params, trainability."""
+"""Word tokenizer and tiny text encoder: the pinned v1 vocabulary and the bump path,
+vocabulary coverage, (ids, mask) contract, padding invariance, logical-axis params,
+trainability."""
+import hashlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
@@ -8,16 +11,18 @@ import optax
 import pytest
 from flax import linen as nn
 
-from seaweed_jax.data import moving_shapes as ms
 from seaweed_jax.models import text
 from seaweed_jax.models.text import tokenizer as tk
+from seaweed_jax.models.text import vocabulary
+from seaweed_jax.moving_shapes import builder as ms
+from seaweed_jax.moving_shapes import labels as msl
 from seaweed_jax.parallel import make_mesh, rules, sharding
 
 
 def test_vocabulary_covers_moving_shapes_captions():
     tok = text.WordTokenizer()
     vocab = set(tok.vocabulary)
-    for w in [*ms.COLORS, *ms.BACKGROUNDS, *ms.SHAPES, *ms.DIRECTIONS]:
+    for w in [*msl.COLORS, *msl.BACKGROUNDS, *msl.SHAPES, *msl.DIRECTIONS]:
         assert w in vocab
     assert tok.vocabulary[:3] == ("<pad>", "<unk>", "<eos>") and tok.vocab_size > 300
     assert len(set(tok.vocabulary)) == tok.vocab_size
@@ -30,6 +35,75 @@ def test_vocabulary_covers_moving_shapes_captions():
     assert longest <= text.text_config().max_len
     # ids are a pure function of the code: two tokenizers agree
     assert text.WordTokenizer().vocabulary == tok.vocabulary
+
+
+# The shipped vocabulary, pinned: trained text embeddings are rows indexed by these ids.
+V1_SIZE = 358
+V1_SHA256 = "c7d5ed14374c8a7c6140e0a35a0713ef344d0946f84adb6e3e7505a9412791a0"
+V1_IDS = {
+    "a red circle moving left on a black background": [22, 3, 14, 25, 17, 30, 22, 11, 33, 2, 0, 0],
+    "a still green triangle on a navy background": [22, 21, 4, 16, 30, 22, 13, 33, 2, 0, 0, 0],
+    "an orange square moves up across a gray background":
+        [23, 10, 15, 26, 19, 31, 22, 12, 33, 2, 0, 0],
+    "": [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+}
+
+
+def _v1_ids(tok):
+    return {c: tok.tokenize(c, 12)[0][0].tolist() for c in V1_IDS}
+
+
+def test_v1_vocabulary_is_pinned():
+    v1 = vocabulary.VOCABULARIES["seaweed_word_v1"]
+    assert vocabulary.DEFAULT == "seaweed_word_v1"
+    assert len(v1) == V1_SIZE
+    assert hashlib.sha256("\n".join(v1).encode()).hexdigest() == V1_SHA256
+    tok = text.WordTokenizer()
+    assert tok.name == "seaweed_word_v1" and tok.vocabulary == v1 and tok.vocab_size == V1_SIZE
+    assert _v1_ids(tok) == V1_IDS
+    assert {c: text.tokenize(c, 12)[0][0].tolist() for c in V1_IDS} == V1_IDS
+    assert text.build_text_encoder(text.text_config()).tokenizer.name == "seaweed_word_v1"
+
+
+def test_v1_covers_every_moving_shapes_word():
+    # Every label and every caption-template word has a real id, so each dataset caption does.
+    tok = text.WordTokenizer("seaweed_word_v1")
+    label_words = [*msl.COLOR_NAMES, *msl.BACKGROUND_NAMES, *msl.SHAPES, *msl.DIRECTIONS]
+    placeholders = {f"{{{k}}}": "" for k in ("color", "shape", "direction", "background")}
+    templates = [*msl.MOVING_PARAPHRASES, *msl.STILL_PARAPHRASES,
+                 msl.canonical_caption("{color}", "{shape}", "left", "{background}"),
+                 msl.canonical_caption("{color}", "{shape}", "still", "{background}")]
+    template_words = []
+    for t in templates:
+        for k, v in placeholders.items():
+            t = t.replace(k, v)
+        template_words += tk.split_words(t)
+    assert {"a", "moving", "moves", "standing", "stays", "across", "with", "background"} <= set(
+        template_words)
+    for w in [*label_words, *template_words]:
+        assert tok.encode(w)[0] != tk.UNK_ID, w
+    for caption in msl.canonical_prompts(64, seed=0) + msl.canonical_prompts(8, 1, video=False):
+        assert tok.unknown_words(caption) == [], caption
+
+
+def test_vocabulary_bump_path(monkeypatch):
+    v1 = vocabulary.VOCABULARIES["seaweed_word_v1"]
+    assert "zebra" not in v1
+    monkeypatch.setitem(vocabulary.VOCABULARIES, "test_v2", (*v1, "zebra"))
+    v2 = text.WordTokenizer("test_v2")
+    assert v2.name == "test_v2" and v2.vocab_size == V1_SIZE + 1
+    assert v2.encode("a zebra") == [22, V1_SIZE, tk.EOS_ID]
+    # v1 is untouched: same words, same ids, and "zebra" is still unknown there.
+    tok = text.WordTokenizer("seaweed_word_v1")
+    assert tok.vocabulary == v1 and _v1_ids(tok) == V1_IDS and _v1_ids(v2) == V1_IDS
+    assert tok.encode("a zebra") == [22, tk.UNK_ID, tk.EOS_ID]
+    # A run records its tokenizer name; rebuilding from the record honours it.
+    enc = text.build_text_encoder(text.text_config(tokenizer="test_v2", max_len=8, width=16))
+    assert enc.tokenizer.name == "test_v2" and enc.module.vocab_size == V1_SIZE + 1
+    assert enc.describe()["tokenizer"] == "test_v2"
+    with pytest.raises(ValueError, match="seaweed_word_v1") as e:
+        text.WordTokenizer("seaweed_word_v9")
+    assert "test_v2" in str(e.value) and "seaweed_word_v9" in str(e.value)
 
 
 def test_tokenize_contract():
@@ -105,9 +179,9 @@ def test_params_are_logically_partitioned_and_shard(enc, params):
 def test_encoder_is_trainable(enc, params):
     # A linear probe on mean-pooled embeddings learns the colour word in a few Adam steps,
     # and gradients reach the encoder.
-    colours = list(ms.COLORS)
-    prompts = [f"a {c} {s} moving left" for c in colours for s in ms.SHAPES]
-    labels = jnp.array([i for i in range(len(colours)) for _ in ms.SHAPES])
+    colours = list(msl.COLORS)
+    prompts = [f"a {c} {s} moving left" for c in colours for s in msl.SHAPES]
+    labels = jnp.array([i for i in range(len(colours)) for _ in msl.SHAPES])
     ids, mask = enc.tokenize(prompts)
     params = {"enc": params,
               "probe": 0.1 * jax.random.normal(jax.random.key(2), (32, len(colours)))}

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seaweed_jax.data import moving_shapes as ms
 from seaweed_jax.data import video_io as vio
+from seaweed_jax.moving_shapes import builder as ms
 
 # mp4 tolerance (H.264 yuv420p, crf 17). Chroma is stored at half resolution, so pixels on a
 # saturated colour edge can be off by up to ~255; we bound the clip average and the pixels

@@ -44,10 +44,18 @@ PFLOPs with full attention (2.4 PFLOPs with `attention="window"`). A training st
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections as mc
 
 from seaweed_jax import config_lib
-from seaweed_jax.models.dit.dit import default_config as dit_model_config
+
+# configs/ is not a package: load the sibling common.py by path (see its docstring).
+_spec = importlib.util.spec_from_file_location(
+    "configs_dit_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 STAGES = ("stage0", "stage1", "stage2", "stage3")
 STEP_SHARES = {"stage0": 0.375, "stage1": 0.25, "stage2": 0.25, "stage3": 0.125}
@@ -81,22 +89,17 @@ def stage_sources(stage: str) -> list[dict]:
 
 def model_config() -> mc.ConfigDict:
     """The 7B model section (see the parameter arithmetic in the module docstring)."""
-    m = dit_model_config()
-    m.latent_channels = 16            # 48x VAE: (4, 8, 8) downsampling, 16 channels
-    m.in_channels = 2 * 16 + 1        # noisy latent + condition latents + condition mask (I2V / extension)
-    m.patch_size = (1, 2, 2)
-    m.hidden_size = 3584
-    m.num_layers = 32
-    m.num_heads = 28                  # head_dim 128 = rope (t 32, h 48, w 48)
-    m.rope_axes_dim = (32, 48, 48)
-    m.mlp_hidden = 7168               # 2 x D (narrow SwiGLU)
-    m.num_shared_ffn_layers = 24
-    m.text_dim = 4096                 # e.g. UMT5-XXL width
-    m.max_text_len = 256
-    m.attention = "full"              # the paper's best-scaling choice; "window" for cheaper early stages
-    m.dtype = "bfloat16"
-    m.remat = "minimal"
-    return m
+    return common.model(
+        latent_channels=16,             # 48x VAE: (4, 8, 8) downsampling, 16 channels
+        hidden_size=3584, num_layers=32,
+        num_heads=28,                   # head_dim 128 = rope (t 32, h 48, w 48)
+        rope_axes_dim=(32, 48, 48),
+        mlp_hidden=7168,                # 2 x D (narrow SwiGLU)
+        num_shared_ffn_layers=24,
+        text_dim=4096,                  # e.g. UMT5-XXL width
+        max_text_len=256,
+        attention="full",               # the paper's best scaling; "window": cheaper early stages
+        dtype="bfloat16", remat="minimal")
 
 
 def get_config(arg: str | None = None) -> mc.ConfigDict:
@@ -105,8 +108,7 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
         raise ValueError(f"unknown stage {args.stage!r}; use one of {STAGES}")
     index = STAGES.index(args.stage)
 
-    c = config_lib.base_config()
-    c.task = "dit"
+    c = common.base()
     c.stage = args.stage
     c.num_steps = int(round(args.total_steps * STEP_SHARES[args.stage]))
     # Each stage continues from the previous stage's final checkpoint (params + EMA).

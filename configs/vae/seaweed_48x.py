@@ -21,49 +21,25 @@ Hardware / time / result: to be measured (paper: UCF-101 17x256^2 PSNR 33.83, SS
 """
 from __future__ import annotations
 
-import ml_collections as mc
+import importlib.util
+import os
 
-from seaweed_jax import config_lib
-from seaweed_jax.models.vae.autoencoder import default_model_config
+from seaweed_jax.models.vae.autoencoder import param_count
+
+# configs/ is not a package: load the sibling common.py by path (see its docstring).
+_spec = importlib.util.spec_from_file_location(
+    "configs_vae_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config(arg=None):
     del arg
-    c = config_lib.base_config()
-    c.task = "vae"
-    c.num_steps = 200_000
-    c.data.sources = [{"name": "moving_shapes/64x64_f17", "split": "train", "weight": 1.0}]
-    c.data.global_batch_size = 32
-    c.data.val_examples = 256
-    c.optimizer.lr = 1e-4
-    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.99
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.warmup_steps = 1000
-    c.optimizer.schedule = "constant"
-    c.optimizer.grad_clip = 1.0
-    c.ema_decay = 0.999
-    c.log_every, c.eval_every, c.ckpt_every = 100, 5000, 5000
-
-    c.model = default_model_config(
+    return common.tpu_config(common.tpu_model(
         arch="conv", latent_channels=16, compression=(4, 8, 8),
-        base_channels=128, channel_mults=(1, 2, 4, 4), num_res_blocks=2,
-        down=("spatial", "joint", "joint"),
-        enc_conv=("3d",) * 4, dec_conv=("3d",) * 4,
-        norm="group", dtype="bfloat16", remat="minimal",
-        chunk_frames=16, chunk_latent_frames=4)
-
-    # Loss weights (read by the VAE task; see seaweed_jax/trainer/vae_task.py):
-    #   l1_weight     per-pixel L1 reconstruction
-    #   kl_weight     KL(q(z|x) || N(0,I)), tiny: keeps latents well-scaled without blurring
-    #   wl_weight     wavelet-subband L1 (WF-VAE arch only; ignored here)
-    #   adv_weight    multiplier of the adaptive GAN weight (2D + 3D PatchGAN, hinge)
-    #   disc_start_step  the GAN starts after the reconstruction has converged a bit
-    #   lpips_weight  0: LPIPS needs pretrained weights this repo does not ship
-    c.loss = mc.ConfigDict(dict(l1_weight=1.0, kl_weight=1e-6, wl_weight=0.1, adv_weight=0.5,
-                                disc_start_step=20_000, lpips_weight=0.0))
-    return c
+        base_channels=128, channel_mults=(1, 2, 4, 4), down=("spatial", "joint", "joint"),
+        enc_conv=("3d",) * 4, dec_conv=("3d",) * 4, norm="group"))
 
 
 if __name__ == "__main__":
-    from seaweed_jax.models.vae.autoencoder import param_count
     print(param_count(get_config().model))

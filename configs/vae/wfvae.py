@@ -24,10 +24,18 @@ Hardware / time / result: to be measured (paper WF-VAE-L, 16 ch: PSNR 35.76, SSI
 """
 from __future__ import annotations
 
-import ml_collections as mc
+import importlib.util
+import os
+import sys
 
 from seaweed_jax import config_lib
-from seaweed_jax.models.vae.autoencoder import default_model_config
+from seaweed_jax.models.vae.autoencoder import param_count
+
+# configs/ is not a package: load the sibling common.py by path (see its docstring).
+_spec = importlib.util.spec_from_file_location(
+    "configs_vae_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 SIZES = {"S": 128, "M": 160, "L": 192}
 
@@ -38,36 +46,17 @@ def get_config(arg=None):
         raise ValueError(f"wfvae size={a.size!r} must be one of {sorted(SIZES)}")
     if a.latent not in (4, 8, 16):
         raise ValueError(f"wfvae latent={a.latent} must be 4, 8 or 16")
-    c = config_lib.base_config()
-    c.task = "vae"
-    c.num_steps = 200_000
-    c.data.sources = [{"name": "moving_shapes/64x64_f17", "split": "train", "weight": 1.0}]
-    c.data.global_batch_size = 32
-    c.data.val_examples = 256
-    c.optimizer.lr = 1e-5          # paper: AdamW lr 1e-5
-    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.warmup_steps = 1000
-    c.optimizer.schedule = "constant"
-    c.optimizer.grad_clip = 1.0
-    c.ema_decay = 0.999            # paper: EMA 0.999
-    c.log_every, c.eval_every, c.ckpt_every = 100, 5000, 5000
-
-    c.model = default_model_config(
+    c = common.tpu_config(common.tpu_model(
         arch="wavelet", latent_channels=a.latent, compression=(4, 8, 8),
-        base_channels=SIZES[a.size], channel_mults=(1, 2, 4), num_res_blocks=2,
+        base_channels=SIZES[a.size], channel_mults=(1, 2, 4),
         ef_enc_channels=64 if a.size == "S" else 128, ef_dec_channels=128, connect_res_blocks=1,
-        norm="layer", dtype="bfloat16", remat="minimal",
-        chunk_frames=16, chunk_latent_frames=4)
-
-    # Loss weights (paper): L1 + LPIPS(1.0, not shipped here: 0) + KL 1e-6 + WL 0.1 +
-    # 3D/2D PatchGAN hinge with adaptive weight 0.5. See configs/vae/seaweed_48x.py.
-    c.loss = mc.ConfigDict(dict(l1_weight=1.0, kl_weight=1e-6, wl_weight=0.1, adv_weight=0.5,
-                                disc_start_step=20_000, lpips_weight=0.0))
+        norm="layer"))       # channel LayerNorm: chunked inference is exact
+    # Paper: AdamW lr 1e-5, EMA 0.999; loss L1 + LPIPS (1.0; not shipped: 0) + KL 1e-6 + WL 0.1
+    # + 3D/2D PatchGAN hinge with adaptive weight 0.5 (common.gan_loss).
+    c.optimizer.lr = 1e-5
+    c.optimizer.b2 = 0.999
     return c
 
 
 if __name__ == "__main__":
-    import sys
-    from seaweed_jax.models.vae.autoencoder import param_count
     print(param_count(get_config(sys.argv[1] if len(sys.argv) > 1 else None).model))

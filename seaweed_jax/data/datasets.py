@@ -13,7 +13,9 @@ import os
 import sys
 import time
 
-from seaweed_jax.data import moving_shapes
+from tensorflow_datasets.core.utils import tqdm_utils
+
+from seaweed_jax.moving_shapes import builder as moving_shapes
 
 DATASETS = ("moving_shapes",)
 
@@ -75,7 +77,7 @@ def build_lock(path: str):
     if "://" in path:  # remote filesystem: no flock; TFDS still writes to a temp dir + rename
         yield
         return
-    import fcntl
+    import fcntl  # lazy: POSIX-only module, needed only for local paths
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -124,7 +126,6 @@ def build(name: str, data_dir: str, seed: int = 0, num_train: int | None = None,
 def _tfds_output(verbose: bool):
     """Hides TFDS's stdout banners ("Downloading and preparing dataset Unknown size...":
     nothing is downloaded) and, unless verbose, its progress bars (stderr)."""
-    from tensorflow_datasets.core.utils import tqdm_utils
     was_active = tqdm_utils._active
     if not verbose:
         tqdm_utils.display_progress_bar(False)
@@ -155,3 +156,27 @@ def _flags(seed: int, num_train: int | None, num_validation: int | None) -> str:
     out = f" --seed={seed}" if seed else ""
     out += f" --num_train={num_train}" if num_train is not None else ""
     return out + (f" --num_validation={num_validation}" if num_validation is not None else "")
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
+
+
+def prepare(name: str, data_dir: str, seed: int = 0, num_train: int | None = None,
+            num_validation: int | None = None, verbose: bool = True):
+    """Build (or reuse) `name`; returns (builder, summary dict) — what `prepare` prints."""
+    start = time.perf_counter()
+    builder, built_now = build(name, data_dir, seed, num_train, num_validation, verbose=verbose)
+    path = os.fspath(builder.data_dir)
+    summary = {
+        "dataset": name,
+        "config": builder.builder_config.name,
+        "seed": builder.builder_config.seed,
+        "path": path,
+        "splits": {k: int(v.num_examples) for k, v in builder.info.splits.items()},
+        "bytes": _dir_bytes(path) if "://" not in path else None,
+        "seconds": round(time.perf_counter() - start, 2),
+        "built": built_now,
+    }
+    return builder, summary

@@ -28,7 +28,12 @@ import math
 from typing import Any, Callable, Sequence
 
 import grain
+import jax
 import numpy as np
+from absl import flags
+
+from seaweed_jax.data import datasets
+from seaweed_jax.data.video_io import to_float
 
 LABEL_KEYS = ("color", "shape", "direction", "background")
 SOURCE_KEYS = ("name", "split", "weight", "crop")
@@ -49,7 +54,7 @@ class SourcePlan:
     source: Any                        # random-access data source
 
 
-def _field(cfg, key, default=None):
+def field(cfg, key, default=None):
     try:
         value = cfg[key]
     except (KeyError, AttributeError):
@@ -57,9 +62,9 @@ def _field(cfg, key, default=None):
     return default if value is None else value
 
 
-def _source_entries(data_config, split: str | None) -> list[dict]:
+def source_entries(data_config, split: str | None) -> list[dict]:
     """Normalized `data.sources` entries: {name, split, weight, crop}."""
-    sources = _field(data_config, "sources")
+    sources = field(data_config, "sources")
     if not sources:
         raise ValueError("data.sources is empty; set e.g. "
                          "data.sources=[{'name': 'moving_shapes/32x32_f17', 'weight': 1.0}]")
@@ -78,37 +83,37 @@ def _source_entries(data_config, split: str | None) -> list[dict]:
         if not weight > 0 or not math.isfinite(weight):
             raise ValueError(f"data.sources[{i}].weight={weight} must be a positive number "
                              "(remove the source instead of giving it weight 0)")
-        crop = src.get("crop", _field(data_config, "crop"))
+        crop = src.get("crop", field(data_config, "crop"))
         entries.append({"name": name, "split": split or src.get("split") or "train",
                         "weight": weight, "crop": _parse_crop(crop, f"data.sources[{i}].crop")})
     return entries
 
 
-def _parse_crop(crop, field: str) -> tuple[int | None, ...]:
+def _parse_crop(crop, name: str) -> tuple[int | None, ...]:
     """None | {frames, height, width} (missing/None = keep) -> (t|None, h|None, w|None)."""
     if crop is None:
         return (None, None, None)
     crop = dict(crop)
     unknown = set(crop) - set(CROP_DIMS)
     if unknown:
-        raise ValueError(f"{field} has unknown keys {sorted(unknown)}; use {CROP_DIMS}")
+        raise ValueError(f"{name} has unknown keys {sorted(unknown)}; use {CROP_DIMS}")
     out = []
     for dim in CROP_DIMS:
         v = crop.get(dim)
         if v is not None:
             if int(v) != v or v < 1:
-                raise ValueError(f"{field}.{dim}={v} must be a positive integer or None (keep)")
+                raise ValueError(f"{name}.{dim}={v} must be a positive integer or None (keep)")
             v = int(v)
         out.append(v)
     if out[0] is not None and (out[0] - 1) % 4:
-        raise ValueError(f"{field}.frames={out[0]} must be 1+4k, e.g. "
+        raise ValueError(f"{name}.frames={out[0]} must be 1+4k, e.g. "
                          f"{out[0] - (out[0] - 1) % 4} or {out[0] - (out[0] - 1) % 4 + 4}")
     return tuple(out)
 
 
 def local_batch_size(data_config, process_count: int) -> int:
     """Per-process batch size; validates data.global_batch_size against the process count."""
-    gbs = int(_field(data_config, "global_batch_size", 0))
+    gbs = int(field(data_config, "global_batch_size", 0))
     if gbs < 1:
         raise ValueError(f"data.global_batch_size={gbs} must be >= 1")
     if gbs % process_count:
@@ -120,24 +125,23 @@ def local_batch_size(data_config, process_count: int) -> int:
 
 def validate_config(data_config, process_count: int = 1, split: str | None = None) -> None:
     """Checks that need no data: sources, weights, crops, batch size, seeds, prefetch."""
-    _source_entries(data_config, split)
+    source_entries(data_config, split)
     local_batch_size(data_config, process_count)
-    seed = int(_field(data_config, "shuffle_seed", 0))
+    seed = int(field(data_config, "shuffle_seed", 0))
     if not 0 <= seed < 2**32:
         raise ValueError(f"data.shuffle_seed={seed} must be in [0, 2**32)")
     for key in ("worker_count", "prefetch", "read_threads"):
-        v = int(_field(data_config, key, 0))
+        v = int(field(data_config, key, 0))
         if v < 0:
             raise ValueError(f"data.{key}={v} must be >= 0")
 
 
 def _open_source(name: str, split: str, data_dir: str, data_config):
     """Build the dataset if missing (data.build_if_missing) and open its random-access source."""
-    from seaweed_jax.data import datasets  # lazy: keeps this module importable on its own
-    kwargs = dict(seed=int(_field(data_config, "dataset_seed", 0)),
-                  num_train=_field(data_config, "num_train"),
-                  num_validation=_field(data_config, "num_validation"))
-    if _field(data_config, "build_if_missing", True):
+    kwargs = dict(seed=int(field(data_config, "dataset_seed", 0)),
+                  num_train=field(data_config, "num_train"),
+                  num_validation=field(data_config, "num_validation"))
+    if field(data_config, "build_if_missing", True):
         datasets.ensure_built(name, data_dir, **kwargs)
     return datasets.data_source(name, split, data_dir, **kwargs)
 
@@ -145,10 +149,9 @@ def _open_source(name: str, split: str, data_dir: str, data_config):
 def plan_sources(data_config, *, data_dir: str, split: str | None = None,
                  open_source: Callable | None = None) -> list[SourcePlan]:
     """Open every configured source and check crops against the stored clip shapes."""
-    entries = _source_entries(data_config, split)
+    entries = source_entries(data_config, split)
     if open_source is None:
         open_source = _open_source
-        from seaweed_jax.data import datasets
         for i, e in enumerate(entries):  # every name checked before anything is built
             try:
                 datasets.parse_name(e["name"])
@@ -181,8 +184,12 @@ def plan_sources(data_config, *, data_dir: str, split: str | None = None,
 # --------------------------------------------------------------------------- per-example ops
 # Classes rather than closures so the pipeline pickles into grain worker processes.
 
-class _Tag(grain.experimental.MapWithIndexTransform):
-    """Decode one record to numpy fields and remember where it came from."""
+class Tag(grain.experimental.MapWithIndexTransform):
+    """Decode one record to numpy fields and remember where it came from.
+
+    Records are dataset clips (`video` uint8) or latent-cache records (`latents` float32);
+    either way the example gets its caption as str, the int32 labels, `source` and `index`.
+    """
 
     def __init__(self, source_id: int, num_examples: int):
         self.source_id = source_id
@@ -193,17 +200,15 @@ class _Tag(grain.experimental.MapWithIndexTransform):
         caption = record["caption"]
         if isinstance(caption, bytes):
             caption = caption.decode("utf-8")
-        out = {"video": np.asarray(record["video"], np.uint8), "caption": str(caption)}
+        if "video" in record:
+            out = {"video": np.asarray(record["video"], np.uint8), "caption": str(caption)}
+        else:
+            out = {"latents": np.asarray(record["latents"], np.float32), "caption": str(caption)}
         for k in LABEL_KEYS:  # -1 for sources without that label: batches keep one format
             out[k] = np.int32(record.get(k, -1))
         out["source"] = np.int32(self.source_id)
         out["index"] = np.int32(index % self.num_examples)
         return out
-
-
-def _normalize(video: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1 and 255 -> 1 exactly)."""
-    return video.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 class _RandomCrop(grain.transforms.RandomMap):
@@ -217,7 +222,7 @@ class _RandomCrop(grain.transforms.RandomMap):
         starts = [int(rng.integers(0, have - want + 1))
                   for have, want in zip(video.shape[:3], self.out_shape)]
         ex = dict(ex)
-        ex["video"] = _normalize(_crop(video, starts, self.out_shape))
+        ex["video"] = to_float(_crop(video, starts, self.out_shape))
         return ex
 
 
@@ -231,7 +236,7 @@ class _CenterCrop(grain.transforms.Map):
         video = ex["video"]
         starts = [(have - want) // 2 for have, want in zip(video.shape[:3], self.out_shape)]
         ex = dict(ex)
-        ex["video"] = _normalize(_crop(video, starts, self.out_shape))
+        ex["video"] = to_float(_crop(video, starts, self.out_shape))
         return ex
 
 
@@ -240,14 +245,14 @@ def _crop(video, starts, size):
     return video[t0:t0 + t, h0:h0 + h, w0:w0 + w]
 
 
-def _derive_seed(base: int, *salt: int) -> int:
+def derive_seed(base: int, *salt: int) -> int:
     """Independent, stable uint32 seeds per (purpose, source)."""
     return int(np.random.SeedSequence([int(base), *salt]).generate_state(1)[0])
 
 
 # --------------------------------------------------------------------------- datasets
 
-def _shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grain.MapDataset:
+def shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grain.MapDataset:
     """Equal, disjoint per-process shards (drops < process_count examples so hosts stay in step)."""
     even = (len(ds) // process_count) * process_count
     if even == 0:
@@ -259,22 +264,22 @@ def _shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grai
 def _example_dataset(plan: SourcePlan, *, seed: int, process_index: int, process_count: int,
                      shuffle: bool, num_epochs: int | None, example_fn) -> grain.MapDataset:
     ds = grain.MapDataset.source(plan.source)
-    ds = ds.map_with_index(_Tag(plan.source_id, len(ds)))
-    ds = _shard(ds, process_index, process_count)
+    ds = ds.map_with_index(Tag(plan.source_id, len(ds)))
+    ds = shard(ds, process_index, process_count)
     if shuffle:
-        ds = ds.shuffle(seed=_derive_seed(seed, 0, plan.source_id))
+        ds = ds.shuffle(seed=derive_seed(seed, 0, plan.source_id))
     ds = ds.repeat(num_epochs)  # reseeds shuffle and crops every epoch
-    ds = ds.random_map(_RandomCrop(plan.out_shape), seed=_derive_seed(seed, 1, plan.source_id))
+    ds = ds.random_map(_RandomCrop(plan.out_shape), seed=derive_seed(seed, 1, plan.source_id))
     if example_fn is not None:
         ds = ds.map(example_fn)
     return ds
 
 
-def _mix(datasets: Sequence[grain.MapDataset], weights: Sequence[float]) -> grain.MapDataset:
-    if len(datasets) == 1:
-        return datasets[0]
+def mix(parts: Sequence[grain.MapDataset], weights: Sequence[float]) -> grain.MapDataset:
+    if len(parts) == 1:
+        return parts[0]
     # Deterministic weighted interleave; stops when the first component is exhausted.
-    return grain.MapDataset.mix(list(datasets), list(weights))
+    return grain.MapDataset.mix(list(parts), list(weights))
 
 
 def buckets(plans: Sequence[SourcePlan]) -> dict[tuple[int, int, int], list[SourcePlan]]:
@@ -285,9 +290,8 @@ def buckets(plans: Sequence[SourcePlan]) -> dict[tuple[int, int, int], list[Sour
     return out
 
 
-def _resolve_process(process_index, process_count) -> tuple[int, int]:
+def resolve_process(process_index, process_count) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
@@ -295,16 +299,15 @@ def _resolve_process(process_index, process_count) -> tuple[int, int]:
     return int(process_index), int(process_count)
 
 
-def _iter_options(data_config, ds: grain.MapDataset) -> grain.IterDataset:
+def iter_options(data_config, ds: grain.MapDataset) -> grain.IterDataset:
     """Thread prefetch of whole batches; grain worker processes when data.worker_count > 0."""
-    prefetch = int(_field(data_config, "prefetch", 2))
-    threads = int(_field(data_config, "read_threads", 2))
+    prefetch = int(field(data_config, "prefetch", 2))
+    threads = int(field(data_config, "read_threads", 2))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads if prefetch else 0,
                                               prefetch_buffer_size=prefetch))
-    workers = int(_field(data_config, "worker_count", 0))
+    workers = int(field(data_config, "worker_count", 0))
     if workers > 0:
-        from absl import flags  # grain's workers read absl flags; outside absl.app use defaults
-        if not flags.FLAGS.is_parsed():
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app: defaults
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=max(prefetch, 1)))
@@ -318,10 +321,10 @@ def make_dataset(data_config, *, data_dir: str, split: str | None = None,
                  drop_remainder: bool = True, open_source: Callable | None = None,
                  ) -> grain.IterDataset:
     """The training pipeline as a grain IterDataset (see `make_iterator`)."""
-    process_index, process_count = _resolve_process(process_index, process_count)
+    process_index, process_count = resolve_process(process_index, process_count)
     validate_config(data_config, process_count, split)
     batch_size = local_batch_size(data_config, process_count)
-    seed = int(_field(data_config, "shuffle_seed", 0))
+    seed = int(field(data_config, "shuffle_seed", 0))
     plans = plan_sources(data_config, data_dir=data_dir, split=split, open_source=open_source)
     batched, bucket_weights = [], []
     for members in buckets(plans).values():
@@ -330,9 +333,9 @@ def make_dataset(data_config, *, data_dir: str, split: str | None = None,
                                      num_epochs=num_epochs, example_fn=example_fn)
                     for p in members]
         weights = [p.weight for p in members]
-        batched.append(_mix(examples, weights).batch(batch_size, drop_remainder=drop_remainder))
+        batched.append(mix(examples, weights).batch(batch_size, drop_remainder=drop_remainder))
         bucket_weights.append(sum(weights))
-    return _iter_options(data_config, _mix(batched, bucket_weights))
+    return iter_options(data_config, mix(batched, bucket_weights))
 
 
 def make_iterator(data_config, *, data_dir: str, split: str | None = None,
@@ -378,9 +381,9 @@ def make_eval_iterator(data_config, *, data_dir: str, source: int | str = 0,
     centered; `data.eval_crop` (when set) replaces the training crop here, e.g. {} scores whole
     clips of a model trained on short crops. The last batch may be smaller; every process gets the same batch sizes.
     """
-    process_index, process_count = _resolve_process(process_index, process_count)
-    split = split or _field(data_config, "val_split", "validation")
-    entries = _source_entries(data_config, split)
+    process_index, process_count = resolve_process(process_index, process_count)
+    split = split or field(data_config, "val_split", "validation")
+    entries = source_entries(data_config, split)
     if isinstance(source, str):
         names = [e["name"] for e in entries]
         if source not in names:
@@ -389,8 +392,8 @@ def make_eval_iterator(data_config, *, data_dir: str, source: int | str = 0,
     if not 0 <= source < len(entries):
         raise ValueError(f"eval source {source} out of range: data.sources has {len(entries)}")
     one = dict(data_config)
-    one["sources"] = [dict(_field(data_config, "sources")[source], split=split)]
-    eval_crop = _field(data_config, "eval_crop")
+    one["sources"] = [dict(field(data_config, "sources")[source], split=split)]
+    eval_crop = field(data_config, "eval_crop")
     if eval_crop is not None:  # e.g. train on 5-frame crops, score whole 17-frame clips
         one["sources"][0]["crop"] = dict(eval_crop)
     if batch_size is not None:
@@ -398,18 +401,18 @@ def make_eval_iterator(data_config, *, data_dir: str, source: int | str = 0,
     per_process = local_batch_size(one, process_count)
     (plan,) = plan_sources(one, data_dir=data_dir, split=split, open_source=open_source)
     plan = dataclasses.replace(plan, source_id=source)
-    n = int(num_examples or _field(data_config, "val_examples", 64))
+    n = int(num_examples or field(data_config, "val_examples", 64))
     n = min(n, len(plan.source))
     n -= n % process_count
     if n == 0:
         raise ValueError(f"{plan.name} {split} has too few examples for {process_count} processes")
     ds = grain.MapDataset.source(plan.source)
-    ds = ds.map_with_index(_Tag(plan.source_id, len(ds)))
+    ds = ds.map_with_index(Tag(plan.source_id, len(ds)))
     ds = ds[:n][process_index::process_count].map(_CenterCrop(plan.out_shape))
     if example_fn is not None:
         ds = ds.map(example_fn)
     ds = ds.batch(per_process, drop_remainder=False)
-    return iter(_iter_options(one, ds))
+    return iter(iter_options(one, ds))
 
 
 # --------------------------------------------------------------------------- checkpoint / global
@@ -423,21 +426,3 @@ def iterator_save_args(iterator):
 def iterator_restore_args(iterator):
     """Orbax args restoring into `iterator` (a freshly built one with the same config)."""
     return grain.checkpoint.CheckpointRestore(iterator)
-
-
-def to_global(batch: dict, mesh) -> dict:
-    """Host batch (this process's slice) -> global jax.Arrays sharded on the mesh batch axes.
-
-    String fields (captions) stay host-local numpy arrays.
-    """
-    import jax
-    from seaweed_jax.parallel.mesh import data_parallel_size
-    from seaweed_jax.parallel.sharding import host_to_global
-    local = len(next(iter(batch.values())))
-    total = local * jax.process_count()
-    dp = data_parallel_size(mesh)
-    if total % dp:
-        raise ValueError(f"global batch {total} (= {local} per process x {jax.process_count()}) "
-                         f"is not divisible by the mesh's data x fsdp = {dp} devices; make "
-                         f"data.global_batch_size a multiple of {dp}")
-    return host_to_global(batch, mesh)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+from fractions import Fraction
 from typing import Iterable, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageSequence
 
 VIDEO_EXTENSIONS = (".mp4", ".npy", ".gif")
 _SIZE_TAG = re.compile(r"seaweed_size=(\d+)x(\d+)")
@@ -28,6 +30,11 @@ def to_uint8(video, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarra
     lo, hi = value_range
     x = (np.asarray(video, np.float32) - lo) / (hi - lo)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_float(video_u8) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1 and 255 -> 1 exactly): the model space."""
+    return np.asarray(video_u8).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 def as_video(video, what: str = "video") -> np.ndarray:
@@ -64,8 +71,7 @@ def write_npy(path, video) -> str:
 def write_mp4(path, video, fps: float = 8.0, crf: int = 17) -> str:
     """H.264 (libx264, yuv420p) at constant quality `crf` (0 = lossless luma, 17 ~ visually
     lossless). Odd sizes are padded by edge replication; `read_video` crops them back."""
-    import av
-    from fractions import Fraction
+    import av  # lazy: PyAV loads its bundled ffmpeg libraries; only mp4 writing needs them
 
     path = _makedirs_for(path)
     x = as_video(video)
@@ -87,8 +93,6 @@ def write_mp4(path, video, fps: float = 8.0, crf: int = 17) -> str:
 
 def write_gif(path, video, fps: float = 8.0) -> str:
     """Looping GIF (palette-quantized by Pillow, so only approximately the input colours)."""
-    from PIL import Image
-
     path = _makedirs_for(path)
     frames = [Image.fromarray(f) for f in as_video(video)]
     frame_ms = max(10, round(1000.0 / fps))
@@ -117,8 +121,6 @@ def write_contact_sheet(path, videos: Sequence | np.ndarray, labels: Sequence[st
     (cells are top-left aligned). `labels` (one string per row, e.g. captions) are drawn in
     a strip above each row.
     """
-    from PIL import Image, ImageDraw, ImageFont
-
     path = _makedirs_for(path)
     vids = [as_video(v, f"videos[{i}]") for i, v in enumerate(videos)]
     if not vids:
@@ -158,7 +160,7 @@ def _read_npy(path: str) -> np.ndarray:
 
 
 def _read_mp4(path: str) -> np.ndarray:
-    import av
+    import av  # lazy: PyAV loads its bundled ffmpeg libraries; only mp4 reading needs them
 
     try:
         with av.open(path) as container:
@@ -179,8 +181,6 @@ def _read_mp4(path: str) -> np.ndarray:
 
 
 def _read_gif(path: str) -> np.ndarray:
-    from PIL import Image, ImageSequence
-
     try:
         with Image.open(path) as im:
             comment = im.info.get("comment", b"")
@@ -225,3 +225,14 @@ def list_videos(folder, extensions: Iterable[str] = VIDEO_EXTENSIONS,
         if not recursive:
             break
     return sorted(out)
+
+
+def read_image(path: str, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, 3) from an image file, resized (bilinear) to height x width if needed."""
+    try:
+        img = Image.open(path).convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"image {path!r} cannot be read: {e}") from None
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.BILINEAR)
+    return np.asarray(img, np.uint8)

@@ -5,6 +5,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor", "context")
@@ -39,7 +40,6 @@ def make_mesh(mesh_config=None, devices=None) -> Mesh:
     shape = dict(mesh_config.shape) if mesh_config is not None and "shape" in mesh_config else {"data": -1}
     sizes = resolve_shape(shape, len(devices))
     try:
-        from jax.experimental import mesh_utils
         dev_array = mesh_utils.create_device_mesh(sizes, devices=devices)
     except Exception:  # e.g. fake CPU devices with odd topologies
         dev_array = np.asarray(devices).reshape(sizes)

@@ -6,6 +6,7 @@ Modules tag tensors with `seaweed_jax.parallel.remat.checkpoint_name(x, name)` u
 from __future__ import annotations
 
 import jax
+from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name  # noqa: F401  (re-exported: jax.ad_checkpoint is not an attribute in jax 0.10)
 
 CHECKPOINT_NAMES = ("block_in", "qkv", "attn_out", "mlp_in", "mlp_out", "conv_out")
@@ -38,7 +39,6 @@ def get_policy(name: str):
 
 def maybe_remat(module_cls, name: str, **kw):
     """Wrap a Linen module class in nn.remat according to the named policy."""
-    from flax import linen as nn
     if name == "none":
         return module_cls
     return nn.remat(module_cls, policy=get_policy(name), **kw)

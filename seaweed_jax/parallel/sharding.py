@@ -6,7 +6,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
-from seaweed_jax.parallel.mesh import batch_sharding
+from seaweed_jax.parallel.mesh import batch_sharding, data_parallel_size
 
 
 def logical_to_shardings(abstract_tree, mesh: Mesh, rules):
@@ -18,8 +18,16 @@ def logical_to_shardings(abstract_tree, mesh: Mesh, rules):
 def host_to_global(batch: dict, mesh: Mesh) -> dict:
     """Each process's local batch slice -> global jax.Arrays sharded on the batch axes.
 
-    Non-numeric leaves (e.g. caption strings) stay on the host.
+    Non-numeric leaves (e.g. caption strings) stay on the host. The global batch must split
+    evenly over the mesh's data x fsdp devices.
     """
+    if batch:
+        local = len(next(iter(batch.values())))
+        total, dp = local * jax.process_count(), data_parallel_size(mesh)
+        if total % dp:
+            raise ValueError(f"global batch {total} (= {local} per process x {jax.process_count()}) "
+                             f"is not divisible by the mesh's data x fsdp = {dp} devices; make "
+                             f"data.global_batch_size a multiple of {dp}")
     out = {}
     for k, v in batch.items():
         v = np.asarray(v)
@@ -28,3 +36,11 @@ def host_to_global(batch: dict, mesh: Mesh) -> dict:
         else:
             out[k] = v
     return out
+
+
+def unbox(tree):
+    """Strip logical-axis boxes without adding sharding constraints (which fail on abstract
+    values and are redundant on arrays already placed by out_shardings)."""
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+        tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))

@@ -18,7 +18,7 @@ draw (NaN in a batch without that task; the logger's nanmean skips it).
 
 Inputs: normalized latents, either read from the latent cache (`data.latent_cache=True`,
 built under data_dir on first use) or encoded on the fly by the frozen VAE of
-`config.vae_workdir` (the same `FrozenVAE` and normalization). Captions are tokenized in
+`config.vae_workdir` (the same `VAECodec` and normalization). Captions are tokenized in
 the input pipeline (batches carry `text_ids` / `text_mask`).
 
 Self-describing workdir: the config records `vae_workdir` (+ `vae_step`, `vae_use_ema`),
@@ -48,11 +48,14 @@ import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
 
+from seaweed_jax import checkpoint
+from seaweed_jax.data import datasets, latent_cache
 from seaweed_jax.data import pipeline as pipe
 from seaweed_jax.diffusion import flow
 from seaweed_jax.models.dit import DiT
 from seaweed_jax.models.dit import validate_config as validate_dit_config
 from seaweed_jax.models.text import build_text_encoder, text_config
+from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.trainer import optimizers
 from seaweed_jax.trainer.state import TrainState
 from seaweed_jax.trainer.task import Task
@@ -125,7 +128,6 @@ def conditioning(model_cfg) -> bool:
 def training_video_size(config) -> tuple[int, int, int]:
     """(frames, height, width) the model was trained on: `sample.*` if set, else the first
     video source (else the first source) of data.sources."""
-    from seaweed_jax.data import datasets
     s = sample_config(config)
     sizes = [datasets.parse_name(src["name"])[1:] for src in config.data.sources]  # (h, w, t)
     video = [x for x in sizes if x[2] > 1] or sizes
@@ -134,6 +136,10 @@ def training_video_size(config) -> tuple[int, int, int]:
 
 
 def validate_task_config(config) -> None:
+    if config.model.get("latent_channels") is None or config.model.get("in_channels") is None:
+        raise ValueError("model.latent_channels / model.in_channels are None: they are filled from "
+                         "the VAE run when training starts (DiTTask.resolve_config); set them, "
+                         "e.g. --config.model.latent_channels=8 --config.model.in_channels=17")
     validate_dit_config(config.model)
     te = text_encoder_config(config)
     if int(te.width) != int(config.model.text_dim):
@@ -201,6 +207,16 @@ class EncodeVideo(grain.transforms.Map):
 class DiTTask(Task):
     """See the module docstring."""
 
+    @classmethod
+    def resolve_config(cls, config) -> None:
+        """model.latent_channels (None) <- the VAE run's; model.in_channels (None) <- 2C + 1
+        (condition latents + mask: T2V and I2V / extension in one model)."""
+        if config.model.get("latent_channels") is None and config.get("vae_workdir"):
+            vae_config = checkpoint.load_config(resolve_vae_workdir(config))
+            config.model.latent_channels = int(vae_config.model.latent_channels)
+        if config.model.get("in_channels") is None and config.model.get("latent_channels"):
+            config.model.in_channels = 2 * int(config.model.latent_channels) + 1
+
     def __init__(self, config, mesh):
         super().__init__(config, mesh)
         validate_task_config(config)
@@ -219,7 +235,6 @@ class DiTTask(Task):
     def _possible_tasks(self) -> tuple[int, ...]:
         """Task ids this config can draw (their per-task losses are logged; a batch without
         one logs NaN for it, which the logger's nanmean skips)."""
-        from seaweed_jax.data import datasets
         frames = [datasets.parse_name(s["name"])[3] for s in self.config.data.sources]
         crops = [dict(s).get("crop") or self.config.data.get("crop") for s in self.config.data.sources]
         frames = [int(c["frames"]) if c and c.get("frames") else f for f, c in zip(frames, crops)]
@@ -239,8 +254,7 @@ class DiTTask(Task):
     def vae(self):
         """The frozen VAE of config.vae_workdir (loaded on first use)."""
         if self._vae is None:
-            from seaweed_jax.data.latent_cache import FrozenVAE
-            self._vae = FrozenVAE.load(resolve_vae_workdir(self.config),
+            self._vae = codec_lib.load(resolve_vae_workdir(self.config),
                                        self.config.get("vae_step", None),
                                        bool(self.config.get("vae_use_ema", True)))
             if self._vae.latent_channels != int(self.model_cfg.latent_channels):
@@ -257,9 +271,9 @@ class DiTTask(Task):
     def make_train_iterator(self, *, data_dir, process_index, process_count):
         tok = Tokenize(self.text_cfg)
         if self._use_cache():
-            from seaweed_jax.data import latent_cache
             return latent_cache.make_latent_iterator(
-                self.config.data, data_dir=data_dir, vae=self.vae, process_index=process_index,
+                self.config.data, data_dir=data_dir, encoder=self.vae.latent_encoder(),
+                process_index=process_index,
                 process_count=process_count, example_fn=tok)
         ds = pipe.make_dataset(self.config.data, data_dir=data_dir, process_index=process_index,
                                process_count=process_count, example_fn=tok)
@@ -270,8 +284,8 @@ class DiTTask(Task):
         kw = dict(data_dir=data_dir, source=source, num_examples=num_examples,
                   batch_size=batch_size, example_fn=tok)
         if self._use_cache():
-            from seaweed_jax.data import latent_cache
-            return latent_cache.make_latent_eval_iterator(self.config.data, vae=self.vae, **kw)
+            return latent_cache.make_latent_eval_iterator(self.config.data,
+                                                          encoder=self.vae.latent_encoder(), **kw)
         encode = EncodeVideo(self.vae)   # one pass, never checkpointed: a plain generator
         return (encode.map(b) for b in pipe.make_eval_iterator(self.config.data, **kw))
 
@@ -428,28 +442,3 @@ def resolve_vae_workdir(config, dit_workdir: str | None = None) -> str:
             if os.path.isdir(cand):
                 return cand
     return path
-
-
-def load_params(workdir: str, *, step: int | None = None, use_ema: bool = True, mesh=None):
-    """(config, task, params, step) of a DiT run: only the params (EMA if asked and kept) are
-    read, replicated on the local devices of `mesh` (default: a 1-device mesh)."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from seaweed_jax.parallel import make_mesh
-    from seaweed_jax.trainer import checkpoint as ckpt_lib
-    from seaweed_jax.trainer.loop import init_rng, load_config, unbox
-
-    config = load_config(workdir, step)
-    if config.task != "dit":
-        raise ValueError(f"{workdir} is a {config.task!r} run, not a DiT ('dit') run")
-    if mesh is None:
-        mesh = make_mesh(mc.ConfigDict({"shape": {"data": 1, "fsdp": 1, "tensor": 1, "context": 1}}),
-                         devices=jax.local_devices()[:1])
-    task = DiTTask(config, mesh)
-    abstract = jax.eval_shape(task.init, init_rng(config.seed), task.example_batch())
-    key = "ema_params" if (use_ema and abstract.ema_params is not None) else "params"
-    rep = NamedSharding(mesh, P())
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-                          unbox(abstract.params))
-    params, got = ckpt_lib.restore_params_subtree(workdir, target, key=key, step=step)
-    return config, task, params, got

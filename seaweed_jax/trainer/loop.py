@@ -31,11 +31,12 @@ import ml_collections
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from seaweed_jax import checkpoint as ckpt_lib
 from seaweed_jax import config_lib
+from seaweed_jax.config_lib import freeze
 from seaweed_jax.parallel import make_mesh, rules_from_config, validate_rules
 from seaweed_jax.parallel.mesh import data_parallel_size, replicated
-from seaweed_jax.parallel.sharding import host_to_global, logical_to_shardings
-from seaweed_jax.trainer import checkpoint as ckpt_lib
+from seaweed_jax.parallel.sharding import host_to_global, logical_to_shardings, unbox
 from seaweed_jax.trainer import optimizers
 from seaweed_jax.trainer.metrics import MetricsLogger
 from seaweed_jax.trainer.state import TrainState
@@ -50,37 +51,6 @@ Hook = Callable[[int, TrainState, object], None]
 
 
 # ----------------------------------------------------------------------------- config
-
-def freeze(config) -> ml_collections.FrozenConfigDict:
-    """A hashable FrozenConfigDict (safe as a static jit argument).
-
-    FrozenConfigDict refuses dicts inside lists (e.g. `data.sources`), so those become
-    `flax.core.FrozenDict`s: still Mappings (`src["name"]`, `src.get(...)`, `dict(src)`).
-    """
-    if isinstance(config, ml_collections.FrozenConfigDict):
-        return config
-    return ml_collections.FrozenConfigDict(_freeze_lists(ml_collections.ConfigDict(config)))
-
-
-def _freeze_lists(node):
-    from flax.core import FrozenDict
-
-    def freeze_item(v):
-        if isinstance(v, (dict, ml_collections.ConfigDict, FrozenDict)):
-            return FrozenDict({k: freeze_item(x) for k, x in dict(v).items()})
-        if isinstance(v, (list, tuple)):
-            return tuple(freeze_item(x) for x in v)
-        return v
-
-    for key in list(node.keys()):
-        value = node[key]
-        if isinstance(value, ml_collections.ConfigDict):
-            _freeze_lists(value)
-        elif isinstance(value, (list, tuple)):
-            with node.ignore_type():
-                node[key] = tuple(freeze_item(x) for x in value)
-    return node
-
 
 def validate_config(config, mesh=None) -> None:
     """Generic checks, each naming the field and what to change."""
@@ -125,14 +95,6 @@ def _fit(sharding: NamedSharding, shape) -> NamedSharding:
             spec[i] = None
             changed = True
     return NamedSharding(sharding.mesh, P(*spec[:len(shape)])) if changed else sharding
-
-
-def unbox(tree):
-    """Strip logical-axis boxes without adding sharding constraints (which fail on abstract
-    values and are redundant on arrays already placed by out_shardings)."""
-    return jax.tree.map(
-        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
-        tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 def state_shardings(abstract_boxed, mesh, rules):
@@ -218,7 +180,7 @@ class Setup:
         the source's `params` or `ema_params`. Optimizer state stays fresh."""
         if key not in ("params", "ema_params"):
             raise ValueError(f"config.init_from_key={key!r}; use 'params' or 'ema_params'")
-        params, step = ckpt_lib.restore_params_subtree(workdir, self.abstract.params, key=key)
+        params, step = ckpt_lib.restore_params(workdir, self.abstract.params, key=key)
         _print(f"init_from: {key} of {workdir} step {step}")
         ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
         return state.replace(params=params, ema_params=ema)
@@ -299,6 +261,7 @@ def train(config, workdir: str, *, data_dir: str | None = None,
     config = ml_collections.ConfigDict(copy.deepcopy(config))  # the caller's stays untouched
     with config.unlocked():  # recorded so eval / sample tools find the run's data
         config.data_dir = data_dir if "://" in data_dir else os.path.abspath(data_dir)
+        get_task(config.task).resolve_config(config)  # fields read from other runs, recorded
     config = freeze(config)
     with mesh_context(make_mesh(config.mesh), config):
         return _train(config, workdir, hooks=hooks)
@@ -316,7 +279,7 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(ckpt_lib.config_to_dict(config), f, indent=2)
+            json.dump(config_lib.config_to_dict(config), f, indent=2)
     manager = ckpt_lib.make_manager(workdir, keep=config.get("keep_checkpoints", 3),
                                     async_save=config.get("async_checkpoint", True))
     latest = manager.latest_step()
@@ -406,12 +369,7 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     return state
 
 
-# ----------------------------------------------------------------------------- restore API
-
-def load_config(workdir: str, step: int | None = None) -> ml_collections.FrozenConfigDict:
-    """The config a run was trained with (for eval / sample CLIs)."""
-    return ckpt_lib.load_config(workdir, step)
-
+# ----------------------------------------------------------------------------- restore
 
 def restore_state(workdir: str, step: int | None = None, mesh=None, task: Task | None = None, *,
                   batch=None, data_dir: str | None = None) -> TrainState:
@@ -422,7 +380,7 @@ def restore_state(workdir: str, step: int | None = None, mesh=None, task: Task |
     ShapeDtypeStructs with the global shapes), or the training iterator's first batch is used
     (needs the data under `data_dir`).
     """
-    config = load_config(workdir, step)
+    config = ckpt_lib.load_config(workdir, step)
     mesh = make_mesh(config.mesh) if mesh is None else mesh
     task = get_task(config.task)(config, mesh) if task is None else task
     if batch is None:
@@ -437,19 +395,5 @@ def restore_state(workdir: str, step: int | None = None, mesh=None, task: Task |
         if step is None:
             raise FileNotFoundError(f"no finalized checkpoint in {ckpt_lib.checkpoint_dir(workdir)}")
         return ckpt_lib.restore(manager, step, setup.abstract)
-    finally:
-        manager.close()
-
-
-def restore_iterator(workdir: str, iterator, step: int | None = None):
-    """Set a freshly built train iterator to its position in a checkpoint."""
-    import grain
-    import orbax.checkpoint as ocp
-    manager = ckpt_lib.make_manager(workdir, read_only=True, async_save=False)
-    try:
-        step = manager.latest_step() if step is None else step
-        manager.restore(step, args=ocp.args.Composite(
-            data_iter=grain.checkpoint.CheckpointRestore(iterator)))
-        return iterator
     finally:
         manager.close()

@@ -42,6 +42,7 @@ class MetricsLogger:
         self._writer = None
         self._jsonl = None
         if self.enabled:
+            # lazy: only the writing process (0) loads tensorboardX and its protobuf stack
             from tensorboardX import SummaryWriter
             os.makedirs(workdir, exist_ok=True)
             self._writer = SummaryWriter(os.path.join(workdir, "tb"))

@@ -1,4 +1,4 @@
-"""The `Task` interface: one subclass per trainable thing (vae, dit, distill, refiner).
+"""The `Task` interface: one subclass per trainable thing (today: vae, dit).
 
 The harness (`trainer/loop.py`) owns everything generic — mesh, sharded init, jit,
 non-finite rejection, step counter, RNG, EMA bookkeeping hooks, checkpoints, metrics,
@@ -12,6 +12,11 @@ SIGTERM — and asks the task only for what is specific to it:
 
 Contract, method by method
 --------------------------
+`resolve_config(config)` (classmethod, optional): called once when a run starts, on the
+  mutable ConfigDict before it is frozen and recorded: fill fields that come from other runs
+  (e.g. the DiT's latent channels from its VAE run), so configs never read run directories
+  while they are parsed and the recorded config is complete. Default: nothing.
+
 `__init__(config, mesh)`: `config` is an `ml_collections.FrozenConfigDict` (hashable, so it
   may be closed over by jitted functions); `mesh` is the `jax.sharding.Mesh` the loop built
   with `parallel.make_mesh(config.mesh)`. Validate the config here (shapes, sizes) and raise a
@@ -85,8 +90,6 @@ from seaweed_jax.trainer.state import TrainState
 TASKS: dict[str, Any] = {
     "vae": "seaweed_jax.trainer.vae_task:VAETask",
     "dit": "seaweed_jax.trainer.dit_task:DiTTask",
-    "distill": "seaweed_jax.trainer.distill_task:DistillTask",
-    "refiner": "seaweed_jax.trainer.refiner_task:RefinerTask",
 }
 
 
@@ -97,6 +100,11 @@ class Task(abc.ABC):
         self.config = config
         self.mesh = mesh
         self.tx = optimizers.make_optimizer(config.optimizer, config.num_steps)
+
+    @classmethod
+    def resolve_config(cls, config: ml_collections.ConfigDict) -> None:
+        """Fill fields that depend on other runs (mutable config, before it is frozen)."""
+        del config
 
     @property
     def ema_decay(self) -> float:

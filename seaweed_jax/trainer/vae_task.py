@@ -45,6 +45,12 @@ import ml_collections as mc
 import optax
 from flax import linen as nn
 
+from seaweed_jax import config_lib
+from seaweed_jax.data import pipeline
+from seaweed_jax.eval import reconstruction
+from seaweed_jax.models.vae import autoencoder, codec as codec_lib
+from seaweed_jax.models.vae.discriminator import (SPECTRAL, VideoDiscriminators, hinge_d_loss,
+                                                  hinge_g_loss)
 from seaweed_jax.trainer import optimizers
 from seaweed_jax.trainer.state import TrainState
 from seaweed_jax.trainer.task import Task
@@ -121,8 +127,6 @@ class VAETask(Task):
 
     def __init__(self, config, mesh):
         super().__init__(config, mesh)
-        from seaweed_jax.models.vae import autoencoder
-        from seaweed_jax.models.vae.discriminator import VideoDiscriminators
         autoencoder.validate_model_config(config.model)
         self.lc = lc = loss_config(config)
         self.model = autoencoder.CausalVAE(autoencoder.model_section(config.model))
@@ -150,13 +154,13 @@ class VAETask(Task):
         opt.schedule = "constant"
         opt.warmup_steps = int(lc.disc_warmup_steps)
         opt.weight_decay = 0.0
-        opt.grad_accum_steps = 1
+        # D accumulates like G, so it updates once per generator update (not every micro-step)
+        opt.grad_accum_steps = int(config.optimizer.get("grad_accum_steps", 1) or 1)
         return optimizers.make_optimizer(opt, max(1, config.num_steps - lc.disc_start_step))
 
     # ------------------------------------------------------------------ data / init
 
     def make_train_iterator(self, *, data_dir, process_index, process_count):
-        from seaweed_jax.data import pipeline
         return pipeline.make_iterator(self.config.data, data_dir=data_dir,
                                       process_index=process_index, process_count=process_count)
 
@@ -175,7 +179,6 @@ class VAETask(Task):
         extra = {}
         if self.adversarial:
             dvars = self.disc.init({"params": k_disc}, jnp.zeros((1,) + x.shape[1:], jnp.float32))
-            from seaweed_jax.models.vae.discriminator import SPECTRAL
             extra = {"disc_params": dvars["params"], "disc_stats": dvars[SPECTRAL],
                      "disc_opt_state": self.disc_tx.init(dvars["params"])}
         return TrainState.create(params=params, tx=self.tx, ema_decay=self.ema_decay, extra=extra)
@@ -215,7 +218,6 @@ class VAETask(Task):
         return self.lc.kl_weight * t["kl"] + self.lc.wl_weight * t.get("wl", 0.0)
 
     def _disc_logits(self, extra, video, *, update: bool):
-        from seaweed_jax.models.vae.discriminator import SPECTRAL
         variables = {"params": extra["disc_params"], SPECTRAL: extra["disc_stats"]}
         if update:
             return self.disc.apply(variables, video, update_stats=True, mutable=[SPECTRAL])
@@ -225,7 +227,6 @@ class VAETask(Task):
         return {"2d": self.lc.disc_2d_weight, "3d": self.lc.disc_3d_weight}
 
     def _g_adv(self, extra, recon):
-        from seaweed_jax.models.vae.discriminator import hinge_g_loss
         logits, _ = self._disc_logits(extra, recon, update=False)
         w = self._disc_weights()
         return sum(w[k] * hinge_g_loss(v) for k, v in logits.items())
@@ -261,7 +262,6 @@ class VAETask(Task):
         return new, self._metrics(outs, x, loss=loss, grads=grads, extra_metrics=extra)
 
     def _gan_step(self, state, x, rng):
-        from seaweed_jax.models.vae.discriminator import hinge_d_loss
         lc = self.lc
         outs, vjp = jax.vjp(lambda p: self._forward(p, x, rng), state.params)
         rec, cot_rec = jax.value_and_grad(self._rec_loss)(outs, x)
@@ -297,7 +297,6 @@ class VAETask(Task):
             aux.update({f"disc_{k}_fake": jnp.mean(v[n:]) for k, v in logits.items()})
             return sum(weights[k] * t for k, t in terms.items()), (updates, aux)
 
-        from seaweed_jax.models.vae.discriminator import SPECTRAL
         (d_loss, (updates, d_aux)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
             state.extra["disc_params"])
         d_upd, d_opt = self.disc_tx.update(d_grads, state.extra["disc_opt_state"],
@@ -354,20 +353,23 @@ class VAETask(Task):
     def eval_params(self, state):
         return state.ema_params if state.ema_params is not None else state.params
 
+    def codec(self, state) -> codec_lib.VAECodec:
+        """The VAE being trained as a codec (EMA params when kept; identity normalization)."""
+        return codec_lib.VAECodec(self.config.model, self.eval_params(state), mesh=self.mesh)
+
     def evaluate(self, state, *, data_dir, workdir, step):
-        from seaweed_jax.eval import reconstruction
-        out = reconstruction.evaluate_split(self.config, self.eval_params(state), data_dir=data_dir,
-                                            mesh=self.mesh)
+        del workdir, step
+        out = reconstruction.evaluate_split(self.codec(state).reconstruct, self.config.data,
+                                            data_dir=data_dir)
         return {"psnr": out["psnr"], "ssim": out["ssim"] if out["ssim"] is not None else float("nan")}
 
     def on_train_end(self, state, *, workdir, data_dir):
         """Write W/latent_stats.json from the final (EMA) params."""
-        from seaweed_jax.eval import reconstruction
-        stats = reconstruction.latent_stats(self.config, self.eval_params(state), data_dir=data_dir,
-                                            num_examples=int(self.lc.latent_stats_examples),
-                                            mesh=self.mesh)
+        stats = reconstruction.latent_stats(self.codec(state).posterior_means, self.config.data,
+                                            data_dir=data_dir,
+                                            num_examples=int(self.lc.latent_stats_examples))
         stats.update(step=int(state.step), params="ema" if state.ema_params is not None else "params")
-        path = reconstruction.write_latent_stats(workdir, stats)
+        path = codec_lib.write_stats(workdir, stats)
         if jax.process_index() == 0:
             print(f"latent stats ({stats['num_examples']} train clips) -> {path}", flush=True)
 
@@ -375,13 +377,13 @@ class VAETask(Task):
 def compute_latent_stats(workdir: str, *, data_dir: str | None = None, num_examples: int | None = None,
                          step: int | None = None, use_ema: bool = True) -> dict:
     """Per-channel mean / std of the posterior-mean latents over the training split of a VAE
-    run, written to W/latent_stats.json (also returned)."""
-    from seaweed_jax import config_lib
-    from seaweed_jax.eval import reconstruction
-    config, params, at, which = reconstruction.restore_vae(workdir, step=step, use_ema=use_ema)
+    run, written to W/latent_stats.json (also returned). Reads only the run's params."""
+    codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)
+    config = codec.run_config
     data_dir = config_lib.data_dir_for(config, data_dir)
     n = int(num_examples or loss_config(config).latent_stats_examples)
-    stats = reconstruction.latent_stats(config, params, data_dir=data_dir, num_examples=n)
-    stats.update(step=at, params=which)
-    reconstruction.write_latent_stats(workdir, stats)
+    stats = reconstruction.latent_stats(codec.posterior_means, config.data, data_dir=data_dir,
+                                        num_examples=n)
+    stats.update(step=codec.step, params="ema" if codec.params_key == "ema_params" else "params")
+    codec_lib.write_stats(workdir, stats)
     return stats

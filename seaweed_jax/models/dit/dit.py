@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections as mc
 from flax import linen as nn
 
+from seaweed_jax.kernels.masks import VideoWindowMask
 from seaweed_jax.models.dit.attention import layer_attention_types, layer_mask
 from seaweed_jax.models.dit.blocks import TOKEN_NAMES, HybridStreamBlock
 from seaweed_jax.models.dit.layers import Linear, layer_norm, modulate
@@ -275,8 +276,6 @@ def forward_flops(cfg, latent_shape, text_len: int | None = None) -> float:
     latent_shape: (T, H, W) of the latent; text_len: text tokens as fed (default max_text_len).
     A training step costs about 3x this per example (plus any remat recomputation).
     """
-    from seaweed_jax.kernels.masks import VideoWindowMask
-
     d, f = cfg.hidden_size, cfg.mlp_hidden
     patch = tuple(cfg.patch_size)
     grid = tuple(s // p for s, p in zip(latent_shape, patch))

@@ -5,7 +5,9 @@
 
 The embedded default is `TextEncoder`, a tiny trainable transformer (token + learned
 position embeddings, `num_layers` pre-LN blocks, final LayerNorm) over the fixed word
-vocabulary of `tokenizer.WordTokenizer`; it is trained jointly with the DiT.
+vocabulary of `tokenizer.WordTokenizer`; it is trained jointly with the DiT. The config's
+`tokenizer` names that vocabulary (default `vocabulary.DEFAULT`); a run records it with its
+config, so it keeps its vocabulary (and its embedding rows' meaning) after the default moves.
 
 `build_text_encoder(config)` returns a `TextEncoderBundle` (tokenizer + Linen module +
 max_len + width) so callers never depend on which encoder it is:
@@ -37,6 +39,7 @@ import ml_collections as mc
 from flax import linen as nn
 
 from seaweed_jax.models.text.tokenizer import WordTokenizer
+from seaweed_jax.models.text.vocabulary import DEFAULT as DEFAULT_VOCABULARY
 from seaweed_jax.parallel.remat import checkpoint_name
 
 Dtype = Any
@@ -49,6 +52,7 @@ def text_config(**overrides) -> mc.ConfigDict:
     c = mc.ConfigDict()
     c.kind = "tiny"          # 'tiny' (trainable, embedded); 't5' is planned (see module doc)
     c.path = ""              # local pretrained dir for kind='t5'
+    c.tokenizer = DEFAULT_VOCABULARY   # kind='tiny': a name in vocabulary.VOCABULARIES
     c.max_len = 16
     c.width = 64
     c.num_layers = 2
@@ -196,7 +200,7 @@ def build_text_encoder(config, dtype: Dtype = jnp.float32) -> TextEncoderBundle:
     """`config` as from `text_config()` (a ConfigDict or a dict)."""
     c = text_config(**dict(config))
     if c.kind == "tiny":
-        tok = WordTokenizer()
+        tok = WordTokenizer(c.tokenizer)
         module = TextEncoder(vocab_size=tok.vocab_size, max_len=c.max_len, width=c.width,
                              num_layers=c.num_layers, num_heads=c.num_heads, mlp_dim=c.mlp_dim,
                              dtype=dtype)

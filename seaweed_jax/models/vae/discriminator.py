@@ -33,6 +33,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from jax import lax
 
@@ -220,7 +221,6 @@ def kernel_spectral_norms(params, stats):
     """{path: largest singular value of (kernel / sigma(u)) as a matrix} for every SpectralConv,
     via SVD (for tests / monitoring). `params`/`stats` are the unboxed 'params' and
     'spectral_stats' collections."""
-    import numpy as np
     out = {}
 
     def walk(p, s, prefix):

@@ -34,12 +34,11 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from seaweed_jax.data.moving_shapes import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES
+from seaweed_jax.moving_shapes.labels import (BACKGROUND_NAMES, BACKGROUNDS, COLOR_NAMES, COLORS,
+                                              DIRECTIONS, SHAPES)
 
-_COLOR_NAMES = tuple(COLORS)
-_COLOR_RGB = np.array([COLORS[c] for c in _COLOR_NAMES], np.float64)
-_BG_NAMES = tuple(BACKGROUNDS)
-_BG_RGB = np.array([BACKGROUNDS[b] for b in _BG_NAMES], np.float64)
+_COLOR_RGB = np.array([COLORS[c] for c in COLOR_NAMES], np.float64)
+_BG_RGB = np.array([BACKGROUNDS[b] for b in BACKGROUND_NAMES], np.float64)
 
 SEED_DISTANCE = 50.0      # RGB distance that seeds the foreground (closest shape/bg pair: 127)
 SKEW_TRIANGLE = -0.15     # vertical mass profile skewness below this -> triangle (apex up)
@@ -94,8 +93,8 @@ def estimate_background(video: np.ndarray):
     """(palette name, measured RGB) of the background from the border pixels."""
     border = _border_pixels(video)
     votes = _nearest(border, _BG_RGB)
-    k = int(np.bincount(votes, minlength=len(_BG_NAMES)).argmax())
-    return _BG_NAMES[k], np.median(border[votes == k], axis=0)
+    k = int(np.bincount(votes, minlength=len(BACKGROUND_NAMES)).argmax())
+    return BACKGROUND_NAMES[k], np.median(border[votes == k], axis=0)
 
 
 def foreground_alpha(video: np.ndarray, bg_rgb: np.ndarray):
@@ -159,7 +158,7 @@ def classify_color(rgb: np.ndarray, bg_rgb: np.ndarray) -> str:
     """The palette colour c for which rgb is best explained as bg + a (c - bg) with a in
     [0.5, 1.1]: a blurred or thin shape mixes its colour with the background."""
     best, best_err = None, np.inf
-    for name, c in zip(_COLOR_NAMES, _COLOR_RGB):
+    for name, c in zip(COLOR_NAMES, _COLOR_RGB):
         axis = c - bg_rgb
         a = float(np.clip((rgb - bg_rgb) @ axis / max(float(axis @ axis), 1e-6), 0.5, 1.1))
         err = float(np.linalg.norm(rgb - bg_rgb - a * axis))

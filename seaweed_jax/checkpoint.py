@@ -1,4 +1,13 @@
-"""Orbax checkpoints of a run: train state + data-iterator state + config (JSON).
+"""Read and write a run: Orbax checkpoints of train state + data-iterator state + config.
+
+Every tool that reads a run comes through here: the trainer (save / resume / init_from),
+the VAE codec, the DiT sampler, evaluators, the check verb. Nothing here imports a model or
+the trainer: callers pass the abstract tree (shapes, dtypes, shardings) they want filled.
+
+    load_config(W)                         the run's config
+    params_key(config, use_ema)            'ema_params' when asked for and kept, else 'params'
+    restore_params(W, abstract, key=...)   ONLY state.<key> (no optimizer / discriminator state)
+    save / restore                         the whole TrainState (+ iterator), for the trainer
 
 Layout of a workdir (self-describing: the config travels with every checkpoint):
 
@@ -16,12 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from seaweed_jax.config_lib import config_from_dict, config_to_dict
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -74,26 +85,6 @@ def make_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def config_to_dict(config) -> dict:
-    """JSON-safe nested dict of a (Frozen)ConfigDict (tuples -> lists, Mappings -> dicts)."""
-    def convert(v):
-        if isinstance(v, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
-            return {k: convert(v[k]) for k in v.keys()}
-        if isinstance(v, Mapping):
-            return {str(k): convert(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [convert(x) for x in v]
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            return v
-        return str(v)
-    return convert(config)
-
-
-def config_from_dict(d: dict) -> ml_collections.FrozenConfigDict:
-    from seaweed_jax.trainer.loop import freeze
-    return freeze(ml_collections.ConfigDict(d))
-
-
 def save(manager: ocp.CheckpointManager, step: int, state, iterator=None, config=None) -> bool:
     """Issue a (possibly async) save of state (+ iterator state + config) at `step`."""
     items = {"state": ocp.args.StandardSave(state)}
@@ -120,6 +111,24 @@ def abstract_with_shardings(abstract_tree, shardings):
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
 
 
+def abstract_on(abstract_tree, sharding):
+    """ShapeDtypeStructs all placed on one sharding (e.g. replicated params for inference)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                        abstract_tree)
+
+
+def restore_iterator(workdir: str, iterator, step: int | None = None):
+    """Set a freshly built train iterator to its position in a checkpoint."""
+    manager = make_manager(workdir, read_only=True, async_save=False)
+    try:
+        step = manager.latest_step() if step is None else step
+        manager.restore(step, args=ocp.args.Composite(
+            data_iter=grain.checkpoint.CheckpointRestore(iterator)))
+        return iterator
+    finally:
+        manager.close()
+
+
 def load_config(workdir: str, step: int | None = None) -> ml_collections.FrozenConfigDict:
     """The config of a run: from its checkpoint (latest or `step`), else W/config.json."""
     ckpt = checkpoint_dir(workdir)
@@ -140,16 +149,34 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.FrozenC
         return config_from_dict(json.load(f))
 
 
-def restore_params_subtree(workdir: str, abstract_params: Any, *, key: str = "params",
-                           step: int | None = None):
-    """Only `state.<key>` (e.g. params or ema_params) of another run, onto the given abstract
-    params (with shardings). Used by `config.init_from`."""
+def latest_step(workdir: str) -> int | None:
+    """The newest finalized checkpoint step of a run (None without one)."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return None
     manager = make_manager(workdir, read_only=True, async_save=False)
-    step = manager.latest_step() if step is None else step
-    manager.close()
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
+def params_key(config, use_ema: bool = True) -> str:
+    """Which params of a run to read: its EMA copy when asked for and the run kept one."""
+    has_ema = float(config.get("ema_decay", 0.0) or 0.0) > 0
+    return "ema_params" if (use_ema and has_ema) else "params"
+
+
+def restore_params(workdir: str, abstract_params: Any, *, key: str = "params",
+                   step: int | None = None):
+    """(params, step): ONLY `state.<key>` (params or ema_params) of a run, onto the given
+    abstract params (ShapeDtypeStructs with shardings). The one way to load a run's params
+    (init_from, the VAE codec, the DiT sampler); optimizer and discriminator state stay on disk."""
+    if key not in ("params", "ema_params"):
+        raise ValueError(f"params key {key!r}; use 'params' or 'ema_params'")
+    step = latest_step(workdir) if step is None else step
     if step is None:
-        raise FileNotFoundError(f"init_from={workdir!r} has no finalized checkpoint under "
-                                f"{checkpoint_dir(workdir)}")
+        raise FileNotFoundError(f"{workdir!r} has no finalized checkpoint under "
+                                f"{checkpoint_dir(workdir)}; train it first or check the path")
     path = os.path.join(checkpoint_dir(workdir), str(step), "state")
     restore_args = jax.tree.map(
         lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),

@@ -31,30 +31,9 @@ from etils import epath
 from tensorflow_datasets.core import example_serializer
 from tensorflow_datasets.core.utils import shard_utils
 
-# ----------------------------------------------------------------------------- vocabulary
-# Order matters: it is the ClassLabel index order. Keep in sync with issue 2.
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "cyan": (0, 255, 255),
-    "magenta": (255, 0, 255),
-    "white": (255, 255, 255),
-    "orange": (255, 165, 0),
-}
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "black": (0, 0, 0),
-    "gray": (128, 128, 128),
-    "navy": (0, 0, 128),
-}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
-COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
-BACKGROUND_NAMES: tuple[str, ...] = tuple(BACKGROUNDS)
-# (drow, dcol) unit step of each direction in image coordinates.
-DIRECTION_VECTORS: dict[str, tuple[int, int]] = {
-    "left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0), "still": (0, 0)}
+from seaweed_jax.moving_shapes.labels import (BACKGROUND_NAMES, BACKGROUNDS, COLOR_NAMES, COLORS,
+                                              DIRECTION_VECTORS, DIRECTIONS, MOVING_PARAPHRASES,
+                                              SHAPES, STILL_PARAPHRASES, canonical_caption)
 
 CANONICAL_FRACTION = 0.7   # issue 2 asks for >= 60% canonical captions
 VALIDATION_INDEX_OFFSET = 10**9
@@ -64,32 +43,13 @@ DEFAULT_NUM_VALIDATION = 512
 MIN_SIZE = 16              # smaller frames leave no room for a H/4 shape to travel H/3
 
 
-def canonical_caption(color: str, shape: str, direction: str, background: str) -> str:
-    """'a red circle moving left on a black background' / '... standing still on ...'."""
-    motion = "standing still" if direction == "still" else f"moving {direction}"
-    return f"a {color} {shape} {motion} on a {background} background"
-
-
-# Paraphrases use the same vocabulary words, so a prompt checker can parse every caption.
-_MOVING_PARAPHRASES = (
-    "a {color} {shape} moves {direction} across a {background} background",
-    "{color} {shape} moving {direction}, {background} background",
-    "a {color} {shape} on a {background} background, moving {direction}",
-    "a {background} background with a {color} {shape} moving {direction}",
-)
-_STILL_PARAPHRASES = (
-    "a {color} {shape} stays still on a {background} background",
-    "a still {color} {shape} on a {background} background",
-    "a {background} background with a {color} {shape} standing still",
-)
-
-
+# ----------------------------------------------------------------------------- captions
 def _caption(rng: np.random.Generator, index: int, labels: dict) -> str:
     # Canonical for 7 of every 10 consecutive indices: >= 60% holds for any split size >= 10,
     # not just in expectation.
     if index % 10 < round(CANONICAL_FRACTION * 10):
         return canonical_caption(**labels)
-    templates = _STILL_PARAPHRASES if labels["direction"] == "still" else _MOVING_PARAPHRASES
+    templates = STILL_PARAPHRASES if labels["direction"] == "still" else MOVING_PARAPHRASES
     return templates[int(rng.integers(len(templates)))].format(**labels)
 
 
@@ -130,7 +90,7 @@ def render_example(seed: int, index: int, height: int, width: int, num_frames: i
     """Renders example `index` of generation `seed`.
 
     Returns (video uint8 (T,H,W,3), labels) with labels = {color, shape, direction,
-    background, caption} (names from the vocabulary tuples above).
+    background, caption} (names from the `labels` tables).
     """
     _check_size(height, width, num_frames)
     rng = np.random.default_rng([seed, index])

@@ -1,0 +1,103 @@
+r"""Sections shared by the VAE configs (big_vision's configs/common.py idea).
+
+`cpu_config` is the 2-core CPU recipe of tiny.py / small.py; `tpu_model`, `tpu_config` and
+`gan_loss` the TPU-slice recipe of seaweed_48x.py / seaweed_64x.py / wfvae.py.
+
+How a config loads this file: `configs/` is not a package, and the train CLI executes a config
+file by its path (ml_collections config_flags -> importlib SourceFileLoader), so each config
+loads its sibling `common.py` by path, from its own `__file__`:
+
+    _spec = importlib.util.spec_from_file_location(
+        "configs_vae_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+    common = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(common)
+
+This works from any current directory and for relative or absolute `--config` paths. Not
+`sys.path` + `import common`: a process that loads a VAE and a DiT config (the tests do) would
+get whichever `common` it imported first from `sys.modules`.
+"""
+from __future__ import annotations
+
+import ml_collections as mc
+
+from seaweed_jax import config_lib
+from seaweed_jax.models.vae.autoencoder import default_model_config
+
+
+def _base(num_steps: int, dataset: str) -> mc.ConfigDict:
+    c = config_lib.base_config()
+    c.task = "vae"
+    c.num_steps = num_steps
+    c.data.sources = [{"name": dataset, "split": "train", "weight": 1.0}]
+    return c
+
+
+def cpu_config(dataset: str, num_steps: int, log_every: int) -> mc.ConfigDict:
+    """The 2-core CPU recipe (why each choice: configs/vae/tiny.py) on a moving_shapes dataset."""
+    c = _base(num_steps, dataset)
+    c.cpu_devices = 2            # the data axis runs the two batch halves on the two cores
+    c.data.global_batch_size = 8
+    c.data.val_examples = 64
+    c.data.crop = {"frames": 9, "height": None, "width": None}  # 2x the steps of whole clips
+    c.data.eval_crop = {}        # score whole 17-frame clips
+    c.optimizer.lr = 1e-3
+    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.99
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.warmup_steps = 100
+    c.optimizer.schedule = "cosine"
+    c.optimizer.end_lr_ratio = 0.1
+    c.optimizer.grad_clip = 1.0
+    c.ema_decay = 0.99
+    c.log_every, c.eval_every, c.ckpt_every = log_every, 500, 500
+
+    c.model = default_model_config(
+        arch="conv", stem="haar3d", latent_channels=8, compression=(4, 4, 4),
+        base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+        down=("joint",), enc_conv=("2d", "3d"), dec_conv=("2d", "3d"),
+        norm="group", norm_groups=8, res_zero_init=True, dtype="float32", remat="none",
+        chunk_frames=16, chunk_latent_frames=4)
+
+    # L2 is the PSNR objective (plain L1 stalled at ~15 dB); KL on the posterior mean, no GAN.
+    c.loss = mc.ConfigDict(dict(l1_weight=0.0, l2_weight=1.0, kl_weight=1e-6, wl_weight=0.0,
+                                sample_posterior=False, adv_weight=0.0, disc_start_step=1000,
+                                lpips_weight=0.0))
+    return c
+
+
+def tpu_model(**arch) -> mc.ConfigDict:
+    """A paper-scale model section: `arch` fields plus the TPU runtime settings shared by all."""
+    return default_model_config(
+        num_res_blocks=2, dtype="bfloat16", remat="minimal",   # params fp32, bf16 compute
+        chunk_frames=16, chunk_latent_frames=4, **arch)
+
+
+def gan_loss() -> mc.ConfigDict:
+    """Loss weights of the paper-scale VAEs (read by seaweed_jax/trainer/vae_task.py):
+      l1_weight     per-pixel L1 reconstruction
+      kl_weight     KL(q(z|x) || N(0,I)), tiny: keeps latents well-scaled without blurring
+      wl_weight     wavelet-subband L1 (WF-VAE arch only; ignored by the conv arch)
+      adv_weight    multiplier of the adaptive GAN weight (2D + 3D PatchGAN, hinge)
+      disc_start_step  the GAN starts after the reconstruction has converged a bit
+      lpips_weight  0: LPIPS needs pretrained weights this repo does not ship
+    """
+    return mc.ConfigDict(dict(l1_weight=1.0, kl_weight=1e-6, wl_weight=0.1, adv_weight=0.5,
+                              disc_start_step=20_000, lpips_weight=0.0))
+
+
+def tpu_config(model: mc.ConfigDict) -> mc.ConfigDict:
+    """The TPU-slice recipe around `model`. `moving_shapes/64x64_f17` is a stand-in: point
+    `data.sources` at a `video_folder` dataset of real clips for real training."""
+    c = _base(200_000, "moving_shapes/64x64_f17")
+    c.data.global_batch_size = 32
+    c.data.val_examples = 256
+    c.optimizer.lr = 1e-4
+    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.99
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.warmup_steps = 1000
+    c.optimizer.schedule = "constant"
+    c.optimizer.grad_clip = 1.0
+    c.ema_decay = 0.999
+    c.log_every, c.eval_every, c.ckpt_every = 100, 5000, 5000
+    c.model = model
+    c.loss = gan_loss()
+    return c

@@ -1,0 +1,66 @@
+"""Score a trained run from its workdir (what `python -m seaweed_jax.evaluate` runs).
+
+Dispatch on the run's `config.task`: a function registered in `EVALUATORS` (the VAE's:
+reconstruct the validation split exactly as `reconstruct` does, uint8 PSNR / SSIM, means
+over videos of per-video values; it loads only the params), else the generic path: restore
+the TrainState and call the task's own `evaluate(state, ...)` (e.g. the DiT's validation loss).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from seaweed_jax import checkpoint, config_lib
+from seaweed_jax.eval import reconstruction
+from seaweed_jax.models.vae import codec as codec_lib
+from seaweed_jax.parallel import make_mesh
+from seaweed_jax.trainer import loop, vae_task
+from seaweed_jax.trainer.task import get_task
+
+
+def evaluate_vae(workdir: str, *, step=None, num_examples=None, data_dir=None, use_ema=True,
+                 latent_stats=False) -> dict:
+    if latent_stats:
+        stats = vae_task.compute_latent_stats(workdir, data_dir=data_dir, num_examples=num_examples,
+                                              step=step, use_ema=use_ema)
+        return {"task": "vae", "latent_stats": f"{workdir.rstrip('/')}/{codec_lib.STATS_FILE}",
+                **stats}
+    codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)
+    config = codec.run_config
+    out = reconstruction.evaluate_split(codec.reconstruct, config.data,
+                                        data_dir=config_lib.data_dir_for(config, data_dir),
+                                        num_examples=num_examples)
+    return {"task": "vae", "step": codec.step,
+            "params": "ema" if codec.params_key == "ema_params" else "params",
+            "split": config.data.get("val_split", "validation"),
+            "source": dict(config.data.sources[0])["name"], **out}
+
+
+def evaluate_generic(workdir: str, *, step=None, num_examples=None, data_dir=None, use_ema=True,
+                     latent_stats=False) -> dict:
+    """Restore the run's TrainState and call `task.evaluate` (EMA params swapped in if asked)."""
+    if latent_stats:
+        raise ValueError("--latent_stats is only for VAE runs")
+    config = checkpoint.load_config(workdir, step)
+    if num_examples:
+        c = config_lib.thaw(config)
+        c.data.val_examples = int(num_examples)
+        config = config_lib.freeze(c)
+    mesh = make_mesh(config.mesh)
+    task = get_task(config.task)(config, mesh)
+    data_dir = config_lib.data_dir_for(config, data_dir)
+    state = loop.restore_state(workdir, step, mesh=mesh, task=task, data_dir=data_dir)
+    if use_ema and state.ema_params is not None:
+        state = state.replace(params=state.ema_params)
+    metrics = task.evaluate(state, data_dir=data_dir, workdir=workdir, step=int(state.step))
+    return {"task": config.task, "step": int(state.step),
+            "params": "ema" if use_ema and state.ema_params is not None else "params",
+            **{k: (float(v) if hasattr(v, "__float__") else v) for k, v in metrics.items()}}
+
+
+# config.task -> evaluator(workdir, *, step, num_examples, data_dir, use_ema, latent_stats) -> dict
+EVALUATORS: dict[str, Callable[..., dict]] = {"vae": evaluate_vae}
+
+
+def evaluate(workdir: str, **kwargs) -> dict:
+    task = checkpoint.load_config(workdir, kwargs.get("step")).task
+    return EVALUATORS.get(task, evaluate_generic)(workdir, **kwargs)

@@ -1,0 +1,100 @@
+"""A trained VAE run at work: reconstruct video files, encode a dataset into a latent cache.
+
+`reconstruct_files` is what `python -m seaweed_jax.reconstruct` runs; `encode_dataset` is the
+`--vae_workdir` part of `python -m seaweed_jax.prepare`. Both load the run with
+`VAECodec.load` (params only).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import numpy as np
+
+from seaweed_jax.data import latent_cache, video_io
+from seaweed_jax.eval import reconstruction
+from seaweed_jax.models.vae import codec as codec_lib
+from seaweed_jax.trainer.vae_task import compute_latent_stats
+
+log = logging.getLogger(__name__)
+
+
+def output_stems(paths: list[str], root: str | None) -> dict[str, str]:
+    """input path -> output stem (relative to the output dir), unique."""
+    stems = {}
+    for p in paths:
+        rel = os.path.relpath(p, root) if root else os.path.basename(p)
+        stems[p] = os.path.splitext(rel)[0]
+    counts: dict[str, int] = {}
+    for s in stems.values():
+        counts[s] = counts.get(s, 0) + 1
+    for p, s in stems.items():
+        if counts[s] > 1:
+            stems[p] = s + "_" + os.path.splitext(p)[1].lstrip(".").lower()
+    return stems
+
+
+def find_inputs(path: str) -> tuple[list[str], str | None]:
+    """(video files, their root folder or None) for a file or a folder of videos."""
+    if os.path.isdir(path):
+        return video_io.list_videos(path), path
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--input={path} does not exist")
+    return [path], None
+
+
+def reconstruct_files(workdir: str, input_path: str, output_dir: str, *, step: int | None = None,
+                      use_ema: bool = True, chunk_frames: int | None = None,
+                      chunk_above_frames: int | None = None, fps: float = 8.0) -> dict:
+    """Reconstruct every input video with the VAE of `workdir`; unreadable files are skipped
+    and counted. Returns the summary the CLI prints (see `seaweed_jax.reconstruct`)."""
+    paths, root = find_inputs(input_path)
+    codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)
+    limit = codec.chunk_above_frames if chunk_above_frames is None else chunk_above_frames
+    stems = output_stems(paths, root)
+    files, skipped, psnrs, ssims = [], [], [], []
+    for path in paths:
+        try:
+            video = video_io.read_video(path)
+        except video_io.VideoReadError as e:
+            skipped.append(path)
+            log.warning("skipping %s: %s", path, e)
+            continue
+        chunked = codec.padded_shape(*video.shape[:3])[0] > limit
+        recon = codec.reconstruct(video_io.to_float(video)[None], chunked=chunked,
+                                  chunk_frames=chunk_frames)[0]
+        out = video_io.to_uint8(recon)
+        p, s = reconstruction.score(video[None], out[None])
+        stem = os.path.join(output_dir, stems[path])
+        npy = video_io.write_npy(stem + ".npy", out)
+        mp4 = video_io.write_mp4(stem + ".mp4", out, fps=fps)
+        psnrs.append(float(p[0]))
+        ssims.append(float(s[0]))
+        files.append({"input": path, "npy": npy, "mp4": mp4, "shape": list(video.shape),
+                      "psnr": float(p[0]), "ssim": None if np.isnan(s[0]) else float(s[0]),
+                      "chunked": bool(chunked)})
+    summary = reconstruction.summarize(psnrs, ssims)
+    summary.update(skipped=len(skipped), skipped_files=skipped, files=files,
+                   workdir=os.path.abspath(workdir), step=codec.step,
+                   params="ema" if codec.params_key == "ema_params" else "params")
+    return summary
+
+
+def encode_dataset(dataset: str, data_dir: str, vae_workdir: str, *, seed: int = 0,
+                   num_train: int | None = None, num_validation: int | None = None,
+                   vae_step: int | None = None, use_ema: bool = True,
+                   verbose: bool = True) -> dict:
+    """Encode `dataset` with the VAE of `vae_workdir` into its latent cache; returns a summary.
+    Writes the VAE's latent_stats.json first if the run has none (e.g. stopped early)."""
+    stats_path = os.path.join(os.path.abspath(vae_workdir), codec_lib.STATS_FILE)
+    if not os.path.exists(stats_path):   # VAE runs write it at the end of training
+        if verbose:
+            print(f"[latent_cache] {stats_path} missing: computing it (VAE training data)",
+                  file=sys.stderr, flush=True)
+        compute_latent_stats(vae_workdir, data_dir=data_dir, step=vae_step, use_ema=use_ema)
+    codec = codec_lib.load(vae_workdir, vae_step, use_ema)
+    _, summary = latent_cache.build_latent_cache(
+        dataset, data_dir, codec.latent_encoder(), seed=seed, num_train=num_train,
+        num_validation=num_validation, verbose=verbose)
+    return summary
