@@ -14,7 +14,7 @@ DIR/prompts.txt) and writes DIR/scores.json; prints one line per video.
 checker on the later frames; writes O/i2v_scores.json with the videos.
 `demo`: collects `make demo`'s results into D/demo_summary.json and prints a short report.
 --data_dir defaults to the run's datasets root. The last stdout line is the JSON summary.
-See `inference/checks.py`.
+See `inference/checks.py` and `inference/demo.py`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import sys
 
 from absl import app, flags, logging
 
-from seaweed_jax.inference import checks
+from seaweed_jax.inference import demo as demo_lib
 
 VERBS = ("vae", "samples", "i2v", "demo")
 
@@ -52,8 +52,14 @@ def _require(flag) -> str:
     return flag.value
 
 
+def _checks():
+    # vae / samples / i2v load JAX and the models (~5 s); `demo` (make demo's report) does not
+    from seaweed_jax.inference import checks  # lazy: only the model-loading verbs need it
+    return checks
+
+
 def check_vae() -> dict:
-    s = checks.check_vae(_require(_VAE_WORKDIR), _DATA_DIR.value, _NUM_EXAMPLES.value,
+    s = _checks().check_vae(_require(_VAE_WORKDIR), _DATA_DIR.value, _NUM_EXAMPLES.value,
                          output_dir=_OUTPUT_DIR.value)
     r = s["checker_on_reconstructions"]
     print(f"VAE step {s['vae_step']}: PSNR {s['psnr']:.2f} dB on {s['num_examples']} validation "
@@ -69,6 +75,7 @@ def check_vae() -> dict:
 
 def check_samples() -> dict:
     samples = _require(_SAMPLES)
+    checks = _checks()
     prompts = checks.read_prompts(_PROMPTS_FILE.value or os.path.join(samples, "prompts.txt"))
     out = checks.check_samples(samples, prompts)
     mark = {True: "ok", False: "--"}
@@ -84,13 +91,13 @@ def check_samples() -> dict:
 
 
 def check_i2v() -> dict:
-    return checks.check_i2v(_require(_WORKDIR), num=_NUM.value, steps=_STEPS.value,
+    return _checks().check_i2v(_require(_WORKDIR), num=_NUM.value, steps=_STEPS.value,
                             seed=_SEED.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
                             output_dir=_OUTPUT_DIR.value)
 
 
 def demo() -> dict:
-    s = checks.demo_summary(_require(_DEMO_DIR), total_seconds=_TOTAL_SECONDS.value,
+    s = demo_lib.demo_summary(_require(_DEMO_DIR), total_seconds=_TOTAL_SECONDS.value,
                             load_avg=_LOAD_AVG.value,
                             stage_times=dict(t.split("=", 1) for t in _STAGE_TIMES.value))
     total = s["total_seconds_this_run"]

@@ -43,7 +43,7 @@ def write_vae_run(workdir: str, seed: int = 0) -> str:
     import jax
     from flax import linen as nn
     from seaweed_jax.models.vae import autoencoder
-    from seaweed_jax.trainer import checkpoint as ckpt_lib
+    from seaweed_jax import checkpoint as ckpt_lib
     c = vae_run_config()
     init = jax.jit(lambda k: nn.meta.unbox(autoencoder.init_params(c.model, k)))
     params = init(jax.random.key(seed))
@@ -112,10 +112,11 @@ def shared_setup(tmp_path_factory) -> dict:
     with datasets.build_lock(os.path.join(root, ".lock")):
         if not os.path.exists(marker):
             from seaweed_jax.data import latent_cache
+            from seaweed_jax.models.vae import codec
             write_vae_run(out["vae"])
-            vae = latent_cache.FrozenVAE.load(out["vae"])
+            vae = codec.load(out["vae"])
             cache, _ = latent_cache.build_latent_cache(
-                DATASET, out["data_dir"], vae, num_train=NUM_TRAIN, num_validation=NUM_VAL,
+                DATASET, out["data_dir"], vae.latent_encoder(), num_train=NUM_TRAIN, num_validation=NUM_VAL,
                 batch_size=16, verbose=False)
             with open(marker, "w") as f:
                 json.dump({"cache": cache}, f)
@@ -126,7 +127,7 @@ def shared_setup(tmp_path_factory) -> dict:
 
 def write_config_file(path: str, config) -> str:
     """A config .py file that returns `config` (for the train CLI / runner subprocesses)."""
-    from seaweed_jax.trainer import checkpoint as ckpt_lib
+    from seaweed_jax import checkpoint as ckpt_lib
     d = ckpt_lib.config_to_dict(config)
     with open(path, "w") as f:
         f.write("import ml_collections as mc\n\n"
@@ -153,11 +154,11 @@ def write_dit_run(workdir: str, vae_workdir: str, *, perturb: float = 0.05, step
     import jax
     from flax import linen as nn
     from seaweed_jax.parallel import make_mesh
-    from seaweed_jax.trainer import checkpoint as ckpt_lib
-    from seaweed_jax.trainer import loop
+    from seaweed_jax import checkpoint as ckpt_lib
+    from seaweed_jax import config_lib
     from seaweed_jax.trainer.dit_task import DiTTask
     import ml_collections as mc
-    config = loop.freeze(dit_config(vae_workdir, **overrides))
+    config = config_lib.freeze(dit_config(vae_workdir, **overrides))
     mesh = make_mesh(mc.ConfigDict({"shape": {"data": 1}}), devices=jax.devices()[:1])
     task = DiTTask(config, mesh)
     state = nn.meta.unbox(jax.jit(task.init)(jax.random.key(0), task.example_batch()))

@@ -44,6 +44,7 @@ def shard(args, data_config):
 
     from seaweed_jax.data import pipeline
     from seaweed_jax.parallel.mesh import make_mesh
+    from seaweed_jax.parallel.sharding import host_to_global
 
     # process_index/count default to jax.process_index()/process_count().
     it = pipeline.make_iterator(data_config, data_dir=args.data_dir, num_epochs=1)
@@ -55,7 +56,7 @@ def shard(args, data_config):
     # One host batch -> a global array over both processes' devices; a jitted sum
     # across the mesh must see the other process's examples too.
     mesh = make_mesh(None)
-    g = pipeline.to_global(first, mesh)
+    g = host_to_global(first, mesh)
     total = int(jax.jit(lambda x: jnp.sum(x))(g["index"]))
     result = {"process_index": jax.process_index(), "process_count": jax.process_count(),
               "ids": ids, "batch_sizes": sizes, "global_shape": list(g["video"].shape),
@@ -67,7 +68,7 @@ def shard(args, data_config):
         mixed = pipeline.make_iterator(json.loads(args.mixed_config), data_dir=args.data_dir)
         shapes = []
         for _ in range(12):
-            gb = pipeline.to_global(next(mixed), mesh)
+            gb = host_to_global(next(mixed), mesh)
             jax.block_until_ready(jax.jit(jnp.mean)(gb["video"]))
             shapes.append(list(gb["video"].shape))
         result["mixed_global_shapes"] = shapes

@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 
 import _dit_helpers as H
+from seaweed_jax import checkpoint as ckpt_lib
+from seaweed_jax import config_lib
 from seaweed_jax.diffusion import flow
 from seaweed_jax.parallel import make_mesh
+from seaweed_jax.parallel.sharding import unbox
 from seaweed_jax.trainer import loop
 from seaweed_jax.trainer.dit_task import DiTTask
 
@@ -32,14 +35,14 @@ def _mesh1():
 
 
 def _task(shared, **overrides):
-    config = loop.freeze(H.dit_config(shared["vae"], **overrides))
+    config = config_lib.freeze(H.dit_config(shared["vae"], **overrides))
     return DiTTask(config, _mesh1()), config
 
 
 def _random_params(task, batch, scale=0.05):
     """Init params plus noise: zero-initialized output layers / gates would make every
     prediction 0 and hide what the inputs do."""
-    params = loop.unbox(jax.jit(task.init)(jax.random.key(0), batch).params)
+    params = unbox(jax.jit(task.init)(jax.random.key(0), batch).params)
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(42), len(leaves))
     return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
@@ -109,12 +112,12 @@ def test_exact_resume_after_sigkill(runs, shared):
     _assert_identical(a.ema_params, b.ema_params)
 
     # the next batch after step 20 is the same for both runs
-    config = loop.load_config(wd_a)
+    config = ckpt_lib.load_config(wd_a)
     nxt = []
     for wd in (wd_a, wd_b):
         task = DiTTask(config, _mesh1())
         it = task.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1)
-        nxt.append(next(loop.restore_iterator(wd, it)))
+        nxt.append(next(ckpt_lib.restore_iterator(wd, it)))
     for k in ("latents", "text_ids", "text_mask", "index"):
         np.testing.assert_array_equal(nxt[0][k], nxt[1][k])
 
@@ -139,7 +142,7 @@ def test_run_logs_losses_and_eval(runs):
     evals = [r for r in records if "eval/val_loss" in r]
     assert [r["step"] for r in evals] == [10, 20]
     assert "eval/val_loss_t0.5" in evals[0] and "eval/val_loss_ema" in evals[0]
-    config = loop.load_config(wd)   # self-describing: VAE run + text encoder recorded
+    config = ckpt_lib.load_config(wd)   # self-describing: VAE run + text encoder recorded
     assert config.vae_workdir and config.text_encoder.kind == "tiny"
 
 
@@ -193,7 +196,7 @@ def test_cached_and_on_the_fly_latents_agree(shared):
     import ml_collections as mc
     c = H.dit_config(shared["vae"])
     c.data.latent_cache = False
-    t_fly = DiTTask(loop.freeze(c), _mesh1())
+    t_fly = DiTTask(config_lib.freeze(c), _mesh1())
     a = next(t_cache.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1))
     b = next(t_fly.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1))
     np.testing.assert_array_equal(a["index"], b["index"])
@@ -225,11 +228,11 @@ def test_config_errors_name_the_field(shared):
     c = H.dit_config(shared["vae"])
     c.vae_workdir = ""
     with pytest.raises(ValueError, match="vae_workdir"):
-        DiTTask(loop.freeze(c), _mesh1())
+        DiTTask(config_lib.freeze(c), _mesh1())
     with pytest.raises(ValueError, match="i2v_share"):
         _task(shared, diffusion={"i2v_share": 0.9, "extend_share": 0.2})
     c = H.dit_config(shared["vae"])
     c.model.latent_channels, c.model.in_channels = 8, 17
-    task = DiTTask(loop.freeze(c), _mesh1())
+    task = DiTTask(config_lib.freeze(c), _mesh1())
     with pytest.raises(ValueError, match="latent_channels=8"):
         task.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1)

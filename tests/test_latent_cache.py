@@ -12,6 +12,7 @@ import pytest
 
 import _dit_helpers as H
 from seaweed_jax.data import datasets, latent_cache, pipeline
+from seaweed_jax.models.vae import codec
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def shared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vae(shared):
-    return latent_cache.FrozenVAE.load(shared["vae"])
+    return codec.load(shared["vae"])
 
 
 def _data_config(**kw):
@@ -61,7 +62,7 @@ def test_round_trip_matches_the_vae_and_the_dataset(shared, vae):
             assert int(rec[k]) == int(src[i][k])
         assert int(rec["index"]) == i
     # normalized with latent_stats.json: un-normalizing gives the VAE's raw posterior mean
-    raw_vae = latent_cache.FrozenVAE.load(shared["vae"], raw=True)
+    raw_vae = codec.load(shared["vae"], raw=True)
     raw = raw_vae.encode(video[:1])[0]
     np.testing.assert_allclose(vae.denormalize(cached[idx[0]]["latents"]), raw, atol=1e-4, rtol=1e-4)
     stats = json.load(open(os.path.join(shared["vae"], "latent_stats.json")))
@@ -69,19 +70,19 @@ def test_round_trip_matches_the_vae_and_the_dataset(shared, vae):
 
 
 def test_rebuild_is_reused_and_retrained_vae_gets_a_new_cache(shared, vae, tmp_path):
-    d, summary = latent_cache.build_latent_cache(H.DATASET, shared["data_dir"], vae,
+    d, summary = latent_cache.build_latent_cache(H.DATASET, shared["data_dir"], vae.latent_encoder(),
                                                  num_train=H.NUM_TRAIN, num_validation=H.NUM_VAL,
                                                  verbose=False)
     assert d == shared["cache"] and summary["latent_built"] is False
-    other = latent_cache.FrozenVAE.load(shared["vae"])
+    other = codec.load(shared["vae"])
     other.mean = other.mean + 1.0           # different stats -> different fingerprint
-    assert latent_cache.cache_dir(shared["data_dir"], H.DATASET, other, num_train=H.NUM_TRAIN,
+    assert latent_cache.cache_dir(shared["data_dir"], H.DATASET, other.latent_encoder(), num_train=H.NUM_TRAIN,
                                   num_validation=H.NUM_VAL) != d
 
 
 def test_iterator_is_checkpointable_and_follows_the_pixel_pipeline_order(shared, vae):
     cfg = _data_config()
-    it = latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], vae=vae,
+    it = latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], encoder=vae.latent_encoder(),
                                            process_index=0, process_count=1)
     first = next(it)
     assert first["latents"].shape == (4, 2, 4, 4, 4)
@@ -89,7 +90,7 @@ def test_iterator_is_checkpointable_and_follows_the_pixel_pipeline_order(shared,
         next(it)
     state = it.get_state()
     after = [next(it) for _ in range(3)]
-    it2 = latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], vae=vae,
+    it2 = latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], encoder=vae.latent_encoder(),
                                             process_index=0, process_count=1)
     it2.set_state(state)
     for a in after:
@@ -98,14 +99,14 @@ def test_iterator_is_checkpointable_and_follows_the_pixel_pipeline_order(shared,
         np.testing.assert_array_equal(a["index"], b["index"])
     # the same shuffled example order as the pixel pipeline with the same config
     pix = pipeline.make_iterator(cfg, data_dir=shared["data_dir"], process_index=0, process_count=1)
-    it3 = latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], vae=vae,
+    it3 = latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], encoder=vae.latent_encoder(),
                                             process_index=0, process_count=1)
     for _ in range(14):
         p, l = next(pix), next(it3)
         np.testing.assert_array_equal(p["index"], l["index"])
         assert list(p["caption"]) == list(l["caption"])
     # two processes read disjoint halves
-    halves = [next(latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], vae=vae,
+    halves = [next(latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], encoder=vae.latent_encoder(),
                                                      process_index=i, process_count=2))["index"]
               for i in range(2)]
     assert len(halves[0]) == 2 and not set(halves[0]) & set(halves[1])
@@ -113,7 +114,7 @@ def test_iterator_is_checkpointable_and_follows_the_pixel_pipeline_order(shared,
 
 def test_eval_iterator_is_one_ordered_pass(shared, vae):
     it = latent_cache.make_latent_eval_iterator(_data_config(val_examples=10), data_dir=shared["data_dir"],
-                                                vae=vae, batch_size=4)
+                                                encoder=vae.latent_encoder(), batch_size=4)
     idx = np.concatenate([b["index"] for b in it])
     np.testing.assert_array_equal(idx, np.arange(10))
 
@@ -121,7 +122,7 @@ def test_eval_iterator_is_one_ordered_pass(shared, vae):
 def test_crop_is_refused_with_a_clear_error(shared, vae):
     cfg = _data_config(crop={"frames": 1, "height": None, "width": None})
     with pytest.raises(ValueError, match="latent cache stores whole"):
-        latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], vae=vae,
+        latent_cache.make_latent_iterator(cfg, data_dir=shared["data_dir"], encoder=vae.latent_encoder(),
                                           process_index=0, process_count=1)
 
 
@@ -131,10 +132,10 @@ def test_missing_stats_and_missing_cache_errors(shared, tmp_path):
     shutil.copytree(shared["vae"], wd)
     os.remove(os.path.join(wd, "latent_stats.json"))
     with pytest.raises(FileNotFoundError, match="latent_stats.json"):
-        latent_cache.FrozenVAE.load(wd)
-    v = latent_cache.FrozenVAE.load(shared["vae"])
+        codec.load(wd)
+    v = codec.load(shared["vae"])
     with pytest.raises(FileNotFoundError, match="--vae_workdir"):
-        latent_cache.ensure_latent_cache(H.DATASET, str(tmp_path / "empty"), v,
+        latent_cache.ensure_latent_cache(H.DATASET, str(tmp_path / "empty"), v.latent_encoder(),
                                          _data_config(), build_if_missing=False)
 
 

@@ -73,8 +73,3 @@ def test_ssim_against_reference_and_hand_values():
                                [np.mean(ref), 1.0], rtol=1e-9)
     with pytest.raises(ValueError, match="smaller than"):
         metrics.ssim(x[:, :8], y[:, :8])
-
-
-def test_to_uint8():
-    np.testing.assert_array_equal(metrics.to_uint8(np.array([-1.0, 0.0, 1.0, 2.0, -3.0])),
-                                  [0, 128, 255, 255, 0])

@@ -17,6 +17,7 @@ import pytest
 from seaweed_jax import config_lib
 from seaweed_jax.data import datasets, pipeline
 from seaweed_jax.parallel.mesh import make_mesh
+from seaweed_jax.parallel.sharding import host_to_global
 
 NUM_TRAIN, NUM_VAL = 200, 32
 IMG, VID, VID64 = "moving_shapes/32x32_f1", "moving_shapes/32x32_f17", "moving_shapes/64x64_f17"
@@ -222,14 +223,14 @@ def test_to_global_shards_batch_over_mesh(data_dir):
     mesh = make_mesh(None)  # 8 fake CPU devices on the data axis
     c = data_config([{"name": VID, "weight": 1.0}], batch_size=8, prefetch=0)
     batch = next(pipeline.make_iterator(c, data_dir=data_dir, process_index=0, process_count=1))
-    g = pipeline.to_global(batch, mesh)
+    g = host_to_global(batch, mesh)
     assert isinstance(g["video"], jax.Array) and g["video"].shape == (8, 17, 32, 32, 3)
     assert len(g["video"].addressable_shards) == 8
     assert g["video"].addressable_shards[0].data.shape == (1, 17, 32, 32, 3)
     np.testing.assert_array_equal(np.asarray(g["video"]), batch["video"])
     assert isinstance(g["caption"], np.ndarray)  # strings stay on the host
     with pytest.raises(ValueError, match="not divisible by the mesh"):
-        pipeline.to_global({k: v[:6] for k, v in batch.items()}, mesh)
+        host_to_global({k: v[:6] for k, v in batch.items()}, mesh)
 
 
 def test_checkpoint_restore_in_fresh_process_is_bit_identical(data_dir, tmp_path):

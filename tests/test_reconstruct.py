@@ -1,6 +1,7 @@
-"""reconstruct / evaluate CLIs on a micro-VAE workdir: any shape in == shape out (edge padding +
-crop), .npy and .mp4 inputs, Causal Cache chunking for long inputs (== full inference), corrupt
-files skipped and counted, one JSON line; evaluate scores the validation split; latent stats."""
+"""The VAE codec, reconstruct / evaluate on a micro-VAE workdir: any shape in == shape out (edge
+padding + crop), .npy and .mp4 inputs, Causal Cache chunking for long inputs (== full inference),
+corrupt files skipped and counted, one JSON line; evaluate scores the validation split; latent
+stats; loading reads only the params."""
 from __future__ import annotations
 
 import json
@@ -11,10 +12,16 @@ import sys
 import numpy as np
 import pytest
 
+import jax
+import jax.numpy as jnp
+
 import _vae_tiny
-from seaweed_jax.data import video_io
-from seaweed_jax.eval import metrics, reconstruction
-from seaweed_jax.trainer import checkpoint as ckpt_lib
+from seaweed_jax import checkpoint as ckpt_lib
+from seaweed_jax import config_lib
+from seaweed_jax.data import pipeline, video_io
+from seaweed_jax.eval import metrics
+from seaweed_jax.inference import evaluate
+from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.trainer import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,8 +34,9 @@ def vae_workdir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("vae_ckpt"))
     c = _vae_tiny.get_config()
     c.loss.adv_weight = 0.0
-    config = loop.freeze(c)
-    setup = loop.Setup(config, batch=reconstruction.dummy_batch(config))
+    config = config_lib.freeze(c)
+    batch = {"video": jax.ShapeDtypeStruct((8, 5, 16, 16, 3), jnp.float32)}  # shapes only
+    setup = loop.Setup(config, batch=batch)
     state = setup.init_state()
     manager = ckpt_lib.make_manager(workdir, async_save=False)
     ckpt_lib.save(manager, 0, state, None, config)
@@ -38,11 +46,12 @@ def vae_workdir(tmp_path_factory):
 
 
 def test_padding_is_edge_replication_and_shapes_are_codable(vae_workdir):
-    _, config = vae_workdir
-    assert reconstruction.padded_shape(7, 13, 19, config) == (9, 16, 20)
-    assert reconstruction.padded_shape(1, 16, 16, config) == (1, 16, 16)
+    workdir, _ = vae_workdir
+    codec = codec_lib.load(workdir, raw=True)
+    assert codec.padded_shape(7, 13, 19) == (9, 16, 20)
+    assert codec.padded_shape(1, 16, 16) == (1, 16, 16)
     x = np.arange(2 * 3 * 5 * 6 * 3, dtype=np.float32).reshape(2, 3, 5, 6, 3)
-    p = reconstruction.pad_to_codable(x, config)
+    p = codec.pad_to_codable(x)
     assert p.shape == (2, 5, 8, 8, 3)
     np.testing.assert_array_equal(p[:, :3, :5, :6], x)
     np.testing.assert_array_equal(p[:, 4, :5, :6], x[:, 2])          # last frame repeated
@@ -52,11 +61,11 @@ def test_padding_is_edge_replication_and_shapes_are_codable(vae_workdir):
 
 def test_chunked_equals_full_through_padding(vae_workdir):
     workdir, _ = vae_workdir
-    config, params, step, which = reconstruction.restore_vae(workdir)
-    assert step == 0 and which == "ema"
+    codec = codec_lib.load(workdir, raw=True)
+    assert codec.step == 0 and codec.params_key == "ema_params"
     x = np.random.default_rng(0).uniform(-1, 1, (1, 11, 10, 14, 3)).astype(np.float32)
-    full = reconstruction.reconstruct(params, x, config, chunked=False)
-    chunked = reconstruction.reconstruct(params, x, config, chunked=True, chunk_frames=4)
+    full = codec.reconstruct(x, chunked=False)
+    chunked = codec.reconstruct(x, chunked=True, chunk_frames=4)
     assert full.shape == chunked.shape == x.shape
     assert np.max(np.abs(full - chunked)) <= 1e-5
 
@@ -113,23 +122,43 @@ def test_reconstruct_cli_shapes_chunking_and_corrupt_files(vae_workdir, tmp_path
     assert summary["step"] == 0 and summary["params"] == "ema"
 
 
+def test_codec_load_reads_only_the_params(vae_workdir, tmp_path):
+    """A checkpoint holding nothing but params + EMA params (no optimizer, no discriminator
+    state) loads as a codec, with the EMA params by default; the full-state restore needs the
+    rest and fails on it."""
+    workdir, config = vae_workdir
+    full = codec_lib.load(workdir, raw=True)
+    ema = jax.tree.map(lambda a: np.asarray(a) + 1.0, full.params)
+    partial = str(tmp_path / "params_only")
+    manager = ckpt_lib.make_manager(partial, async_save=False)
+    ckpt_lib.save(manager, 3, {"params": full.params, "ema_params": ema}, None, config)
+    manager.wait_until_finished()
+    manager.close()
+    got = codec_lib.load(partial, raw=True)
+    assert got.step == 3 and got.params_key == "ema_params"
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got.params), ema)
+    assert codec_lib.load(partial, raw=True, use_ema=False).params_key == "params"
+    with pytest.raises(Exception):
+        loop.restore_state(partial, batch={"video": jax.ShapeDtypeStruct((8, 5, 16, 16, 3),
+                                                                           jnp.float32)})
+
+
 def test_evaluate_scores_validation_split_and_latent_stats(vae_workdir, shared_data_dir):
-    from seaweed_jax import evaluate
     workdir, config = vae_workdir
     out = evaluate.evaluate(workdir, num_examples=8, data_dir=shared_data_dir)
     assert out["task"] == "vae" and out["num_videos"] == 8 and out["split"] == "validation"
     assert np.isfinite(out["psnr"]) and -1 <= out["ssim"] <= 1
     # the same numbers by hand from the validation clips
-    from seaweed_jax.data import pipeline
-    _, params, _, _ = reconstruction.restore_vae(workdir)
+    codec = codec_lib.load(workdir, raw=True)
     it = pipeline.make_eval_iterator(config.data, data_dir=shared_data_dir, num_examples=8)
     videos = np.concatenate([b["video"] for b in it])
-    recon = reconstruction.reconstruct(params, videos, config)
-    np.testing.assert_allclose(out["psnr"], metrics.mean_psnr(metrics.to_uint8(videos),
-                                                              metrics.to_uint8(recon)), rtol=1e-6)
+    recon = codec.reconstruct(videos)
+    np.testing.assert_allclose(out["psnr"], metrics.mean_psnr(video_io.to_uint8(videos),
+                                                              video_io.to_uint8(recon)), rtol=1e-6)
     stats = evaluate.evaluate(workdir, num_examples=8, data_dir=shared_data_dir, latent_stats=True)
-    with open(os.path.join(workdir, reconstruction.LATENT_STATS_FILE)) as f:
+    with open(os.path.join(workdir, codec_lib.STATS_FILE)) as f:
         saved = json.load(f)
     assert saved["mean"] == stats["mean"] and len(saved["std"]) == config.model.latent_channels
     assert saved["num_examples"] == 8 and saved["split"] == "train"
-    assert reconstruction.read_latent_stats(workdir)["std"] == saved["std"]
+    loaded = codec_lib.load(workdir)   # normalizes with the stats just written
+    np.testing.assert_allclose(loaded.std, saved["std"], rtol=1e-6)

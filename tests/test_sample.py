@@ -22,6 +22,7 @@ import pytest
 
 import _dit_helpers as H
 from seaweed_jax.data import video_io
+from seaweed_jax.inference.dit_sampler import DiTSampler
 
 PROMPTS = ["a red circle moving left on a black background",
            "a blue square standing still on a gray background"]
@@ -39,7 +40,6 @@ def dit_run(shared, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sampler(dit_run):
-    from seaweed_jax.sample import DiTSampler
     return DiTSampler(dit_run)
 
 
@@ -145,7 +145,6 @@ def test_i2v_condition_and_first_frame_by_construction(sampler):
 
 def test_i2v_needs_a_conditioning_model(shared, tmp_path):
     from seaweed_jax.models.dit import tiny_config
-    from seaweed_jax.sample import DiTSampler
     model = tiny_config(latent_channels=4, in_channels=4, patch_size=(1, 2, 2), hidden_size=32,
                         num_layers=2, num_heads=2, mlp_hidden=64, num_shared_ffn_layers=1,
                         text_dim=16, max_text_len=12, rope_axes_dim=(4, 6, 6))
@@ -156,34 +155,14 @@ def test_i2v_needs_a_conditioning_model(shared, tmp_path):
                    steps=1, progress=False)
 
 
-TRAINED_VAE = os.environ.get("SEAWEED_TRAINED_VAE", "/work/runs/vae_tiny")
-
-
-@pytest.mark.slow
-def test_i2v_first_frame_psnr_with_trained_vae(tmp_path):
-    """First I2V frame vs the conditioning image itself, with a trained tiny VAE."""
-    if not os.path.exists(os.path.join(TRAINED_VAE, "latent_stats.json")):
-        pytest.skip(f"no trained VAE run at {TRAINED_VAE} (set SEAWEED_TRAINED_VAE)")
-    from seaweed_jax.data import latent_cache
-    from seaweed_jax.moving_shapes import builder as moving_shapes
-    from seaweed_jax.models.dit import tiny_config
-    from seaweed_jax.sample import DiTSampler
-    vae = latent_cache.FrozenVAE.load(TRAINED_VAE)
-    c = vae.latent_channels
-    model = tiny_config(latent_channels=c, in_channels=2 * c + 1, patch_size=(1, 1, 1),
-                        hidden_size=32, num_layers=2, num_heads=2, mlp_hidden=64,
-                        num_shared_ffn_layers=1, text_dim=16, max_text_len=12,
-                        rope_axes_dim=(4, 6, 6))
-    data = {"sources": [{"name": "moving_shapes/32x32_f17", "split": "train", "weight": 1.0}]}
-    from seaweed_jax import config_lib
-    d = config_lib.base_config().data
-    d.update(data)
-    wd = H.write_dit_run(str(tmp_path / "run"), TRAINED_VAE, model=model, data=d)
-    s = DiTSampler(wd)
-    psnrs = []
-    for i in range(8):
-        video, labels = moving_shapes.render_example(4242, i, 32, 32, 1)
-        out, _ = s.generate([labels["caption"]], seed=i, steps=4, image=video[0], progress=False)
-        psnrs.append(_psnr(out[0, 0], video[0]))
-    print(f"first-frame PSNR vs image: {np.round(psnrs, 2)}")
-    assert min(psnrs) >= 25.0, psnrs
+def test_evaluate_dit_run_reads_params_and_matches_the_task(shared, dit_run, sampler):
+    """`evaluate` on a DiT run = the task's validation loss on the run's EMA params (the params
+    are read alone, with `checkpoint.restore_params`)."""
+    from seaweed_jax.inference import evaluate
+    out = evaluate.evaluate(dit_run, num_examples=8, data_dir=shared["data_dir"])
+    assert out["task"] == "dit" and out["step"] == 7 and out["params"] == "ema"
+    want = sampler.task.validation_losses(sampler.params, data_dir=shared["data_dir"],
+                                          num_examples=8)
+    assert set(want) <= set(out)
+    for k, v in want.items():
+        np.testing.assert_allclose(out[k], v, rtol=1e-5)

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 import _toy_task
 from seaweed_jax import config_lib
-from seaweed_jax.trainer import checkpoint as ckpt_lib
+from seaweed_jax import checkpoint as ckpt_lib
 from seaweed_jax.trainer import loop, optimizers
 from seaweed_jax.trainer.state import TrainState
 from seaweed_jax.trainer.task import get_task
@@ -142,8 +142,8 @@ def _assert_trees_identical(a, b):
 
 
 def _next_batch(workdir):
-    config = loop.load_config(workdir)
-    it = loop.restore_iterator(workdir, iter(_toy_task.make_dataset(config.data)))
+    config = ckpt_lib.load_config(workdir)
+    it = ckpt_lib.restore_iterator(workdir, iter(_toy_task.make_dataset(config.data)))
     return next(it)
 
 
@@ -157,7 +157,7 @@ def _assert_same_run(wd_a, wd_b):
     for k in ("x", "y"):
         np.testing.assert_array_equal(batch_a[k], batch_b[k])
     # and training moved the params at all (the comparison is not between two inits)
-    init = loop.Setup(loop.load_config(wd_a), batch=jax.tree.map(jnp.asarray, batch_a)).init_state()
+    init = loop.Setup(ckpt_lib.load_config(wd_a), batch=jax.tree.map(jnp.asarray, batch_a)).init_state()
     assert not np.array_equal(np.asarray(init.params["Dense_0"]["kernel"]),
                               np.asarray(a.params["Dense_0"]["kernel"]))
 
@@ -337,7 +337,7 @@ def test_straight_run_logs_and_is_self_describing(runs):
     assert train[-1]["loss"] < train[0]["loss"]
     assert [r["step"] for r in records if "eval/mse" in r] == [8, 16, 20]  # + the end
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tb")))
-    config = loop.load_config(wd)
+    config = ckpt_lib.load_config(wd)
     assert config.task == "_toy_task:ToyTask" and config.num_steps == 20
     assert config.data.sources[0]["name"] == "moving_shapes/32x32_f17"   # list of dicts survives
     # the datasets root it trained on is recorded (absolute), for evaluate / sample

@@ -16,6 +16,7 @@ import pytest
 from flax import linen as nn
 
 import _vae_tiny
+from seaweed_jax import config_lib
 from seaweed_jax.models.vae import discriminator as disc_lib
 from seaweed_jax.trainer import loop
 from seaweed_jax.trainer.vae_task import VAETask, _get_path
@@ -98,7 +99,7 @@ def test_adaptive_weight_and_gradients_match_direct_autodiff(trained):
     L_rec + L_reg + lambda * L_adv. (Uses the trained run's state: a live discriminator.)"""
     state = jax.device_get(trained[0])   # host copy: compile for one device, not the 8-device mesh
     c = _vae_tiny.get_config()
-    task = VAETask(loop.freeze(c), mesh=None)
+    task = VAETask(config_lib.freeze(c), mesh=None)
     x = jax.random.uniform(jax.random.key(1), (2, 5, 16, 16, 3), minval=-1, maxval=1)
     rng = jax.random.key(7)
 
@@ -180,7 +181,7 @@ def test_wavelet_variant_adds_the_wl_loss():
         channel_mults=(1, 1, 1), num_res_blocks=1, ef_enc_channels=4, ef_dec_channels=4,
         connect_res_blocks=1, mid_attention=False, norm="group", norm_groups=2)
     c.loss.adv_weight = 0.0
-    task = VAETask(loop.freeze(c), mesh=None)
+    task = VAETask(config_lib.freeze(c), mesh=None)
     x = jax.random.uniform(jax.random.key(1), (1, 5, 16, 16, 3), minval=-1, maxval=1)
     params = nn.unbox(jax.jit(task.model.init)({"params": jax.random.key(0, impl="rbg")}, x))["params"]
 
@@ -196,7 +197,7 @@ def test_wavelet_variant_adds_the_wl_loss():
     np.testing.assert_allclose(float(reg["wl"]), manual, rtol=1e-5)
     assert manual > 0
     np.testing.assert_allclose(float(reg_loss), 1e-6 * float(reg["kl"]) + 0.1 * manual, rtol=1e-5)
-    assert "wl" not in VAETask(loop.freeze(_vae_tiny.get_config()), None)._reg_terms(
+    assert "wl" not in VAETask(config_lib.freeze(_vae_tiny.get_config()), None)._reg_terms(
         {"mean": jnp.zeros((1, 2, 4, 4, 4)), "logvar": jnp.zeros((1, 2, 4, 4, 4))}, x)
 
 
@@ -204,11 +205,11 @@ def test_config_errors_name_the_field():
     c = _vae_tiny.get_config()
     c.loss.lpips_weight = 1.0
     with pytest.raises(ValueError, match="lpips_weight"):
-        VAETask(loop.freeze(c), None)
+        VAETask(config_lib.freeze(c), None)
     c = _vae_tiny.get_config()
     c.loss.kl_wieght = 1.0
     with pytest.raises(ValueError, match="kl_wieght"):
-        VAETask(loop.freeze(c), None)
+        VAETask(config_lib.freeze(c), None)
 
 
 # ----------------------------------------------------------------------------- exact resume

@@ -107,9 +107,3 @@ def ssim_per_video(x, y, data_range: float = DATA_RANGE) -> np.ndarray:
 
 def mean_ssim(x, y, data_range: float = DATA_RANGE) -> float:
     return float(np.mean(ssim_per_video(x, y, data_range)))
-
-
-def to_uint8(x) -> np.ndarray:
-    """[-1, 1] floats (model space) -> uint8 [0, 255], rounding and clipping."""
-    x = np.asarray(x, np.float32)
-    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -2,8 +2,9 @@
 
 Dispatch on the run's `config.task`: a function registered in `EVALUATORS` (the VAE's:
 reconstruct the validation split exactly as `reconstruct` does, uint8 PSNR / SSIM, means
-over videos of per-video values; it loads only the params), else the generic path: restore
-the TrainState and call the task's own `evaluate(state, ...)` (e.g. the DiT's validation loss).
+over videos of per-video values), else the generic path: the task's own `evaluate(state, ...)`
+(e.g. the DiT's validation loss) on a state whose params are the run's (EMA) params. Both
+read only the params of the checkpoint (`checkpoint.restore_params`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def evaluate_vae(workdir: str, *, step=None, num_examples=None, data_dir=None, u
 
 def evaluate_generic(workdir: str, *, step=None, num_examples=None, data_dir=None, use_ema=True,
                      latent_stats=False) -> dict:
-    """Restore the run's TrainState and call `task.evaluate` (EMA params swapped in if asked)."""
+    """`task.evaluate` on the run's params (its EMA params if asked for and kept)."""
     if latent_stats:
         raise ValueError("--latent_stats is only for VAE runs")
     config = checkpoint.load_config(workdir, step)
@@ -48,12 +49,14 @@ def evaluate_generic(workdir: str, *, step=None, num_examples=None, data_dir=Non
     mesh = make_mesh(config.mesh)
     task = get_task(config.task)(config, mesh)
     data_dir = config_lib.data_dir_for(config, data_dir)
-    state = loop.restore_state(workdir, step, mesh=mesh, task=task, data_dir=data_dir)
-    if use_ema and state.ema_params is not None:
-        state = state.replace(params=state.ema_params)
-    metrics = task.evaluate(state, data_dir=data_dir, workdir=workdir, step=int(state.step))
-    return {"task": config.task, "step": int(state.step),
-            "params": "ema" if use_ema and state.ema_params is not None else "params",
+    abstract = loop.setup_for_run(config, mesh=mesh, task=task, data_dir=data_dir).abstract
+    key = checkpoint.params_key(config, use_ema)
+    params, at = checkpoint.restore_params(workdir, abstract.params, key=key, step=step)
+    # Only params are read: the optimizer state stays abstract and the task never touches it.
+    state = abstract.replace(params=params, ema_params=None, step=at)
+    metrics = task.evaluate(state, data_dir=data_dir, workdir=workdir, step=int(at))
+    return {"task": config.task, "step": int(at),
+            "params": "ema" if key == "ema_params" else "params",
             **{k: (float(v) if hasattr(v, "__float__") else v) for k, v in metrics.items()}}
 
 

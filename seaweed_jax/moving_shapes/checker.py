@@ -193,7 +193,7 @@ def analyze(video) -> dict:
     v = video.astype(np.float64)
     if video.dtype != np.uint8 and v.max() <= 1.0 + 1e-6 and v.min() < 0:
         raise ValueError("expected uint8 [0, 255] pixels; convert [-1, 1] floats with "
-                         "eval.metrics.to_uint8")
+                         "data.video_io.to_uint8")
     t, h, w, _ = v.shape
     bg_name, bg_rgb = estimate_background(v)
     alpha, fg_rgb = foreground_alpha(v, bg_rgb)

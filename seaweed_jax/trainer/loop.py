@@ -371,24 +371,27 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
 
 # ----------------------------------------------------------------------------- restore
 
-def restore_state(workdir: str, step: int | None = None, mesh=None, task: Task | None = None, *,
-                  batch=None, data_dir: str | None = None) -> TrainState:
-    """A run's TrainState (latest finalized step, or `step`) on `mesh` (default: the mesh of
-    the run's config on the current devices), sharded by the rules table.
-
-    Shapes come from `jax.eval_shape(task.init, rng, batch)`: pass `batch` (arrays or
-    ShapeDtypeStructs with the global shapes), or the training iterator's first batch is used
-    (needs the data under `data_dir`).
-    """
-    config = ckpt_lib.load_config(workdir, step)
-    mesh = make_mesh(config.mesh) if mesh is None else mesh
-    task = get_task(config.task)(config, mesh) if task is None else task
+def setup_for_run(config, *, mesh, task: Task, batch=None, data_dir: str | None = None) -> Setup:
+    """The `Setup` (abstract state + shardings) of a run's config on `mesh`. Shapes come from
+    `jax.eval_shape(task.init, rng, batch)`: pass `batch` (arrays or ShapeDtypeStructs with the
+    global shapes), or the training iterator's first batch is used (needs the data)."""
     if batch is None:
         data_dir = config_lib.data_dir_for(config, data_dir)
         it = task.make_train_iterator(data_dir=data_dir, process_index=jax.process_index(),
                                       process_count=jax.process_count())
         batch = to_device(_peek(it), mesh)
-    setup = Setup(config, mesh=mesh, task=task, batch=batch)
+    return Setup(config, mesh=mesh, task=task, batch=batch)
+
+
+def restore_state(workdir: str, step: int | None = None, mesh=None, task: Task | None = None, *,
+                  batch=None, data_dir: str | None = None) -> TrainState:
+    """A run's whole TrainState (latest finalized step, or `step`) on `mesh` (default: the mesh
+    of the run's config on the current devices), sharded by the rules table. To read only the
+    params, use `checkpoint.restore_params` with `setup_for_run(...).abstract.params`."""
+    config = ckpt_lib.load_config(workdir, step)
+    mesh = make_mesh(config.mesh) if mesh is None else mesh
+    task = get_task(config.task)(config, mesh) if task is None else task
+    setup = setup_for_run(config, mesh=mesh, task=task, batch=batch, data_dir=data_dir)
     manager = ckpt_lib.make_manager(workdir, read_only=True, async_save=False)
     try:
         step = manager.latest_step() if step is None else step
