@@ -215,3 +215,15 @@ def test_unknown_kinds():
         text.build_text_encoder({"kind": "t5", "path": "/nowhere"})
     with pytest.raises(ValueError, match="kind"):
         text.build_text_encoder({"kind": "bert"})
+
+
+def test_runs_recorded_before_the_tokenizer_field_keep_v1():
+    """A DiT run whose recorded text_encoder has no `tokenizer` (written before the field
+    existed) is rebuilt with the vocabulary it was trained with, whatever DEFAULT becomes."""
+    from seaweed_jax.trainer.dit_task import text_encoder_config
+    old = mc.ConfigDict({"model": {"text_dim": 16},
+                         "text_encoder": {"kind": "tiny", "max_len": 8, "width": 16}})
+    assert text_encoder_config(old).tokenizer == "seaweed_word_v1"
+    new = mc.ConfigDict({"model": {"text_dim": 16},
+                         "text_encoder": {"kind": "tiny", "width": 16, "tokenizer": "x_v2"}})
+    assert text_encoder_config(new).tokenizer == "x_v2"

@@ -18,6 +18,7 @@ from flax import linen as nn
 import _vae_tiny
 from seaweed_jax import config_lib
 from seaweed_jax.models.vae import discriminator as disc_lib
+from seaweed_jax.parallel.sharding import unbox
 from seaweed_jax.trainer import loop
 from seaweed_jax.trainer.vae_task import VAETask, _get_path
 
@@ -255,3 +256,27 @@ def test_exact_resume_with_gan_state(tmp_path, shared_data_dir):
     c = loop.restore_state(str(resumed), 10, data_dir=shared_data_dir)
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
                zip(jax.tree.leaves(c.extra["disc_params"]), jax.tree.leaves(b.extra["disc_params"])))
+
+
+def test_grad_accumulation_updates_the_discriminator_once_per_generator_update(trained):
+    """optimizer.grad_accum_steps=2: G and D both accumulate two micro-steps and update on the
+    second (before the fix D stepped on every micro-step while G waited)."""
+    state = jax.device_get(trained[0])
+    c = _vae_tiny.get_config()
+    c.optimizer.grad_accum_steps = 2
+    task = VAETask(config_lib.freeze(c), mesh=None)
+    fresh = unbox(jax.jit(task.init)(jax.random.key(0), {"video": jnp.zeros((2, 5, 16, 16, 3))}))
+    state = fresh.replace(params=state.params, extra=dict(
+        fresh.extra, disc_params=state.extra["disc_params"], disc_stats=state.extra["disc_stats"]))
+    step = jax.jit(lambda s, x, k: task.train_step(s, x, k, phase="gan"))
+    x = {"video": jax.random.uniform(jax.random.key(1), (2, 5, 16, 16, 3), minval=-1, maxval=1)}
+
+    def changed(a, b):
+        return any(bool(jnp.any(u != v)) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    s1, _ = step(state, x, jax.random.key(2))
+    assert not changed(s1.params, state.params)                              # G: accumulating
+    assert not changed(s1.extra["disc_params"], state.extra["disc_params"])  # D: accumulating too
+    s2, _ = step(s1, x, jax.random.key(3))
+    assert changed(s2.params, s1.params)                                     # both update now
+    assert changed(s2.extra["disc_params"], s1.extra["disc_params"])

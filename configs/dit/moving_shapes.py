@@ -96,9 +96,10 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
         timestep_freq_dim=128,
         dtype="float32",                # bf16 is slower on CPU
         remat="none")
-    # None: filled from the VAE run when training starts (DiTTask.resolve_config)
-    c.model.latent_channels = None
-    c.model.in_channels = None
+    # None: filled from the VAE run when training starts (DiTTask.resolve_config);
+    # placeholders so `--config.model.latent_channels=N` still overrides them
+    c.model.latent_channels = mc.config_dict.placeholder(int)
+    c.model.in_channels = mc.config_dict.placeholder(int)
     c.text_encoder = text_config(kind="tiny", max_len=12, width=64, num_layers=2, num_heads=4,
                                  mlp_dim=128)
     common.flow_sections(c)      # the trainer's defaults: logit-normal t, CFG 4, 50 Euler steps

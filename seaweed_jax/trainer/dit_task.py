@@ -22,7 +22,7 @@ built under data_dir on first use) or encoded on the fly by the frozen VAE of
 the input pipeline (batches carry `text_ids` / `text_mask`).
 
 Self-describing workdir: the config records `vae_workdir` (+ `vae_step`, `vae_use_ema`),
-`text_encoder` (kind, sizes; the tokenizer is fixed by the kind) and `sample` (the tuned
+`text_encoder` (kind, sizes, tokenizer vocabulary name) and `sample` (the tuned
 cfg_scale, steps, sampler, shift, default size), so `sample --workdir=W` needs nothing else.
 
 `evaluate`: validation loss (T2V/T2I, text always on) at fixed t values
@@ -116,8 +116,16 @@ def sample_config(config) -> mc.FrozenConfigDict:
     return _section(config, "sample", default_sample_config)
 
 
+# Runs recorded before text_encoder.tokenizer existed were trained with this vocabulary.
+FIRST_VOCABULARY = "seaweed_word_v1"
+
+
 def text_encoder_config(config) -> mc.FrozenConfigDict:
-    return _section(config, "text_encoder", text_config, width=int(config.model.text_dim))
+    section = _section(config, "text_encoder", text_config, width=int(config.model.text_dim))
+    given = config.get("text_encoder", None)
+    if given is not None and "tokenizer" not in given:   # an older run: keep its vocabulary
+        section = mc.FrozenConfigDict(dict(section.to_dict(), tokenizer=FIRST_VOCABULARY))
+    return section
 
 
 def conditioning(model_cfg) -> bool:
