@@ -24,7 +24,7 @@ if __name__ == "__main__":
 
 from absl import app  # noqa: E402
 
-from seaweed_jax import checkpoint, train  # noqa: E402
+from seaweed_jax import train  # noqa: E402
 
 
 class _Stop(Exception):
@@ -64,7 +64,6 @@ def main(argv) -> None:
         pass
     finally:
         sys.setprofile(None)
-    del checkpoint  # imported up front: its module is what the tracer stops at
     packages = list(dict.fromkeys(os.path.dirname(f) if f.count("/") > 1 else f for f in files))
     print(json.dumps({"num_files": len(files), "files": files, "packages": packages,
                       "reentries": dict(reentries)}))

@@ -162,3 +162,21 @@ def test_evaluate_scores_validation_split_and_latent_stats(vae_workdir, shared_d
     assert saved["num_examples"] == 8 and saved["split"] == "train"
     loaded = codec_lib.load(workdir)   # normalizes with the stats just written
     np.testing.assert_allclose(loaded.std, saved["std"], rtol=1e-6)
+
+
+def test_loaded_codec_runs_inside_a_multi_device_training_mesh(vae_workdir):
+    """A DiT run encodes with a loaded (one-device) codec inside its training mesh: on the fly,
+    or building its latent cache on first use. That used to fail under a context mesh of more
+    than one device ("incompatible devices"), e.g. with cpu_devices=2."""
+    workdir, _ = vae_workdir
+    codec = codec_lib.load(workdir, raw=True)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 5, 16, 16, 3)).astype(np.float32)
+    want_z, want_recon = codec.encode(x), codec.reconstruct(x)
+    want_video = codec.decode(want_z)
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:2])
+    with jax.set_mesh(mesh):
+        np.testing.assert_array_equal(codec.encode(x), want_z)
+        np.testing.assert_array_equal(codec.decode(want_z), want_video)
+        np.testing.assert_array_equal(codec.reconstruct(x), want_recon)
+        assert codec.posterior_means(x).shape == (2, 2, 4, 4, 4)

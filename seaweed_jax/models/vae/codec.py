@@ -21,6 +21,7 @@ With a multi-process mesh, inputs are this process's slice and outputs are gathe
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -149,6 +150,12 @@ class VAECodec:
             return video
         return np.pad(video, ((0, 0), (0, tp - t), (0, hp - h), (0, wp - w), (0, 0)), mode="edge")
 
+    def _placement(self):
+        """A loaded codec's params live on one device, and jit refuses them under a multi-device
+        context mesh (a DiT run encoding on the fly, or building its latent cache, inside
+        training): run it outside that mesh. A codec given a mesh runs on it."""
+        return jax.set_mesh(None) if self.mesh is None else contextlib.nullcontext()
+
     # ----------------------------------------------------------------- normalized latents (DiT)
     def normalize(self, z):
         return (z - self.mean) / self.std
@@ -158,19 +165,22 @@ class VAECodec:
 
     def encode(self, video) -> np.ndarray:
         """Codable [-1, 1] video (B, T, H, W, 3) -> normalized latents (B, t, h, w, C) float32."""
-        video = jnp.asarray(video, jnp.float32)
         chunk = int(self.config.chunk_frames)
-        mean, _ = autoencoder.encode(self.params, video, config=self.config,
-                                     chunk_frames=chunk if video.shape[1] > 1 + chunk else None)
-        return np.asarray(self.normalize(np.asarray(mean, np.float32)), np.float32)
+        with self._placement():
+            video = jnp.asarray(video, jnp.float32)
+            mean, _ = autoencoder.encode(self.params, video, config=self.config,
+                                         chunk_frames=chunk if video.shape[1] > 1 + chunk else None)
+            mean = np.asarray(mean, np.float32)
+        return np.asarray(self.normalize(mean), np.float32)
 
     def decode(self, latents) -> np.ndarray:
         """Normalized latents (B, t, h, w, C) -> video in [-1, 1] (float32, unclipped)."""
-        z = jnp.asarray(self.denormalize(np.asarray(latents, np.float32)), jnp.float32)
         chunk = int(self.config.chunk_latent_frames)
-        return np.asarray(autoencoder.decode(self.params, z, config=self.config,
-                                             chunk_latent_frames=chunk if z.shape[1] > 1 + chunk
-                                             else None), np.float32)
+        with self._placement():
+            z = jnp.asarray(self.denormalize(np.asarray(latents, np.float32)), jnp.float32)
+            return np.asarray(autoencoder.decode(self.params, z, config=self.config,
+                                                 chunk_latent_frames=chunk if z.shape[1] > 1 + chunk
+                                                 else None), np.float32)
 
     # ----------------------------------------------------------------- any size (evaluation)
     def _to_global(self, x):
@@ -193,7 +203,8 @@ class VAECodec:
         """Raw (unnormalized) posterior means of any [-1, 1] video batch, on the host."""
         x = self.pad_to_codable(np.asarray(video, np.float32))
         chunk = int(self.config.chunk_frames) if x.shape[1] > self.chunk_above_frames else None
-        return self._to_host(self._encode_mean(x, chunk))
+        with self._placement():
+            return self._to_host(self._encode_mean(x, chunk))
 
     def reconstruct(self, video, *, chunked: bool | None = None, chunk_frames: int | None = None,
                     chunk_above: int | None = None) -> np.ndarray:
@@ -214,10 +225,11 @@ class VAECodec:
         dt = self.compression[0]
         enc_chunk = int(chunk_frames or self.config.chunk_frames)
         dec_chunk = max(1, enc_chunk // dt) if chunk_frames else int(self.config.chunk_latent_frames)
-        mean = self._encode_mean(x, enc_chunk if chunked else None)
-        out = autoencoder.decode(self.params, mean, config=self.config,
-                                 chunk_latent_frames=dec_chunk if chunked else None)
-        return self._to_host(out)[:, :t, :h, :w]
+        with self._placement():
+            mean = self._encode_mean(x, enc_chunk if chunked else None)
+            out = autoencoder.decode(self.params, mean, config=self.config,
+                                     chunk_latent_frames=dec_chunk if chunked else None)
+            return self._to_host(out)[:, :t, :h, :w]
 
     # ----------------------------------------------------------------- identity
     def fingerprint(self) -> str:
