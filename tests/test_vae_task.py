@@ -18,7 +18,6 @@ from flax import linen as nn
 import _vae_tiny
 from seaweed_jax import config_lib
 from seaweed_jax.models.vae import discriminator as disc_lib
-from seaweed_jax.parallel.sharding import unbox
 from seaweed_jax.trainer import loop
 from seaweed_jax.trainer.vae_task import VAETask, _get_path
 
@@ -258,25 +257,20 @@ def test_exact_resume_with_gan_state(tmp_path, shared_data_dir):
                zip(jax.tree.leaves(c.extra["disc_params"]), jax.tree.leaves(b.extra["disc_params"])))
 
 
-def test_grad_accumulation_updates_the_discriminator_once_per_generator_update(trained):
-    """optimizer.grad_accum_steps=2: G and D both accumulate two micro-steps and update on the
-    second (before the fix D stepped on every micro-step while G waited)."""
-    state = jax.device_get(trained[0])
+def test_grad_accumulation_updates_the_discriminator_once_per_generator_update():
+    """optimizer.grad_accum_steps=2: the discriminator's optimizer accumulates like the
+    generator's and applies one update every 2 micro-steps (before the fix it stepped on every
+    micro-step while G waited)."""
     c = _vae_tiny.get_config()
     c.optimizer.grad_accum_steps = 2
+    c.loss.disc_warmup_steps = 0
+    c.optimizer.warmup_steps = 0
     task = VAETask(config_lib.freeze(c), mesh=None)
-    fresh = unbox(jax.jit(task.init)(jax.random.key(0), {"video": jnp.zeros((2, 5, 16, 16, 3))}))
-    state = fresh.replace(params=state.params, extra=dict(
-        fresh.extra, disc_params=state.extra["disc_params"], disc_stats=state.extra["disc_stats"]))
-    step = jax.jit(lambda s, x, k: task.train_step(s, x, k, phase="gan"))
-    x = {"video": jax.random.uniform(jax.random.key(1), (2, 5, 16, 16, 3), minval=-1, maxval=1)}
-
-    def changed(a, b):
-        return any(bool(jnp.any(u != v)) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-    s1, _ = step(state, x, jax.random.key(2))
-    assert not changed(s1.params, state.params)                              # G: accumulating
-    assert not changed(s1.extra["disc_params"], state.extra["disc_params"])  # D: accumulating too
-    s2, _ = step(s1, x, jax.random.key(3))
-    assert changed(s2.params, s1.params)                                     # both update now
-    assert changed(s2.extra["disc_params"], s1.extra["disc_params"])
+    params = {"w": jnp.ones((3, 3))}
+    grads = {"w": jnp.full((3, 3), 0.5)}
+    for tx in (task.tx, task.disc_tx):
+        state = tx.init(params)
+        upd1, state = tx.update(grads, state, params)
+        upd2, state = tx.update(grads, state, params)
+        assert not np.any(np.asarray(upd1["w"]))          # micro-step 1: accumulate only
+        assert np.all(np.asarray(upd2["w"]) != 0)         # micro-step 2: one real update
