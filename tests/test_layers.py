@@ -141,3 +141,12 @@ def test_unknown_top_level_module_is_reported(tmp_path):
         "seaweed_jax/utils/misc.py: module seaweed_jax.utils.misc is not in the layer table: add "
         "it (or its top-level package) to LAYERS in tests/_imports.py",
     ]
+
+
+def test_every_package_directory_has_an_init():
+    """setup.py's find_packages skips a directory without __init__.py: an install that is not
+    editable would then miss it (seaweed_jax/inference/ once did)."""
+    missing = [str(d.relative_to(PKG_DIR.parent)) for d in [PKG_DIR, *PKG_DIR.rglob("*")]
+               if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))
+               and not (d / "__init__.py").exists()]
+    assert not missing, f"add an __init__.py to {missing}"
