@@ -400,3 +400,28 @@ def test_cpu_devices_splits_the_cpu_before_jax_starts():
                        timeout=120)
     assert p.stdout.strip().splitlines()[0] == "3", p.stderr
     assert p.returncode != 0 and "cpu_devices=2 must be set before JAX starts" in p.stderr
+
+
+def test_ema_follows_the_closed_form_over_real_updates():
+    """EMA against its definition, computed by hand: after each applied update,
+    ema <- decay * ema + (1 - decay) * params; untouched on accumulation micro-steps. (A
+    mutant that stores the raw params passed every other trainer test.)"""
+    decay = 0.9
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    tx = optimizers.make_optimizer(_opt_config(warmup_steps=0, grad_clip=0.0, lr=0.1), 10)
+    state = TrainState.create(params=params, tx=tx, ema_decay=decay)
+    ema = np.asarray(params["w"], np.float64)
+    for i in range(4):
+        state = state.apply_gradients({"w": jnp.array([0.5, -1.0, 2.0]) * (i + 1)})
+        ema = decay * ema + (1 - decay) * np.asarray(state.params["w"], np.float64)
+        np.testing.assert_allclose(np.asarray(state.ema_params["w"]), ema, rtol=1e-6)
+    assert not np.allclose(ema, np.asarray(state.params["w"]))   # the average lags the params
+    # gradient accumulation (k=2): the EMA moves only when the params do
+    acc_tx = optimizers.make_optimizer(_opt_config(warmup_steps=0, grad_clip=0.0, lr=0.1,
+                                                   grad_accum_steps=2), 10)
+    acc = TrainState.create(params=params, tx=acc_tx, ema_decay=decay)
+    acc1 = acc.apply_gradients({"w": jnp.ones(3)})
+    np.testing.assert_array_equal(np.asarray(acc1.ema_params["w"]), np.asarray(params["w"]))
+    acc2 = acc1.apply_gradients({"w": jnp.ones(3)})
+    want = decay * np.asarray(params["w"]) + (1 - decay) * np.asarray(acc2.params["w"])
+    np.testing.assert_allclose(np.asarray(acc2.ema_params["w"]), want, rtol=1e-6)

@@ -261,3 +261,26 @@ def test_bad_inputs_are_rejected_before_compiling(params):
     bad = mc.FrozenConfigDict({**SEAWEED_TINY.to_dict(), "down": ("spatial", "sideways", "joint")})
     with pytest.raises(ValueError, match="must be one of"):
         ae.validate_model_config(bad)
+
+
+def test_causal_conv_pads_the_past_with_the_first_frame():
+    """The first frame is coded like an image: the causal 3D conv pads the past with kt - 1
+    copies of frame 0 (not zeros), so output frame t is the valid conv over
+    [x0, .., x0, x0 .. xt]. Checked against a hand-padded lax 3D conv; zero padding (a mutant
+    that kept chunked == full and causality) gives a different first output frame."""
+    from jax import lax
+    from seaweed_jax.models.vae.causal_conv import CausalConv3d
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(1, 4, 5, 5, 2)), jnp.float32) + 3.0   # far from zero
+    conv = CausalConv3d(features=3, kernel_size=(3, 3, 3), use_bias=False)
+    p = conv.init(jax.random.key(0), x)
+    y = conv.apply(p, x)
+    kernel = nn.unbox(p["params"]["kernel"])
+
+    def reference(padded):
+        return lax.conv_general_dilated(padded, kernel, (1, 1, 1), ((0, 0), (1, 1), (1, 1)),
+                                        dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+    repeat = reference(jnp.concatenate([x[:, :1], x[:, :1], x], axis=1))
+    zeros = reference(jnp.concatenate([jnp.zeros_like(x[:, :2]), x], axis=1))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(repeat), rtol=1e-4, atol=1e-4)
+    assert np.abs(np.asarray(zeros[:, 0]) - np.asarray(y[:, 0])).max() > 0.1
