@@ -45,7 +45,7 @@ def load_params(workdir: str, *, step: int | None = None, use_ema: bool = True, 
                          devices=jax.local_devices()[:1])
     task = dit_task.DiTTask(config, mesh)
     abstract = jax.eval_shape(task.init, init_rng(config.seed), task.example_batch())
-    key = "ema_params" if (use_ema and abstract.ema_params is not None) else "params"
+    key = checkpoint.params_key(config, use_ema)
     target = checkpoint.abstract_on(unbox(abstract.params), NamedSharding(mesh, P()))
     params, got = checkpoint.restore_params(workdir, target, key=key, step=step)
     return config, task, params, got
