@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from seaweed_jax import kernels
+from seaweed_jax.kernels import masks
 from seaweed_jax.kernels import KeyPaddingMask, VideoWindowMask, window_bounds
 from seaweed_jax.models.dit.attention import layer_attention_types, layer_mask
 
@@ -58,7 +59,6 @@ def test_window_attention_equals_masked_full_attention(grid, windows):
 
 def test_gather_tables_match_the_reshape_path():
     """The general (uneven) gather path, run on a grid that divides, equals the reshape path."""
-    from seaweed_jax.kernels import reference
     grid, windows = (4, 6, 4), (2, 3, 2)
     nv = int(np.prod(grid))
     spec = VideoWindowMask(jnp.ones((1, nv), bool), grid=grid, windows=windows)
@@ -66,9 +66,9 @@ def test_gather_tables_match_the_reshape_path():
     x = jnp.arange(nv, dtype=jnp.float32)[None, :, None]
     index, valid, inverse = spec.window_tokens()
     assert valid.all() and index.shape == (12, 8)
-    np.testing.assert_array_equal(reference._to_windows(x, spec)[0, ..., 0], index)
+    np.testing.assert_array_equal(masks.to_windows(x, spec)[0, ..., 0], index)
     np.testing.assert_array_equal(np.asarray(x)[0, index.reshape(-1)[inverse], 0], np.arange(nv))
-    np.testing.assert_array_equal(reference._from_windows(reference._to_windows(x, spec), spec), x)
+    np.testing.assert_array_equal(masks.from_windows(masks.to_windows(x, spec), spec), x)
 
 
 def test_padded_keys_have_no_effect():

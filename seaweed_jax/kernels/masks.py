@@ -80,6 +80,11 @@ class VideoWindowMask:
         return math.prod(self.windows)
 
     @property
+    def window_size(self) -> int:
+        """S, the largest window's token count (every window is padded to S in window-major layouts)."""
+        return math.prod(-(-g // w) for g, w in zip(self.grid, self.windows))
+
+    @property
     def divides(self) -> bool:
         """True when every window has the same size (a pure reshape/transpose partition)."""
         return all(g % w == 0 for g, w in zip(self.grid, self.windows))
@@ -116,6 +121,33 @@ class VideoWindowMask:
         structure = np.ones((n, n), bool)
         structure[:nv, :nv] = ids[:, None] == ids[None, :]
         return jnp.asarray(structure)[None, None] & self.key_valid[:, None, None, :]
+
+
+# --------------------------------------------------------------------------- layout
+
+def to_windows(x, spec: VideoWindowMask):
+    """(B, Nv, ...) video tokens -> (B, nW, S, ...) windows (S = largest window)."""
+    b, rest = x.shape[0], x.shape[2:]
+    if spec.divides:
+        (t, h, w), (wt, wh, ww) = spec.grid, spec.windows
+        x = x.reshape(b, wt, t // wt, wh, h // wh, ww, w // ww, *rest)
+        x = jnp.moveaxis(x, (3, 5), (2, 3))  # (B, wt, wh, ww, st, sh, sw, ...)
+        return x.reshape(b, spec.num_windows, -1, *rest)
+    index, _, _ = spec.window_tokens()
+    return x[:, index]
+
+
+def from_windows(x, spec: VideoWindowMask):
+    """Inverse of `to_windows`: (B, nW, S, ...) -> (B, Nv, ...)."""
+    b, rest = x.shape[0], x.shape[3:]
+    if spec.divides:
+        (t, h, w), (wt, wh, ww) = spec.grid, spec.windows
+        x = x.reshape(b, wt, wh, ww, t // wt, h // wh, w // ww, *rest)
+        x = jnp.moveaxis(x, (2, 3), (3, 5))
+        return x.reshape(b, spec.num_video, *rest)
+    _, _, inverse = spec.window_tokens()
+    return x.reshape(b, -1, *rest)[:, inverse]
+
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seaweed_jax.kernels.masks import KeyPaddingMask, VideoWindowMask
+from seaweed_jax.kernels.masks import KeyPaddingMask, VideoWindowMask, from_windows, to_windows
 
 # Large finite negative (not -inf) so a fully masked row gives a uniform softmax, not NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -30,37 +30,13 @@ def dot_product_attention(q, k, v, mask=None, *, scale: float | None = None):
     return jnp.einsum("...hqk,...khd->...qhd", probs, v).astype(q.dtype)
 
 
-# --------------------------------------------------------------------------- windows
-
-def _to_windows(x, spec: VideoWindowMask):
-    """(B, Nv, ...) video tokens -> (B, nW, S, ...) windows (S = largest window)."""
-    b, rest = x.shape[0], x.shape[2:]
-    if spec.divides:
-        (t, h, w), (wt, wh, ww) = spec.grid, spec.windows
-        x = x.reshape(b, wt, t // wt, wh, h // wh, ww, w // ww, *rest)
-        x = jnp.moveaxis(x, (3, 5), (2, 3))  # (B, wt, wh, ww, st, sh, sw, ...)
-        return x.reshape(b, spec.num_windows, -1, *rest)
-    index, _, _ = spec.window_tokens()
-    return x[:, index]
-
-
-def _from_windows(x, spec: VideoWindowMask):
-    """Inverse of `_to_windows`: (B, nW, S, ...) -> (B, Nv, ...)."""
-    b, rest = x.shape[0], x.shape[3:]
-    if spec.divides:
-        (t, h, w), (wt, wh, ww) = spec.grid, spec.windows
-        x = x.reshape(b, wt, wh, ww, t // wt, h // wh, w // ww, *rest)
-        x = jnp.moveaxis(x, (2, 3), (3, 5))
-        return x.reshape(b, spec.num_video, *rest)
-    _, _, inverse = spec.window_tokens()
-    return x.reshape(b, -1, *rest)[:, inverse]
-
-
-def windowed_joint_attention(q, k, v, spec: VideoWindowMask, *, scale: float | None = None):
+def windowed_joint_attention(q, k, v, spec: VideoWindowMask, *, scale: float | None = None,
+                             attend=dot_product_attention):
     """Joint [video; text] attention with windowed video queries (see masks.VideoWindowMask).
 
     q, k, v: (B, Nv + Nt, H, Dh). Video queries: own-window video keys + valid text keys.
-    Text queries: all valid keys (full attention over the joint sequence).
+    Text queries: all valid keys (full attention over the joint sequence). `attend` is the
+    masked softmax attention used inside (the cudnn backend passes its own).
     """
     nv = spec.num_video
     if q.shape[1] < nv:
@@ -68,7 +44,7 @@ def windowed_joint_attention(q, k, v, spec: VideoWindowMask, *, scale: float | N
                          f"has {nv}")
     nw = spec.num_windows
     text_valid = spec.key_valid[:, nv:]                                  # (B, Nt)
-    qv, kv_, vv = (_to_windows(a[:, :nv], spec) for a in (q, k, v))     # (B, nW, S, H, Dh)
+    qv, kv_, vv = (to_windows(a[:, :nv], spec) for a in (q, k, v))     # (B, nW, S, H, Dh)
     kt, vt = k[:, nv:], v[:, nv:]                                        # (B, Nt, H, Dh)
     # Every window also sees all text keys.
     k_win = jnp.concatenate([kv_, jnp.broadcast_to(kt[:, None], (kt.shape[0], nw, *kt.shape[1:]))], 2)
@@ -81,15 +57,16 @@ def windowed_joint_attention(q, k, v, spec: VideoWindowMask, *, scale: float | N
     key_valid = jnp.concatenate(
         [jnp.broadcast_to(slot_valid[None], (q.shape[0], *slot_valid.shape)),
          jnp.broadcast_to(text_valid[:, None], (q.shape[0], nw, text_valid.shape[1]))], axis=2)
-    out_video = dot_product_attention(qv, k_win, v_win, key_valid[:, :, None, None, :], scale=scale)
-    out_video = _from_windows(out_video, spec)
+    out_video = attend(qv, k_win, v_win, key_valid[:, :, None, None, :], scale=scale)
+    out_video = from_windows(out_video, spec)
     # Text queries attend to everything (the few text rows are cheap).
-    out_text = dot_product_attention(q[:, nv:], k, v, spec.key_valid[:, None, None, :], scale=scale)
+    out_text = attend(q[:, nv:], k, v, spec.key_valid[:, None, None, :], scale=scale)
     return jnp.concatenate([out_video, out_text], axis=1)
 
 
-def attention(q, k, v, mask=None, *, scale: float | None = None):
-    """The xla backend: dispatch on the mask type."""
+def attention(q, k, v, mask=None, *, scale: float | None = None, options=None):
+    """The xla backend: dispatch on the mask type (`options` has nothing for it)."""
+    del options
     if isinstance(mask, VideoWindowMask):
         return windowed_joint_attention(q, k, v, mask, scale=scale)
     if isinstance(mask, KeyPaddingMask):

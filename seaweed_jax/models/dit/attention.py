@@ -77,7 +77,8 @@ class StreamQKV(nn.Module):
         return q, k, v
 
 
-def joint_attention(video_qkv, text_qkv, rope_cos, rope_sin, mask, *, backend: str = "xla"):
+def joint_attention(video_qkv, text_qkv, rope_cos, rope_sin, mask, *, backend: str = "xla",
+                    options: kernels.AttentionOptions | None = None):
     """Concatenate [video; text], apply MM-RoPE to q and k, attend, split back.
 
     video_qkv / text_qkv: (q, k, v) each (B, N, H, Dh). Returns (video_out, text_out).
@@ -88,6 +89,6 @@ def joint_attention(video_qkv, text_qkv, rope_cos, rope_sin, mask, *, backend: s
     k = apply_rope(k, rope_cos, rope_sin)
     q, k, v = (nn.with_logical_constraint(a, QKV_NAMES) for a in (q, k, v))
     q, k, v = (checkpoint_name(a, "qkv") for a in (q, k, v))
-    out = kernels.attention(q, k, v, mask=mask, backend=backend)
+    out = kernels.attention(q, k, v, mask=mask, backend=backend, options=options)
     out = checkpoint_name(nn.with_logical_constraint(out, QKV_NAMES), "attn_out")
     return out[:, :nv], out[:, nv:]

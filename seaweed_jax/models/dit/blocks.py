@@ -23,6 +23,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
+from seaweed_jax import kernels
 from seaweed_jax.models.dit.attention import StreamQKV, joint_attention
 from seaweed_jax.models.dit.layers import Dtype, Linear, layer_norm, modulate
 from seaweed_jax.models.dit.modulation import NUM_BLOCK_MODULATIONS, ModulationOffsets
@@ -58,6 +59,7 @@ class HybridStreamBlock(nn.Module):
     eps: float = 1e-6
     dtype: Dtype = jnp.float32
     attention_backend: str = "xla"
+    attention_options: kernels.AttentionOptions | None = None
 
     @nn.compact
     def __call__(self, x_v, x_t, t0, text_valid, rope_cos, rope_sin, mask):
@@ -77,7 +79,8 @@ class HybridStreamBlock(nn.Module):
         h_t = modulate(layer_norm(x_t, self.eps), mod_t[:, 0], mod_t[:, 1]).astype(self.dtype)
         o_v, o_t = joint_attention(StreamQKV(name="video_attn", **qkv_kw)(h_v),
                                    StreamQKV(name="text_attn", **qkv_kw)(h_t),
-                                   rope_cos, rope_sin, mask, backend=self.attention_backend)
+                                   rope_cos, rope_sin, mask, backend=self.attention_backend,
+                                   options=self.attention_options)
         out_kw = dict(features=(d,), in_names=("heads", "head_dim"), out_names=("embed",), dtype=self.dtype)
         x_v = x_v + mod_v[:, 2, None] * Linear(name="video_attn_out", **out_kw)(o_v)
 

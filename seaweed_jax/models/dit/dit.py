@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections as mc
 from flax import linen as nn
 
+from seaweed_jax import kernels
 from seaweed_jax.kernels.masks import VideoWindowMask
 from seaweed_jax.models.dit.attention import layer_attention_types, layer_mask
 from seaweed_jax.models.dit.blocks import TOKEN_NAMES, HybridStreamBlock
@@ -52,7 +53,8 @@ def default_config() -> mc.ConfigDict:
     c.max_text_len = 256            # text tokens beyond this are an error; video RoPE starts here
     c.attention = "full"            # full | space_full | window | per-layer list (see attention.py)
     c.window_partitions = ((1, 2, 2), (4, 1, 1))  # window counts (wt, wh, ww), by layer parity
-    c.attention_backend = "xla"
+    c.attention_backend = "xla"     # xla (any device) | splash (Pallas, TPU) | cudnn (GPU); see kernels/
+    c.attention_block_sizes = (512, 512)  # splash (block_q, block_kv), multiples of 128
     c.rope_axes_dim = (32, 48, 48)  # head_dim split over (t, h, w); each even, sums to head_dim
     c.rope_theta = 10000.0
     c.qk_norm = True
@@ -63,6 +65,11 @@ def default_config() -> mc.ConfigDict:
     c.dtype = "bfloat16"            # compute dtype; params are always float32
     c.remat = "none"                # parallel.remat policy name for each block
     return c
+
+
+# Fields newer than some saved runs, with the value those runs behaved as: their config.json
+# lacks them, and they still load.
+ADDED_FIELDS = {"attention_block_sizes": (512, 512)}
 
 
 def tiny_config(**overrides) -> mc.ConfigDict:
@@ -92,7 +99,7 @@ def head_dim(cfg) -> int:
 
 def validate_config(cfg) -> None:
     """Config checks that need no inputs; errors name the field and what to change."""
-    missing = [k for k in default_config() if k not in cfg]
+    missing = [k for k in default_config() if k not in cfg and k not in ADDED_FIELDS]
     if missing:
         raise ValueError(f"model config lacks {missing}; build it from "
                          "seaweed_jax.models.dit.default_config() (or tiny_config()) and override fields")
@@ -117,7 +124,19 @@ def validate_config(cfg) -> None:
         if len(tuple(p)) != 3 or min(p) < 1:
             raise ValueError(f"model.window_partitions[{i}]={tuple(p)} must be 3 window counts >= 1")
     layer_attention_types(cfg.attention, cfg.num_layers)
+    if cfg.attention_backend not in kernels.BACKENDS:
+        raise ValueError(f"model.attention_backend={cfg.attention_backend!r} is not one of "
+                         f"{sorted(kernels.BACKENDS)}")
+    attention_options(cfg)
     jnp.dtype(cfg.dtype)
+
+
+def attention_options(cfg) -> kernels.AttentionOptions:
+    """The attention backend's settings from the model config (validated by AttentionOptions)."""
+    sizes = tuple(cfg.get("attention_block_sizes", ADDED_FIELDS["attention_block_sizes"]))
+    if len(sizes) != 2:
+        raise ValueError(f"model.attention_block_sizes={sizes} must be (block_q, block_kv)")
+    return kernels.AttentionOptions(block_q=sizes[0], block_kv=sizes[1])
 
 
 def _suggest_axes(hd: int) -> tuple[int, int, int]:
@@ -228,7 +247,8 @@ class DiT(nn.Module):
             block = block_cls(
                 hidden_size=d, num_heads=cfg.num_heads, head_dim=head_dim(cfg), mlp_hidden=cfg.mlp_hidden,
                 shared_ffn=i >= first_shared, text_output=i < cfg.num_layers - 1, qk_norm=cfg.qk_norm,
-                eps=cfg.norm_eps, dtype=dtype, attention_backend=cfg.attention_backend, name=f"block_{i}")
+                eps=cfg.norm_eps, dtype=dtype, attention_backend=cfg.attention_backend,
+                attention_options=attention_options(cfg), name=f"block_{i}")
             x_v, x_t = block(x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
 
         # Final layer: PixArt-style shift/scale = t_emb + learned (2, D) table.

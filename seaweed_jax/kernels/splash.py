@@ -1,0 +1,190 @@
+"""The `splash` backend: JAX's Pallas splash-attention kernel (Mosaic on TPU, interpret mode
+elsewhere), block-sparse over the structured masks of `kernels.masks`.
+
+How the joint [video; text] sequence reaches the kernel:
+- **Window-major order.** For space/window layers (`VideoWindowMask`) the video tokens are
+  gathered window by window, each window padded to S slots (S = the largest window), then the
+  text tokens follow. A window's queries and keys are then contiguous, so every (q block,
+  kv block) pair that lies in two different windows is empty and the kernel skips it. In
+  row-major (t, h, w) order almost every block pair would mix windows and be computed.
+- **Padding through segment ids.** The sequence is padded to a multiple of the block sizes.
+  Keys nobody may see (padded text, empty window slots, the tail padding) get kv segment 1,
+  every query segment 0: no query sees them and no query row is ever empty. Padded query
+  rows are cropped on return; padded text queries keep their reference semantics (they see
+  every valid key), so the output equals `reference.attention` at every position.
+- **shard_map.** A Mosaic kernel cannot be auto-partitioned, so the call runs under
+  `jax.shard_map` over the active mesh with batch and heads sharded by the logical-axis rules
+  (`batch`, `heads`); the sequence is whole on each device (context parallelism shards it
+  with an all-to-all around this call, not inside it).
+- **interpret.** `AttentionOptions.interpret=None` runs the real kernel when the mesh (or, with
+  no mesh, the default backend) is on TPU and interpret mode everywhere else.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as mask_info
+from jax.sharding import PartitionSpec as P
+
+from seaweed_jax.kernels.masks import KeyPaddingMask, VideoWindowMask, from_windows, to_windows
+from seaweed_jax.kernels.options import AttentionOptions, target_platform
+from seaweed_jax.parallel.rules import DEFAULT_RULES
+
+
+class WindowSlotMask(splash_mask._ComputableMask):  # the kernel evaluates mask_function per block
+    """(L, L) mask over the window-major layout.
+
+    Positions [0, video_slots) are windows of `slot_size` slots each; a video query sees the
+    slots of its own window. Every pair with a text (or tail padding) query or key is allowed
+    (segment ids remove the padding). Computed in the kernel from indices: nothing of size L^2
+    is stored.
+    """
+
+    def __init__(self, length: int, slot_size: int, video_slots: int):
+        self.slot_size, self.video_slots = int(slot_size), int(video_slots)
+
+        def window_mask(q_ids, kv_ids):
+            same_window = (q_ids // self.slot_size) == (kv_ids // self.slot_size)
+            return same_window | (q_ids >= self.video_slots) | (kv_ids >= self.video_slots)
+
+        super().__init__(shape=(length, length), mask_function=window_mask)
+
+    def __eq__(self, other):
+        return (isinstance(other, WindowSlotMask) and self.shape == other.shape
+                and (self.slot_size, self.video_slots) == (other.slot_size, other.video_slots))
+
+    def __hash__(self):
+        return hash((WindowSlotMask, self.shape, self.slot_size, self.video_slots))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def padded_length(num_tokens: int, options: AttentionOptions) -> int:
+    """The kernel's sequence length: `num_tokens` padded to a multiple of both block sizes."""
+    return _round_up(num_tokens, math.lcm(options.block_q, options.block_kv))
+
+
+def kernel_mask(mask, num_tokens: int, options: AttentionOptions) -> splash_mask.Mask:
+    """The (L, L) splash mask for a structured mask over `num_tokens` joint tokens (in the
+    kernel's token order: window-major for VideoWindowMask)."""
+    if isinstance(mask, VideoWindowMask):
+        slots = mask.num_windows * mask.window_size
+        length = padded_length(slots + num_tokens - mask.num_video, options)
+        return WindowSlotMask(length, mask.window_size, slots)
+    length = padded_length(num_tokens, options)
+    return splash_mask.FullMask((length, length))
+
+
+def block_counts(mask, num_tokens: int, options: AttentionOptions) -> tuple[int, int]:
+    """(blocks the forward kernel computes, all blocks) for one head: read from the kernel's
+    own block map (MaskInfo), the same one `attention` builds."""
+    m = kernel_mask(mask, num_tokens, options)
+    info, _ = mask_info.process_mask(splash_mask.MultiHeadMask((m,)), (options.block_q, options.block_kv))
+    block_mask = np.asarray(info.block_mask)[0]
+    total = (m.shape[0] // options.block_q) * (m.shape[1] // options.block_kv)
+    return int(np.count_nonzero(block_mask)), total
+
+
+def _block_sizes(options: AttentionOptions) -> splash_kernel.BlockSizes:
+    bq, bkv = options.block_q, options.block_kv
+    return splash_kernel.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
+                                    block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
+                                    block_q_dq=bq, block_kv_dq=bkv)
+
+
+def _to_kernel_order(q, k, v, mask):
+    """Reorder to the kernel's layout. Returns (q, k, v, key_valid, restore) where restore maps
+    the kernel-order output (cropped to the unpadded length) back to the caller's order."""
+    b, n = q.shape[:2]
+    if mask is None:
+        return q, k, v, jnp.ones((b, n), bool), lambda out: out
+    if isinstance(mask, KeyPaddingMask):
+        return q, k, v, mask.key_valid, lambda out: out
+    if not isinstance(mask, VideoWindowMask):
+        raise ValueError("attention_backend='splash' takes a structured mask (kernels.masks."
+                         "KeyPaddingMask / VideoWindowMask) or None, not a dense boolean array: its "
+                         "block sparsity must be known when tracing; use backend='xla' for dense masks")
+    nv, slots = mask.num_video, mask.num_windows * mask.window_size
+    if n < nv:
+        raise ValueError(f"splash attention: {n} tokens but the video grid {mask.grid} has {nv}")
+
+    def reorder(a):
+        windows = to_windows(a[:, :nv], mask)
+        return jnp.concatenate([windows.reshape(b, slots, *a.shape[2:]), a[:, nv:]], axis=1)
+
+    if mask.divides:
+        slot_valid = jnp.ones((slots,), bool)
+    else:
+        slot_valid = jnp.asarray(mask.window_tokens()[1].reshape(-1))
+    key_valid = jnp.concatenate([jnp.broadcast_to(slot_valid, (b, slots)), mask.key_valid[:, nv:]], 1)
+
+    def restore(out):
+        video = from_windows(out[:, :slots].reshape(b, mask.num_windows, mask.window_size,
+                                                    *out.shape[2:]), mask)
+        return jnp.concatenate([video, out[:, slots:]], axis=1)
+
+    return reorder(q), reorder(k), reorder(v), key_valid, restore
+
+
+def _mesh_specs(mesh, batch: int, heads: int):
+    """(q/k/v spec, segment-id spec) for shard_map from the logical rules; checks divisibility."""
+    rules = nn.get_logical_axis_rules() or DEFAULT_RULES
+    spec = nn.logical_to_mesh_axes(("batch", None, "heads", None), rules)
+
+    def size(axes):
+        axes = axes if isinstance(axes, tuple) else (axes,)
+        return math.prod(mesh.shape[a] for a in axes if a is not None)
+
+    for name, dim, axes in (("batch", batch, spec[0]), ("heads", heads, spec[2])):
+        if dim % size(axes):
+            raise ValueError(f"splash attention: {name}={dim} does not split over mesh axes {axes} "
+                             f"(size {size(axes)}); make it a multiple or change mesh.rules for {name!r}")
+    return spec, P(spec[0], None)
+
+
+def attention(q, k, v, mask=None, *, scale: float | None = None,
+              options: AttentionOptions | None = None):
+    """Splash attention with the entry point's contract (q, k, v: (B, N, H, Dh))."""
+    options = options or AttentionOptions()
+    b, n, h, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    interpret = options.interpret if options.interpret is not None else target_platform() != "tpu"
+    q, k, v, key_valid, restore = _to_kernel_order(q, k, v, mask)
+    splash = kernel_mask(mask, n, options)
+    length, n_kernel = splash.shape[0], q.shape[1]
+    pad = ((0, 0), (0, length - n_kernel), (0, 0), (0, 0))
+    # The kernel does not scale logits: fold the scale into q (in float32, as the reference does).
+    q = (q.astype(jnp.float32) * scale).astype(q.dtype)
+    q, k, v = (jnp.pad(a, pad) for a in (q, k, v))
+    kv_segment = jnp.pad(jnp.where(key_valid, 0, 1).astype(jnp.int32), ((0, 0), (0, length - n_kernel)),
+                         constant_values=1)
+    q_segment = jnp.zeros_like(kv_segment)
+
+    def local(q, k, v, q_segment, kv_segment):
+        """One device's (b, L, h, Dh) shard; the kernel works on (h, L, Dh) per example."""
+        kernel = splash_kernel.make_splash_mha(
+            splash_mask.MultiHeadMask((splash,) * q.shape[2]), block_sizes=_block_sizes(options),
+            head_shards=1, q_seq_shards=1, interpret=interpret)
+
+        def one(q, k, v, q_segment, kv_segment):
+            return kernel(q, k, v, segment_ids=splash_kernel.SegmentIds(q_segment, kv_segment))
+
+        heads_first = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
+        return jnp.swapaxes(jax.vmap(one)(*heads_first, q_segment, kv_segment), 1, 2)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        out = local(q, k, v, q_segment, kv_segment)
+    else:
+        spec, segment_spec = _mesh_specs(mesh, b, h)
+        out = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, segment_spec, segment_spec),
+                            out_specs=spec, check_vma=False)(q, k, v, q_segment, kv_segment)
+    return restore(out[:, :n_kernel]).astype(q.dtype)
