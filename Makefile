@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all demo clean
+.PHONY: venv test test-all demo clean tpu-env tpu-aot
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,5 +27,21 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
 
+# libtpu in its own venv (never the default install): compile for real TPU topologies from
+# this host, ahead of time (benchmarks/tpu_aot.py and its slow test).
+TPU_VENV := .venv-tpu
+TPU_STAMP := $(TPU_VENV)/.installed
+$(TPU_STAMP): setup.py
+	test -x $(TPU_VENV)/bin/python || $(PYTHON) -m venv $(TPU_VENV)
+	$(TPU_VENV)/bin/python -m pip install -q "jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')"
+	$(TPU_VENV)/bin/python -m pip install -q -e .
+	touch $(TPU_STAMP)
+
+tpu-env: $(STAMP) $(TPU_STAMP)
+
+TOPOLOGY ?= v5p:2x2x1
+tpu-aot: tpu-env
+	$(TPU_VENV)/bin/python benchmarks/tpu_aot.py --topology=$(TOPOLOGY)
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(TPU_VENV) *.egg-info
