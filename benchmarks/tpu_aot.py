@@ -12,7 +12,8 @@ the topology's devices:
   7b_layer:  one 7B-width hybrid-stream block (hidden 3584, 28 heads x 128, SwiGLU 7168,
              bfloat16) at the stage-2 480p grid: 121 frames x 480 x 640 through the 48x VAE
              (4, 8, 8) and (1, 2, 2) patches = 31 x 30 x 40 = 37,200 video + 256 text tokens,
-             one example per device, params FSDP-sharded; a full and a 1x2x2 window layer.
+             one example per device, params FSDP-sharded; a full layer and the two window
+             layers (1x2x2 window-major, 4x1x1 row-major).
 Prints one JSON line: per program the compile time and per-device bytes (arguments, outputs,
 temporaries, generated code), or the error if the compiler refused it.
 """
@@ -44,6 +45,7 @@ from seaweed_jax.parallel.rules import DEFAULT_RULES
 from seaweed_jax.parallel.sharding import logical_to_shardings
 
 GRID_480P = (31, 30, 40)   # (1 + 120/4) latent frames, 480/8/2, 640/8/2
+WINDOWS = {"window": (1, 2, 2), "window_4x1x1": (4, 1, 1)}  # the paper's even / odd window layers
 TEXT_7B = 256
 
 
@@ -107,7 +109,7 @@ def layer_program(mesh, results, attention: str):
         key_valid = jnp.concatenate([jnp.ones((b, nv), bool), text_valid], 1)
         if attention == "full":
             return KeyPaddingMask(key_valid)
-        return VideoWindowMask(key_valid, grid=GRID_480P, windows=(1, 2, 2))
+        return VideoWindowMask(key_valid, grid=GRID_480P, windows=WINDOWS[attention])
 
     def init(x_v, x_t, t0, text_valid):
         return block.init(jax.random.key(0), x_v, x_t, t0, text_valid, cos, sin, make_mask(text_valid))
@@ -134,7 +136,7 @@ def layer_program(mesh, results, attention: str):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topology", default="v5p:2x2x1", help="TPU topology gen:AxBxC (chips)")
-    parser.add_argument("--programs", default="toy,7b_layer_full,7b_layer_window")
+    parser.add_argument("--programs", default="toy,7b_layer_full,7b_layer_window,7b_layer_window_4x1x1")
     args = parser.parse_args(argv)
     topology = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
     devices = topology.devices
@@ -143,7 +145,7 @@ def main(argv=None):
     wanted = args.programs.split(",")
     if "toy" in wanted:
         toy_program(mesh, results)
-    for attention in ("full", "window"):
+    for attention in ("full", *WINDOWS):
         if f"7b_layer_{attention}" in wanted:
             layer_program(mesh, results, attention)
     print(json.dumps({"benchmark": "tpu_aot", "topology": args.topology, "devices": len(devices),

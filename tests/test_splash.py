@@ -89,7 +89,7 @@ def test_a_dit_mixing_every_layer_type_matches_the_reference():
     text = jnp.asarray(rng.standard_normal(text.shape), jnp.float32)
     text_mask = jnp.asarray(PADDED_TEXT)
     t = jnp.array([0.3, 0.8])
-    params = DiT(cfg).init(jax.random.key(0), x, t, text, text_mask)["params"]
+    params = jax.jit(DiT(cfg).init)(jax.random.key(0), x, t, text, text_mask)["params"]
     params = jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rng.standard_normal(p.shape), p.dtype),
                           nn.meta.unbox(params))
 

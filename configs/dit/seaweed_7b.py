@@ -99,6 +99,8 @@ def model_config() -> mc.ConfigDict:
         text_dim=4096,                  # e.g. UMT5-XXL width
         max_text_len=256,
         attention="full",               # the paper's best scaling; "window": cheaper early stages
+        attention_backend="splash",     # the Pallas kernel on TPU; "cudnn" on GPUs, "xla" anywhere
+        attention_block_sizes=(512, 512),
         dtype="bfloat16", remat="minimal")
 
 
