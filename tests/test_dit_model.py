@@ -229,6 +229,8 @@ def test_seaweed_7b_config_is_7b_and_stage_table():
     assert [c.num_steps for c in cfgs.values()] == [3000, 2000, 2000, 1000]
     assert [c.init_from for c in cfgs.values()] == [None, "/r/stage0", "/r/stage1", "/r/stage2"]
     assert all(c.task == "dit" for c in cfgs.values())
+    assert [c.mesh.shape["context"] for c in cfgs.values()] == [1, 1, 4, 4]  # Ulysses at 480p / 720p
+    assert all(c.model.num_heads % c.mesh.shape["context"] == 0 for c in cfgs.values())
     frames = {s: [src["crop"]["frames"] for src in c.data.sources] for s, c in cfgs.items()}
     assert frames["stage0"] == [None, None]                     # images only
     assert all(any(f for f in fr) for s, fr in frames.items() if s != "stage0")

@@ -58,6 +58,7 @@ common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(common)
 
 STAGES = ("stage0", "stage1", "stage2", "stage3")
+CONTEXT = {"stage0": 1, "stage1": 1, "stage2": 4, "stage3": 4}  # mesh.shape.context per stage
 STEP_SHARES = {"stage0": 0.375, "stage1": 0.25, "stage2": 0.25, "stage3": 0.125}
 
 _VIDEO_FRAMES = 121  # 1 + 4k latent-aligned; 5 s at 24 fps (project choice)
@@ -116,7 +117,12 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     # Each stage continues from the previous stage's final checkpoint (params + EMA).
     c.init_from = f"{args.root}/{STAGES[index - 1]}" if index > 0 else None
 
-    c.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1, "context": 1}
+    # Ulysses context parallelism for the long 480p / 720p sequences (37k / 112k video tokens
+    # per clip): tokens split over 4 devices between attention layers, the 28 heads (7 per
+    # device) inside attention. Token counts must split by 4: 121 frames -> 31 latent frames
+    # x (30 x 40 or 45 x 80) tokens, and 256 text tokens, do.
+    context = CONTEXT[args.stage]
+    c.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1, "context": context}
     c.data.sources = stage_sources(args.stage)
     c.data.crop = mc.ConfigDict({"frames": None, "height": None, "width": None})
     c.data.global_batch_size = 256

@@ -18,8 +18,8 @@ How the joint [video; text] sequence reaches the kernel:
   every valid key), so the output equals `reference.attention` at every position.
 - **shard_map.** A Mosaic kernel cannot be auto-partitioned, so the call runs under
   `jax.shard_map` over the active mesh with batch and heads sharded by the logical-axis rules
-  (`batch`, `heads`); the sequence is whole on each device (context parallelism shards it
-  with an all-to-all around this call, not inside it).
+  (`batch`, `attn_heads`); the sequence is whole on each device: under Ulysses context
+  parallelism the model's all-to-all has already traded sequence sharding for head sharding.
 - **interpret.** `AttentionOptions.interpret=None` runs the real kernel when the mesh (or, with
   no mesh, the default backend) is on TPU and interpret mode everywhere else.
 """
@@ -185,14 +185,16 @@ def _to_kernel_order(q, k, v, mask):
 
 
 def _mesh_specs(mesh, batch: int, heads: int):
-    """(q/k/v spec, segment-id spec) for shard_map from the logical rules (`batch`, `heads`).
+    """(q/k/v spec, segment-id spec) for shard_map from the logical rules (`batch`, and
+    `attn_heads`: the heads inside attention, over tensor x context under Ulysses).
 
     A dimension that does not split over its mesh axes (e.g. batch 1 at init or when sampling
     one video on a pod) is replicated over them instead: every device then computes it whole,
     as XLA would for an unshardable dimension. Training batches always split (the input
     pipeline checks)."""
     rules = nn.get_logical_axis_rules() or DEFAULT_RULES
-    spec = nn.logical_to_mesh_axes(("batch", None, "heads", None), rules)
+    heads_name = "attn_heads" if any(name == "attn_heads" for name, _ in rules) else "heads"
+    spec = nn.logical_to_mesh_axes(("batch", None, heads_name, None), rules)
 
     def fit(axes, dim):
         names = axes if isinstance(axes, tuple) else (axes,)

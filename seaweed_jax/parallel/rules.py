@@ -3,9 +3,15 @@
 Every param is created with `nn.with_logical_partitioning(init, names)` using names from
 `LOGICAL_AXES`; activations use `nn.with_logical_constraint`. The mapping to mesh axes is
 config (`config.mesh.rules`), with `DEFAULT_RULES` as the default.
+
+Ulysses context parallelism is two rules: tokens (`length`) are sharded over `context`
+between attention layers, and inside attention the heads (`attn_heads`) are sharded over
+`tensor` x `context` with the whole sequence on each device. The change of sharding around
+attention is an all-to-all (models/dit/attention.py places the two constraints).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 # Every logical axis name a module may use. Adding a name here is the only way to add one.
@@ -17,6 +23,7 @@ LOGICAL_AXES = (
     "width",
     "embed",      # model width D
     "heads",
+    "attn_heads",  # heads inside attention: Ulysses also shards them over `context`
     "head_dim",
     "kv",
     "mlp",        # FFN hidden
@@ -38,6 +45,7 @@ DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ("width", None),
     ("embed", "fsdp"),
     ("heads", "tensor"),
+    ("attn_heads", ("tensor", "context")),
     ("head_dim", None),
     ("kv", None),
     ("mlp", "tensor"),
@@ -70,3 +78,13 @@ def rules_from_config(mesh_config) -> tuple[tuple[str, object], ...]:
     if not rules:
         return DEFAULT_RULES
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
+
+
+def mesh_axes_size(mesh, logical: str, rules) -> int:
+    """How many devices the logical axis `logical` is split over under `rules` on `mesh`."""
+    for name, target in rules:
+        if name == logical:
+            axes = target if isinstance(target, (tuple, list)) else (target,)
+            sizes = dict(mesh.shape)
+            return math.prod(sizes.get(a, 1) for a in axes if a is not None)
+    return 1

@@ -26,6 +26,8 @@ from seaweed_jax.parallel.remat import checkpoint_name
 LAYER_TYPES = ("full", "space", "window")
 SCHEDULES = ("full", "space_full", "window")
 QKV_NAMES = ("batch", "length", "heads", "head_dim")
+# Inside attention: the whole sequence, heads over tensor x context (Ulysses; see parallel/rules.py).
+ATTENTION_NAMES = ("batch", None, "attn_heads", "head_dim")
 
 
 def layer_attention_types(attention, num_layers: int) -> tuple[str, ...]:
@@ -89,6 +91,10 @@ def joint_attention(video_qkv, text_qkv, rope_cos, rope_sin, mask, *, backend: s
     k = apply_rope(k, rope_cos, rope_sin)
     q, k, v = (nn.with_logical_constraint(a, QKV_NAMES) for a in (q, k, v))
     q, k, v = (checkpoint_name(a, "qkv") for a in (q, k, v))
+    # Ulysses: all-to-all from sequence sharding to head sharding and back (no-ops when the
+    # mesh's context axis has size 1).
+    q, k, v = (nn.with_logical_constraint(a, ATTENTION_NAMES) for a in (q, k, v))
     out = kernels.attention(q, k, v, mask=mask, backend=backend, options=options)
+    out = nn.with_logical_constraint(out, ATTENTION_NAMES)
     out = checkpoint_name(nn.with_logical_constraint(out, QKV_NAMES), "attn_out")
     return out[:, :nv], out[:, nv:]

@@ -33,6 +33,7 @@ from seaweed_jax.models.dit.layers import Linear, layer_norm, modulate
 from seaweed_jax.models.dit.modulation import AdaSingle, ScalarEmbedder
 from seaweed_jax.models.dit.rope import mm_rope_positions, rope_tables
 from seaweed_jax.parallel.remat import maybe_remat
+from seaweed_jax.parallel.rules import mesh_axes_size
 
 
 # --------------------------------------------------------------------------- config
@@ -194,6 +195,26 @@ def validate_inputs(cfg, x, t, text, text_mask, cond=None) -> None:
                              f"{(b, tt, h, w, c + 1)}, got {cond.shape}")
 
 
+def validate_sharding(cfg, num_video: int, num_text: int) -> None:
+    """Under a mesh with logical rules: Ulysses splits attention heads over tensor x context
+    and both token streams over context; reject shapes that do not split, before compiling."""
+    mesh, rules = jax.sharding.get_abstract_mesh(), nn.get_logical_axis_rules()
+    if mesh.empty or not rules:  # no constraints are applied then
+        return
+    heads_split = mesh_axes_size(mesh, "attn_heads", rules)
+    if cfg.num_heads % heads_split:
+        raise ValueError(f"model.num_heads={cfg.num_heads} does not split over the {heads_split} devices "
+                         f"of mesh axes tensor x context (Ulysses shards attention heads over both); "
+                         f"use a multiple of {heads_split} heads or change mesh.shape")
+    seq_split = mesh_axes_size(mesh, "length", rules)
+    for name, count, fix in (("video", num_video, "a latent size whose token count (T x H x W / patch) is"),
+                             ("text", num_text, "a text length (text_encoder.max_len) that is")):
+        if count % seq_split:
+            raise ValueError(f"{count} {name} tokens do not split over mesh context={seq_split} (sequence "
+                             f"sharding between attention layers); use {fix} a multiple of "
+                             f"{seq_split}, or set mesh.shape.context=1")
+
+
 # --------------------------------------------------------------------------- model
 
 class DiT(nn.Module):
@@ -215,6 +236,7 @@ class DiT(nn.Module):
                 cond = jnp.zeros(x.shape[:-1] + (cfg.latent_channels + 1,), x.dtype)
             x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
         tokens, grid = patchify(x, patch)
+        validate_sharding(cfg, tokens.shape[1], text.shape[1])
         x_v = Linear((d,), ("conv_in",), ("embed",), dtype=dtype, name="video_embed")(tokens)
         x_v = nn.with_logical_constraint(x_v.astype(jnp.float32), TOKEN_NAMES)
 
