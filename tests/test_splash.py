@@ -183,7 +183,10 @@ def test_training_with_splash_follows_the_xla_loss_curve(shared, tmp_path):
     xla = _train_losses(shared, str(tmp_path / "xla"), "xla")
     spl = _train_losses(shared, str(tmp_path / "splash"), "splash")
     assert sorted(xla) == list(range(1, 21)) and sorted(spl) == sorted(xla)
-    np.testing.assert_allclose([spl[s] for s in sorted(spl)], [xla[s] for s in sorted(xla)], rtol=1e-4)
+    a, b = np.array([spl[s] for s in sorted(spl)]), np.array([xla[s] for s in sorted(xla)])
+    print(f"losses step 1 -> 20: xla {b[0]:.5f} -> {b[-1]:.5f}; max |splash - xla| / xla = "
+          f"{np.max(np.abs(a - b) / b):.2e}")
+    np.testing.assert_allclose(a, b, rtol=1e-4)
     assert xla[20] < xla[1]  # it trains
 
 
