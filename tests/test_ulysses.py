@@ -1,5 +1,8 @@
 """Ulysses context parallelism: the DiT under context=4 and context=2 x tensor=2 (fake CPU
 devices) gives the loss and gradients of one device, with all-to-alls in the program."""
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
@@ -8,10 +11,12 @@ import pytest
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import _dit_helpers as H
 from seaweed_jax import config_lib
 from seaweed_jax.models.dit import DiT, example_inputs, tiny_config
 from seaweed_jax.parallel import make_mesh
 from seaweed_jax.parallel.rules import DEFAULT_RULES
+from seaweed_jax.trainer import loop
 
 # 4 heads (splittable by 4), 2 x 2 x 4 = 16 video tokens and 4 text tokens (splittable by 4).
 LATENT, TEXT_LEN = (2, 4, 8), 4
@@ -88,3 +93,32 @@ def test_shapes_that_do_not_split_are_rejected_before_compiling():
             jax.eval_shape(DiT(cfg).init, jax.random.key(0), x[:, :1, :2, :6], t, text, mask)
         with pytest.raises(ValueError, match="3 text tokens do not split over mesh context=2"):
             jax.eval_shape(DiT(cfg).init, jax.random.key(0), x, t, text[:, :3], mask[:, :3])
+
+
+# ----------------------------------------------------------------------------- through the trainer
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return H.shared_setup(tmp_path_factory)
+
+
+def _losses(shared, workdir, mesh_shape):
+    config = H.dit_config(shared["vae"], num_steps=10, log_every=1, eval_every=0, ckpt_every=10)
+    config.mesh.shape = mesh_shape
+    config.model.num_layers = 2
+    config.model.attention = "full,window"
+    config.model.window_partitions = ((1, 2, 2),)
+    loop.train(config, workdir, data_dir=shared["data_dir"])
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [r["loss"] for r in sorted((r for r in records if "loss" in r), key=lambda r: r["step"])]
+
+
+@pytest.mark.slow  # ~1 min: two 10-step runs
+def test_training_under_context_parallelism_follows_data_parallel(shared, tmp_path):
+    """The toy DiT task on 8 fake devices: data=4 x context=2 (Ulysses) vs data=8."""
+    data = _losses(shared, str(tmp_path / "data"), {"data": 8, "context": 1})
+    context = _losses(shared, str(tmp_path / "context"), {"data": 4, "context": 2})
+    assert len(data) == len(context) == 10
+    print(f"losses 1 -> 10: {data[0]:.5f} -> {data[-1]:.5f}; max rel diff "
+          f"{max(abs(a - b) / b for a, b in zip(context, data)):.2e}")
+    np.testing.assert_allclose(context, data, rtol=1e-4)
