@@ -8,7 +8,9 @@ Needs libtpu, which the default install never brings: `make tpu-env` builds `.ve
 
 Two programs, each forward + backward (grads of a squared-output loss) under jit over a mesh of
 the topology's devices:
-  toy:       the tiny DiT, one layer each of full / space / window attention, batch = #devices;
+  toy:       the tiny DiT, one layer each of full / space / window attention, batch = #devices
+             (also under the remat presets `minimal` and `save_qkv_attn`: the count of Mosaic
+             calls shows whether the forward kernel re-runs in the backward pass);
   7b_layer:  one 7B-width hybrid-stream block (hidden 3584, 28 heads x 128, SwiGLU 7168,
              bfloat16) at the stage-2 480p grid: 121 frames x 480 x 640 through the 48x VAE
              (4, 8, 8) and (1, 2, 2) patches = 31 x 30 x 40 = 37,200 video + 256 text tokens,
@@ -73,9 +75,9 @@ def _compile(name, mesh, fn, args, results):
     print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
 
 
-def toy_program(mesh, results):
+def toy_program(mesh, results, remat: str = "none"):
     cfg = tiny_config(attention="full,space,window", attention_backend="splash",
-                      attention_block_sizes=(128, 128), window_partitions=((1, 2, 2),))
+                      attention_block_sizes=(128, 128), window_partitions=((1, 2, 2),), remat=remat)
     batch = mesh.devices.size
     inputs = example_inputs(cfg, batch=batch, latent_shape=(4, 8, 8))
     boxed = abstract_params(cfg)
@@ -90,7 +92,8 @@ def toy_program(mesh, results):
             return jnp.mean(DiT(cfg).apply({"params": p}, x, t, text, mask) ** 2)
         return jax.value_and_grad(loss)(params)
 
-    _compile("toy", mesh, loss_and_grads, (params, *abstract_inputs), results)
+    _compile("toy" if remat == "none" else f"toy_remat_{remat}", mesh, loss_and_grads,
+             (params, *abstract_inputs), results)
 
 
 def layer_program(mesh, results, attention: str):
@@ -136,7 +139,8 @@ def layer_program(mesh, results, attention: str):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topology", default="v5p:2x2x1", help="TPU topology gen:AxBxC (chips)")
-    parser.add_argument("--programs", default="toy,7b_layer_full,7b_layer_window,7b_layer_window_4x1x1")
+    parser.add_argument("--programs", default="toy,toy_remat_minimal,toy_remat_save_qkv_attn,"
+                        "7b_layer_full,7b_layer_window,7b_layer_window_4x1x1")
     args = parser.parse_args(argv)
     topology = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
     devices = topology.devices
@@ -145,6 +149,9 @@ def main(argv=None):
     wanted = args.programs.split(",")
     if "toy" in wanted:
         toy_program(mesh, results)
+    for remat in ("minimal", "save_qkv_attn"):  # the forward kernel re-runs only under `minimal`
+        if f"toy_remat_{remat}" in wanted:
+            toy_program(mesh, results, remat)
     for attention in ("full", *WINDOWS):
         if f"7b_layer_{attention}" in wanted:
             layer_program(mesh, results, attention)

@@ -80,9 +80,10 @@ def test_splash_equals_reference_forward_and_backward(layer, grid, windows, text
 
 
 def test_a_dit_mixing_every_layer_type_matches_the_reference():
-    """Full, space and window layers in one model: output and parameter gradients agree."""
+    """Full, space and window layers in one model, under a remat policy that saves the kernel's
+    residuals: output and parameter gradients agree."""
     cfg = tiny_config(num_layers=3, attention="full,space,window", window_partitions=((2, 2, 1),),
-                      attention_block_sizes=(128, 128))
+                      attention_block_sizes=(128, 128), remat="save_qkv_attn")
     x, t, text, text_mask = example_inputs(cfg, batch=2, latent_shape=(3, 6, 8), text_len=5)
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
@@ -201,7 +202,7 @@ def test_the_toy_dit_compiles_for_a_tpu_topology():
     """The real Mosaic kernel (not interpret mode) lowers and compiles for a v5p 2x2x1 slice."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     proc = subprocess.run([TPU_PYTHON, os.path.join(H.REPO, "benchmarks", "tpu_aot.py"),
-                           "--topology=v5p:2x2x1", "--programs=toy"],
+                           "--topology=v5p:2x2x1", "--programs=toy,toy_remat_minimal,toy_remat_save_qkv_attn"],
                           cwd=H.REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -209,3 +210,8 @@ def test_the_toy_dit_compiles_for_a_tpu_topology():
     assert result["device_kind"].startswith("TPU") and toy["ok"]
     assert toy["tpu_custom_calls"] > 0          # Mosaic kernels, i.e. not interpret mode
     assert 0 < toy["peak_estimate_bytes"] < 1 << 30
+    # Remat: `minimal` re-runs the forward kernel in the backward pass (3 layers: 3 more calls);
+    # save_qkv_attn keeps the kernel's named residuals and does not.
+    programs = result["programs"]
+    assert programs["toy_remat_minimal"]["tpu_custom_calls"] == toy["tpu_custom_calls"] + 3
+    assert programs["toy_remat_save_qkv_attn"]["tpu_custom_calls"] == toy["tpu_custom_calls"]

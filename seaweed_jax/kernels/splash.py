@@ -227,7 +227,11 @@ def attention(q, k, v, mask=None, *, scale: float | None = None,
         """One device's (b, L, h, Dh) shard; the kernel works on (h, L, Dh) per example."""
         kernel = splash_kernel.make_splash_mha(
             splash_mask.MultiHeadMask((splash,) * q.shape[2]), block_sizes=_block_sizes(options),
-            head_shards=1, q_seq_shards=1, interpret=interpret)
+            head_shards=1, q_seq_shards=1, interpret=interpret,
+            # The kernel's output and softmax statistics carry the checkpoint name "attn_out",
+            # so a remat policy that saves attn_out (save_qkv_attn) skips re-running the
+            # forward kernel in the backward pass.
+            residual_checkpoint_name="attn_out")
 
         def one(q, k, v, q_segment, kv_segment):
             return kernel(q, k, v, segment_ids=splash_kernel.SegmentIds(q_segment, kv_segment))
