@@ -139,7 +139,11 @@ class TextEncoder(nn.Module):
                      (self.vocab_size, self.width), ("vocab", "embed"), jnp.float32)
         pos = _param(self, "pos_embed", nn.initializers.normal(stddev=0.02),
                      (self.max_len, self.width), (None, "embed"), jnp.float32)
-        x = (jnp.take(tok, ids, axis=0) + pos[None]).astype(self.dtype)
+        # One-hot matmul, not a gather: with the table sharded over `vocab` (tensor) XLA's
+        # partitioned gather gave NaN gradients for a replicated batch-1 lookup (the null
+        # caption); the matmul is exact (one 1.0 per row) and partitions cleanly.
+        one_hot = jax.nn.one_hot(ids, self.vocab_size, dtype=tok.dtype)
+        x = (jnp.einsum("blv,vd->bld", one_hot, tok) + pos[None]).astype(self.dtype)
         x = nn.with_logical_constraint(x, TOKEN_AXES)
         for i in range(self.num_layers):
             x = TextBlock(self.num_heads, self.mlp_dim, self.dtype,
