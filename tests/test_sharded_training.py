@@ -58,6 +58,7 @@ def _loss_and_grads(shared, mesh_shape, devices):
     return float(loss), jax.device_get(grads), hlo, specs
 
 
+@pytest.mark.slow  # ~2.5 min: five meshes, each compiled
 def test_sharded_steps_equal_one_device(shared):
     want_loss, want_grads, _, _ = _loss_and_grads(shared, {"data": 1}, jax.devices()[:1])
     for name, shape in MESHES.items():
