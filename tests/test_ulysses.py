@@ -55,8 +55,8 @@ def _loss_and_grads(cfg):
 
 @pytest.mark.parametrize("backend,attention", [
     ("xla", "window,space"),
-    ("splash", "full"),
-    pytest.param("xla", "full", marks=pytest.mark.slow),              # ~45 s each
+    pytest.param("splash", "full", marks=pytest.mark.slow),           # ~45 s each
+    pytest.param("xla", "full", marks=pytest.mark.slow),
     pytest.param("splash", "window,space", marks=pytest.mark.slow),
 ])
 def test_ulysses_equals_one_device(backend, attention):
