@@ -4,7 +4,7 @@
 
 q, k, v: (B, N, H, Dh) (tokens before heads). `mask` is None (full attention), a boolean
 array broadcastable to (B, H, Nq, Nk) (True = attend), or a structured spec from
-`kernels.masks` (`KeyPaddingMask`, `VideoWindowMask`) that lets a backend skip masked work.
+`kernels.masks` (`KeyPaddingMask`, `VideoWindowMask`, `SegmentMask`) that lets a backend skip masked work.
 `options` (`AttentionOptions`) carries backend settings such as splash's block sizes.
 
 Backends (config `model.attention_backend`):
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 from seaweed_jax.kernels import cudnn, reference, splash
-from seaweed_jax.kernels.masks import KeyPaddingMask, VideoWindowMask, window_bounds
+from seaweed_jax.kernels.masks import KeyPaddingMask, SegmentMask, VideoWindowMask, window_bounds
 from seaweed_jax.kernels.options import AttentionOptions, target_platform
 
 # name -> fn(q, k, v, mask, *, scale, options)
@@ -43,4 +43,4 @@ def attention(q, k, v, *, mask=None, backend: str = "xla", scale: float | None =
 
 
 __all__ = ["attention", "register_backend", "BACKENDS", "AttentionOptions", "KeyPaddingMask",
-           "VideoWindowMask", "target_platform", "window_bounds"]
+           "SegmentMask", "VideoWindowMask", "target_platform", "window_bounds"]

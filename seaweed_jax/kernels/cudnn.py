@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 
 from seaweed_jax.kernels import reference
-from seaweed_jax.kernels.masks import KeyPaddingMask, VideoWindowMask
+from seaweed_jax.kernels.masks import KeyPaddingMask, SegmentMask, VideoWindowMask
 from seaweed_jax.kernels.options import AttentionOptions, target_platform
 
 
@@ -35,4 +35,6 @@ def attention(q, k, v, mask=None, *, scale: float | None = None,
         return reference.windowed_joint_attention(q, k, v, mask, scale=scale, attend=_cudnn)
     if isinstance(mask, KeyPaddingMask):
         mask = mask.key_valid[:, None, None, :]
+    elif isinstance(mask, SegmentMask):
+        mask = mask.dense(q.shape[1])
     return _cudnn(q, k, v, mask, scale=scale)

@@ -4,6 +4,7 @@ Attention backends receive one of these instead of a dense (Nq, Nk) mask wheneve
 structure lets them do less work:
 
 - `KeyPaddingMask(key_valid)`: full attention; keys marked False (padded text) are ignored.
+- `SegmentMask(segment)`: packed sequences; attention stays inside each sample's segment.
 - `VideoWindowMask(grid, windows, key_valid)`: the first `prod(grid)` tokens are video
   tokens in (t, h, w) row-major order, the rest are text. The video grid is split into
   `windows = (wt, wh, ww)` windows per axis (near-equal sizes when a size does not divide).
@@ -50,6 +51,23 @@ class KeyPaddingMask:
     def dense(self, num_queries: int) -> jax.Array:
         del num_queries
         return self.key_valid[:, None, None, :]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SegmentMask:
+    """Packed sequences: token i attends to token j iff segment[i] == segment[j].
+
+    segment: (B, N) int, the sample each token belongs to (>= 1); 0 marks padding, which
+    attends only to padding (never empty, never seen by a real token).
+    """
+    segment: jax.Array
+
+    def dense(self, num_queries: int) -> jax.Array:
+        if num_queries != self.segment.shape[1]:
+            raise ValueError(f"SegmentMask is for self-attention: {num_queries} queries vs "
+                             f"{self.segment.shape[1]} segment ids")
+        return self.segment[:, None, :, None] == self.segment[:, None, None, :]
 
 
 @jax.tree_util.register_dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seaweed_jax.kernels.masks import KeyPaddingMask, VideoWindowMask, from_windows, to_windows
+from seaweed_jax.kernels.masks import (KeyPaddingMask, SegmentMask, VideoWindowMask, from_windows,
+                                       to_windows)
 
 # Large finite negative (not -inf) so a fully masked row gives a uniform softmax, not NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -71,4 +72,6 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, options=None):
         return windowed_joint_attention(q, k, v, mask, scale=scale)
     if isinstance(mask, KeyPaddingMask):
         return dot_product_attention(q, k, v, mask.key_valid[:, None, None, :], scale=scale)
+    if isinstance(mask, SegmentMask):
+        return dot_product_attention(q, k, v, mask.dense(q.shape[1]), scale=scale)
     return dot_product_attention(q, k, v, mask, scale=scale)

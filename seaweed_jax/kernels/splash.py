@@ -16,6 +16,8 @@ How the joint [video; text] sequence reaches the kernel:
   every query segment 0: no query sees them and no query row is ever empty. Padded query
   rows are cropped on return; padded text queries keep their reference semantics (they see
   every valid key), so the output equals `reference.attention` at every position.
+- **Packed sequences** (`SegmentMask`) pass their sample ids straight through as q and kv
+  segment ids (padding is segment 0 and sees only padding): full attention inside each sample.
 - **shard_map.** A Mosaic kernel cannot be auto-partitioned, so the call runs under
   `jax.shard_map` over the active mesh with batch and heads sharded by the logical-axis rules
   (`batch`, `attn_heads`); the sequence is whole on each device: under Ulysses context
@@ -26,6 +28,7 @@ How the joint [video; text] sequence reaches the kernel:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +39,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as mask_info
 from jax.sharding import PartitionSpec as P
 
-from seaweed_jax.kernels.masks import KeyPaddingMask, VideoWindowMask, from_windows, to_windows
+from seaweed_jax.kernels.masks import KeyPaddingMask, SegmentMask, VideoWindowMask, from_windows, to_windows
 from seaweed_jax.kernels.options import AttentionOptions, target_platform
 from seaweed_jax.parallel.rules import DEFAULT_RULES
 
@@ -150,20 +153,39 @@ def _block_sizes(options: AttentionOptions) -> splash_kernel.BlockSizes:
                                     block_q_dq=bq, block_kv_dq=bkv)
 
 
+class Segments(NamedTuple):
+    """Segment ids for the kernel (B, N) and the ids its tail padding gets."""
+    q: jax.Array
+    kv: jax.Array
+    q_pad: int
+    kv_pad: int
+
+
+def _key_segments(key_valid) -> Segments:
+    """Key-validity masks: every query in segment 0, invalid keys (and the tail) in 1."""
+    kv = jnp.where(key_valid, 0, 1).astype(jnp.int32)
+    return Segments(jnp.zeros_like(kv), kv, 0, 1)
+
+
 def _to_kernel_order(q, k, v, mask):
-    """Reorder to the kernel's layout. Returns (q, k, v, key_valid, restore) where restore maps
+    """Reorder to the kernel's layout. Returns (q, k, v, segments, restore) where restore maps
     the kernel-order output (cropped to the unpadded length) back to the caller's order."""
     b, n = q.shape[:2]
+    same = lambda out: out
     if mask is None:
-        return q, k, v, jnp.ones((b, n), bool), lambda out: out
+        return q, k, v, _key_segments(jnp.ones((b, n), bool)), same
+    if isinstance(mask, SegmentMask):  # packing: padding (segment 0) sees only padding
+        segment = mask.segment.astype(jnp.int32)
+        return q, k, v, Segments(segment, segment, -1, -1), same  # the tail: a segment of its own
     if isinstance(mask, VideoWindowMask) and n < mask.num_video:
         raise ValueError(f"splash attention: {n} tokens but the video grid {mask.grid} has {mask.num_video}")
     if isinstance(mask, KeyPaddingMask) or (isinstance(mask, VideoWindowMask) and _time_only(mask)):
-        return q, k, v, mask.key_valid, lambda out: out
+        return q, k, v, _key_segments(mask.key_valid), same
     if not isinstance(mask, VideoWindowMask):
         raise ValueError("attention_backend='splash' takes a structured mask (kernels.masks."
-                         "KeyPaddingMask / VideoWindowMask) or None, not a dense boolean array: its "
-                         "block sparsity must be known when tracing; use backend='xla' for dense masks")
+                         "KeyPaddingMask / VideoWindowMask / SegmentMask) or None, not a dense boolean "
+                         "array: its block sparsity must be known when tracing; use backend='xla' for "
+                         "dense masks")
     nv, slots = mask.num_video, mask.num_windows * mask.window_size
 
     def reorder(a):
@@ -181,7 +203,7 @@ def _to_kernel_order(q, k, v, mask):
                                                     *out.shape[2:]), mask)
         return jnp.concatenate([video, out[:, slots:]], axis=1)
 
-    return reorder(q), reorder(k), reorder(v), key_valid, restore
+    return reorder(q), reorder(k), reorder(v), _key_segments(key_valid), restore
 
 
 def _mesh_specs(mesh, batch: int, heads: int):
@@ -212,16 +234,16 @@ def attention(q, k, v, mask=None, *, scale: float | None = None,
     b, n, h, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     interpret = options.interpret if options.interpret is not None else target_platform() != "tpu"
-    q, k, v, key_valid, restore = _to_kernel_order(q, k, v, mask)
+    q, k, v, segments, restore = _to_kernel_order(q, k, v, mask)
     splash = kernel_mask(mask, n, options)
     length, n_kernel = splash.shape[0], q.shape[1]
     pad = ((0, 0), (0, length - n_kernel), (0, 0), (0, 0))
     # The kernel does not scale logits: fold the scale into q (in float32, as the reference does).
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
     q, k, v = (jnp.pad(a, pad) for a in (q, k, v))
-    kv_segment = jnp.pad(jnp.where(key_valid, 0, 1).astype(jnp.int32), ((0, 0), (0, length - n_kernel)),
-                         constant_values=1)
-    q_segment = jnp.zeros_like(kv_segment)
+    tail = ((0, 0), (0, length - n_kernel))
+    q_segment = jnp.pad(segments.q, tail, constant_values=segments.q_pad)
+    kv_segment = jnp.pad(segments.kv, tail, constant_values=segments.kv_pad)
 
     def local(q, k, v, q_segment, kv_segment):
         """One device's (b, L, h, Dh) shard; the kernel works on (h, L, Dh) per example."""
