@@ -56,13 +56,15 @@ FULL_TEXT = np.ones((B, 8), bool)
 @pytest.mark.parametrize("layer,grid,windows,text", [
     # kernel length a block multiple: 120 video + 8 text = 128 tokens (no sequence padding)
     ("full", (5, 4, 6), None, FULL_TEXT),
-    ("window", (4, 4, 4), (1, 2, 2), np.ones((B, 64), bool)),      # 64 slots + 64 text = 128
+    pytest.param("window", (4, 4, 4), (1, 2, 2), np.ones((B, 64), bool),   # 64 slots + 64 text
+                 marks=pytest.mark.slow),
     # not block multiples, with padded text
-    ("full", (5, 3, 6), None, PADDED_TEXT),
+    pytest.param("full", (5, 3, 6), None, PADDED_TEXT, marks=pytest.mark.slow),
     ("space", (5, 3, 6), (5, 1, 1), PADDED_TEXT),
     ("window", (4, 4, 4), (1, 2, 2), PADDED_TEXT),                 # windows divide the grid
     ("window", (5, 3, 6), (4, 1, 1), PADDED_TEXT),                 # uneven: 2, 1, 1, 1 frames
-    ("window", (5, 3, 6), (1, 2, 4), PADDED_TEXT),                 # uneven in h and w
+    pytest.param("window", (5, 3, 6), (1, 2, 4), PADDED_TEXT,     # uneven in h and w
+                 marks=pytest.mark.slow),
 ])
 def test_splash_equals_reference_forward_and_backward(layer, grid, windows, text):
     nv = int(np.prod(grid))
@@ -79,6 +81,7 @@ def test_splash_equals_reference_forward_and_backward(layer, grid, windows, text
         np.testing.assert_allclose(_value_and_grads(q, k2, v, mask, "splash")[0], out, atol=1e-6)
 
 
+@pytest.mark.slow  # ~45 s of interpret-mode compiles; the layer types are covered one by one above
 def test_a_dit_mixing_every_layer_type_matches_the_reference():
     """Full, space and window layers in one model, under a remat policy that saves the kernel's
     residuals: output and parameter gradients agree."""
