@@ -48,6 +48,12 @@ def _down(hidden_size, dtype, name):
     return Linear((hidden_size,), ("mlp",), ("embed",), dtype=dtype, name=name)
 
 
+def _gate(mod, i):
+    """Gate i of a stream's modulation as (B, 1, D) (per example) or (B, N, D) (per token)."""
+    gate = mod[..., i, :]
+    return gate[:, None] if gate.ndim == 2 else gate
+
+
 class HybridStreamBlock(nn.Module):
     hidden_size: int
     num_heads: int
@@ -63,29 +69,31 @@ class HybridStreamBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x_v, x_t, t0, text_valid, rope_cos, rope_sin, mask):
-        """x_v (B, Nv, D), x_t (B, Nt, D) float32 residual streams; t0 (B, 6, D) AdaSingle vector;
+        """x_v (B, Nv, D), x_t (B, Nt, D) float32 residual streams; t0 (B, 6, D) AdaSingle vector
+        (packed sequences: a pair (video, text) of per-token (B, N, 6, D));
         text_valid (B, Nt) bool; rope tables (Nv+Nt, Dh/2); mask: a kernels.masks spec."""
         d = self.hidden_size
         x_v = checkpoint_name(nn.with_logical_constraint(x_v, TOKEN_NAMES), "block_in")
         x_t = checkpoint_name(nn.with_logical_constraint(x_t, TOKEN_NAMES), "block_in")
-        mod_v = ModulationOffsets(NUM_BLOCK_MODULATIONS, name="video_modulation")(t0)
+        t0_v, t0_t = t0 if isinstance(t0, tuple) else (t0, t0)  # packed: per token, per stream
+        mod_v = ModulationOffsets(NUM_BLOCK_MODULATIONS, name="video_modulation")(t0_v)
         mod_t = ModulationOffsets(NUM_BLOCK_MODULATIONS if self.text_output else 2,
-                                  name="text_modulation")(t0)
+                                  name="text_modulation")(t0_t)
 
         # Attention: per-stream projections, joint softmax.
         qkv_kw = dict(num_heads=self.num_heads, head_dim=self.head_dim, qk_norm=self.qk_norm,
                       eps=self.eps, dtype=self.dtype)
-        h_v = modulate(layer_norm(x_v, self.eps), mod_v[:, 0], mod_v[:, 1]).astype(self.dtype)
-        h_t = modulate(layer_norm(x_t, self.eps), mod_t[:, 0], mod_t[:, 1]).astype(self.dtype)
+        h_v = modulate(layer_norm(x_v, self.eps), mod_v[..., 0, :], mod_v[..., 1, :]).astype(self.dtype)
+        h_t = modulate(layer_norm(x_t, self.eps), mod_t[..., 0, :], mod_t[..., 1, :]).astype(self.dtype)
         o_v, o_t = joint_attention(StreamQKV(name="video_attn", **qkv_kw)(h_v),
                                    StreamQKV(name="text_attn", **qkv_kw)(h_t),
                                    rope_cos, rope_sin, mask, backend=self.attention_backend,
                                    options=self.attention_options)
         out_kw = dict(features=(d,), in_names=("heads", "head_dim"), out_names=("embed",), dtype=self.dtype)
-        x_v = x_v + mod_v[:, 2, None] * Linear(name="video_attn_out", **out_kw)(o_v)
+        x_v = x_v + _gate(mod_v, 2) * Linear(name="video_attn_out", **out_kw)(o_v)
 
         # FFN: per stream, or gate/up shared with per-stream down projections.
-        h_v = checkpoint_name(modulate(layer_norm(x_v, self.eps), mod_v[:, 3], mod_v[:, 4]).astype(self.dtype),
+        h_v = checkpoint_name(modulate(layer_norm(x_v, self.eps), mod_v[..., 3, :], mod_v[..., 4, :]).astype(self.dtype),
                               "mlp_in")
         if self.shared_ffn:
             gate_up_v = gate_up_t = GateUp(self.mlp_hidden, self.dtype, name="shared_gate_up")
@@ -93,14 +101,14 @@ class HybridStreamBlock(nn.Module):
             gate_up_v = GateUp(self.mlp_hidden, self.dtype, name="video_gate_up")
             gate_up_t = None if not self.text_output else GateUp(self.mlp_hidden, self.dtype, name="text_gate_up")
         f_v = checkpoint_name(_down(d, self.dtype, "video_down")(gate_up_v(h_v)), "mlp_out")
-        x_v = nn.with_logical_constraint(x_v + mod_v[:, 5, None] * f_v, TOKEN_NAMES)
+        x_v = nn.with_logical_constraint(x_v + _gate(mod_v, 5) * f_v, TOKEN_NAMES)
 
         if self.text_output:
-            x_t = x_t + mod_t[:, 2, None] * Linear(name="text_attn_out", **out_kw)(o_t)
-            h_t = checkpoint_name(modulate(layer_norm(x_t, self.eps), mod_t[:, 3], mod_t[:, 4]).astype(self.dtype),
+            x_t = x_t + _gate(mod_t, 2) * Linear(name="text_attn_out", **out_kw)(o_t)
+            h_t = checkpoint_name(modulate(layer_norm(x_t, self.eps), mod_t[..., 3, :], mod_t[..., 4, :]).astype(self.dtype),
                                   "mlp_in")
             f_t = checkpoint_name(_down(d, self.dtype, "text_down")(gate_up_t(h_t)), "mlp_out")
-            x_t = x_t + mod_t[:, 5, None] * f_t
+            x_t = x_t + _gate(mod_t, 5) * f_t
             # Padded text tokens are ignored as queries: keep their stream at zero.
             x_t = nn.with_logical_constraint(jnp.where(text_valid[..., None], x_t, 0.0), TOKEN_NAMES)
         return x_v, x_t

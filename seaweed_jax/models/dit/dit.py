@@ -17,6 +17,7 @@ last `num_shared_ffn_layers` share FFN gate/up between streams; per-layer attent
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -26,7 +27,7 @@ import ml_collections as mc
 from flax import linen as nn
 
 from seaweed_jax import kernels
-from seaweed_jax.kernels.masks import VideoWindowMask
+from seaweed_jax.kernels.masks import SegmentMask, VideoWindowMask
 from seaweed_jax.models.dit.attention import layer_attention_types, layer_mask
 from seaweed_jax.models.dit.blocks import TOKEN_NAMES, HybridStreamBlock
 from seaweed_jax.models.dit.layers import Linear, layer_norm, modulate
@@ -215,27 +216,82 @@ def validate_sharding(cfg, num_video: int, num_text: int) -> None:
                              f"{seq_split}, or set mesh.shape.context=1")
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """Several samples in one token sequence (sequence packing).
+
+    With `packing`, DiT takes x = (B, Nv, pt*ph*pw*in_channels) patch tokens (condition
+    channels included, as `patchify` lays them out), t = (B, S) one timestep per sample,
+    text = (B, Nt, text_dim) every sample's text tokens (text_mask unused: padding is segment
+    0), and returns (B, Nv, pt*ph*pw*latent_channels) tokens. Each token follows its own
+    sample's timestep and MM-RoPE positions; attention stays inside each sample (SegmentMask),
+    so a sample's output equals running it alone. Full attention layers only.
+    """
+    video_segment: jax.Array    # (B, Nv) int: sample 1..S of each video token, 0 = padding
+    video_positions: jax.Array  # (B, Nv, 3) int: (t, h, w) of the token in its sample's grid
+    text_segment: jax.Array     # (B, Nt) int: sample of each text token, 0 = padding
+    text_positions: jax.Array   # (B, Nt) int: index of the token in its sample's text
+
+
+def validate_packed_inputs(cfg, x, t, text, packing: Packing) -> None:
+    """Shape and config checks for packed inputs; messages say what to change."""
+    types = set(layer_attention_types(cfg.attention, cfg.num_layers))
+    if types != {"full"}:
+        raise ValueError(f"packed sequences need model.attention='full' (got layer types {sorted(types)}): "
+                         "window and space layers are per-sample grids that a packed sequence does "
+                         "not have; turn packing off (data.packing) for this model")
+    width = math.prod(cfg.patch_size) * cfg.in_channels
+    if x.ndim != 3 or x.shape[2] != width:
+        raise ValueError(f"packed x must be patch tokens (B, Nv, prod(patch_size) x in_channels = {width}), "
+                         f"got {x.shape}")
+    b, nv = x.shape[:2]
+    if packing.video_segment.shape != (b, nv) or packing.video_positions.shape != (b, nv, 3):
+        raise ValueError(f"packing.video_segment / video_positions must be {(b, nv)} / {(b, nv, 3)}, got "
+                         f"{packing.video_segment.shape} / {packing.video_positions.shape}")
+    if t.ndim != 2 or t.shape[0] != b:
+        raise ValueError(f"packed t must be (B={b}, samples per sequence), got {t.shape}")
+    if text.ndim != 3 or text.shape[0] != b or text.shape[2] != cfg.text_dim:
+        raise ValueError(f"text must be (B={b}, L, text_dim={cfg.text_dim}), got {text.shape}")
+    if packing.text_segment.shape != text.shape[:2] or packing.text_positions.shape != text.shape[:2]:
+        raise ValueError(f"packing.text_segment / text_positions must be {text.shape[:2]}")
+
+
+def _per_token(values, segment):
+    """values (B, S, ...) per sample -> (B, N, ...) per token of `segment` (B, N) (1-based;
+    padding, segment 0, takes sample 1's values: its outputs are never read)."""
+    index = jnp.clip(segment - 1, 0, values.shape[1] - 1)
+    return jax.vmap(lambda v, i: v[i])(values, index)
+
+
 # --------------------------------------------------------------------------- model
 
 class DiT(nn.Module):
     config: Any  # the model section (ConfigDict / FrozenConfigDict)
 
     @nn.compact
-    def __call__(self, x, t, text, text_mask, cond=None, cfg_scale=None):
+    def __call__(self, x, t, text, text_mask, cond=None, cfg_scale=None, packing: Packing | None = None):
         cfg = self.config
         validate_config(cfg)
-        validate_inputs(cfg, x, t, text, text_mask, cond)
+        packed = packing is not None
+        if packed:
+            validate_packed_inputs(cfg, x, t, text, packing)
+        else:
+            validate_inputs(cfg, x, t, text, text_mask, cond)
         dtype = jnp.dtype(cfg.dtype)
         d, patch = cfg.hidden_size, tuple(cfg.patch_size)
         b = x.shape[0]
-        text_mask = text_mask.astype(bool)
+        text_mask = packing.text_segment > 0 if packed else text_mask.astype(bool)
 
         # Video tokens (with condition latents + mask on channels when configured).
-        if cfg.in_channels > cfg.latent_channels:
-            if cond is None:
-                cond = jnp.zeros(x.shape[:-1] + (cfg.latent_channels + 1,), x.dtype)
-            x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
-        tokens, grid = patchify(x, patch)
+        if packed:
+            tokens, grid = x, None
+        else:
+            if cfg.in_channels > cfg.latent_channels:
+                if cond is None:
+                    cond = jnp.zeros(x.shape[:-1] + (cfg.latent_channels + 1,), x.dtype)
+                x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
+            tokens, grid = patchify(x, patch)
         validate_sharding(cfg, tokens.shape[1], text.shape[1])
         x_v = Linear((d,), ("conv_in",), ("embed",), dtype=dtype, name="video_embed")(tokens)
         x_v = nn.with_logical_constraint(x_v.astype(jnp.float32), TOKEN_NAMES)
@@ -247,25 +303,33 @@ class DiT(nn.Module):
         x_t = nn.with_logical_constraint(jnp.where(text_mask[..., None], x_t, 0.0), TOKEN_NAMES)
 
         # Timestep (and optional CFG-scale) embedding -> the shared AdaSingle vector.
+        # (t is (B,), or (B, S) per packed sample: the embedders see a flat batch.)
         t_emb = ScalarEmbedder(d, cfg.timestep_freq_dim, cfg.timestep_scale, dtype=dtype,
-                               name="time_embed")(t)
+                               name="time_embed")(t.reshape(-1)).reshape(*t.shape, d)
         if cfg.cfg_scale_embed:
-            s = jnp.ones((b,), jnp.float32) if cfg_scale is None else jnp.broadcast_to(cfg_scale, (b,))
+            s = jnp.ones(t.shape, jnp.float32) if cfg_scale is None else jnp.broadcast_to(cfg_scale, t.shape)
             # Zero-initialized output: a model fine-tuned from one without this hook starts unchanged.
             t_emb = t_emb + ScalarEmbedder(d, cfg.timestep_freq_dim, 1.0, zero_init_out=True, dtype=dtype,
-                                           name="cfg_scale_embed")(s)
+                                           name="cfg_scale_embed")(s.reshape(-1)).reshape(*t.shape, d)
         t0 = AdaSingle(d, dtype=dtype, name="adasingle")(t_emb)
 
         # MM-RoPE tables and the key validity of the joint [video; text] sequence.
-        positions = mm_rope_positions(grid, text.shape[1], cfg.max_text_len)
+        if packed:  # positions restart in every sample; video after max_text_len as unpacked
+            text_pos = jnp.broadcast_to(packing.text_positions[..., None], (*text.shape[:2], 3))
+            positions = jnp.concatenate([packing.video_positions + cfg.max_text_len, text_pos], axis=1)
+            segments = SegmentMask(jnp.concatenate([packing.video_segment, packing.text_segment], axis=1))
+            t0 = (_per_token(t0, packing.video_segment), _per_token(t0, packing.text_segment))
+            t_emb = _per_token(t_emb, packing.video_segment)
+        else:
+            positions = mm_rope_positions(grid, text.shape[1], cfg.max_text_len)
+            key_valid = jnp.concatenate([jnp.ones((b, math.prod(grid)), bool), text_mask], axis=1)
         rope_cos, rope_sin = rope_tables(positions, cfg.rope_axes_dim, cfg.rope_theta)
-        key_valid = jnp.concatenate([jnp.ones((b, math.prod(grid)), bool), text_mask], axis=1)
 
         block_cls = maybe_remat(HybridStreamBlock, cfg.remat)
         types = layer_attention_types(cfg.attention, cfg.num_layers)
         first_shared = cfg.num_layers - cfg.num_shared_ffn_layers
         for i, layer_type in enumerate(types):
-            mask = layer_mask(layer_type, i, grid, key_valid, cfg.window_partitions)
+            mask = segments if packed else layer_mask(layer_type, i, grid, key_valid, cfg.window_partitions)
             block = block_cls(
                 hidden_size=d, num_heads=cfg.num_heads, head_dim=head_dim(cfg), mlp_hidden=cfg.mlp_hidden,
                 shared_ffn=i >= first_shared, text_output=i < cfg.num_layers - 1, qk_norm=cfg.qk_norm,
@@ -281,6 +345,8 @@ class DiT(nn.Module):
         h = modulate(layer_norm(x_v, cfg.norm_eps), shift, scale).astype(dtype)
         out = Linear((math.prod(patch) * cfg.latent_channels,), ("embed",), ("conv_out",), zero_init=True,
                      dtype=dtype, name="final_proj")(h)
+        if packed:
+            return out.astype(jnp.float32)
         return unpatchify(out.astype(jnp.float32), grid, patch, cfg.latent_channels)
 
 

@@ -96,8 +96,11 @@ def layer_norm(x, eps: float = 1e-6):
 
 
 def modulate(x, shift, scale):
-    """x * (1 + scale) + shift with (B, D) modulation broadcast over tokens."""
-    return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+    """x * (1 + scale) + shift: (B, D) modulation broadcast over tokens, or (B, N, D) per token
+    (packed sequences, where each token follows its own sample's timestep)."""
+    if shift.ndim == x.ndim - 1:
+        shift, scale = shift[:, None, :], scale[:, None, :]
+    return x * (1.0 + scale) + shift
 
 
 def sinusoidal_embedding(t, dim: int, max_period: float = 10000.0):

@@ -53,7 +53,8 @@ class AdaSingle(nn.Module):
 
 
 class ModulationOffsets(nn.Module):
-    """A block's per-stream learned offsets added to the shared t0: returns (B, n, D) float32."""
+    """A block's per-stream learned offsets added to the shared t0 (B, 6, D), or per token
+    (B, N, 6, D) for packed sequences: returns (B, n, D) / (B, N, n, D) float32."""
     num: int = NUM_BLOCK_MODULATIONS
 
     @nn.compact
@@ -61,4 +62,4 @@ class ModulationOffsets(nn.Module):
         offsets = self.param("offsets", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                      ("modulation", "embed")),
                              (self.num, t0.shape[-1]), jnp.float32)
-        return t0[:, :self.num] + offsets[None]
+        return t0[..., :self.num, :] + offsets
