@@ -167,7 +167,6 @@ def from_windows(x, spec: VideoWindowMask):
     return x.reshape(b, -1, *rest)[:, inverse]
 
 
-
 @functools.lru_cache(maxsize=64)
 def _window_tables(grid: tuple[int, int, int], windows: tuple[int, int, int]):
     """Cached, vectorized tables for VideoWindowMask.window_tokens (built once per layer shape)."""

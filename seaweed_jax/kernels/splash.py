@@ -41,7 +41,7 @@ from jax.sharding import PartitionSpec as P
 
 from seaweed_jax.kernels.masks import KeyPaddingMask, SegmentMask, VideoWindowMask, from_windows, to_windows
 from seaweed_jax.kernels.options import AttentionOptions, target_platform
-from seaweed_jax.parallel.rules import DEFAULT_RULES
+from seaweed_jax.parallel.rules import DEFAULT_RULES, mesh_axes_size
 
 
 class WindowSlotMask(splash_mask._ComputableMask):  # the kernel evaluates mask_function per block
@@ -217,13 +217,8 @@ def _mesh_specs(mesh, batch: int, heads: int):
     rules = nn.get_logical_axis_rules() or DEFAULT_RULES
     heads_name = "attn_heads" if any(name == "attn_heads" for name, _ in rules) else "heads"
     spec = nn.logical_to_mesh_axes(("batch", None, heads_name, None), rules)
-
-    def fit(axes, dim):
-        names = axes if isinstance(axes, tuple) else (axes,)
-        size = math.prod(mesh.shape[a] for a in names if a is not None)
-        return axes if dim % size == 0 else None
-
-    batch_axes, head_axes = fit(spec[0], batch), fit(spec[2], heads)
+    batch_axes = spec[0] if batch % mesh_axes_size(mesh, "batch", rules) == 0 else None
+    head_axes = spec[2] if heads % mesh_axes_size(mesh, heads_name, rules) == 0 else None
     return P(batch_axes, None, head_axes, None), P(batch_axes, None)
 
 

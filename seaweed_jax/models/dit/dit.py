@@ -326,6 +326,7 @@ class DiT(nn.Module):
         rope_cos, rope_sin = rope_tables(positions, cfg.rope_axes_dim, cfg.rope_theta)
 
         block_cls = maybe_remat(HybridStreamBlock, cfg.remat)
+        options = attention_options(cfg)
         types = layer_attention_types(cfg.attention, cfg.num_layers)
         first_shared = cfg.num_layers - cfg.num_shared_ffn_layers
         for i, layer_type in enumerate(types):
@@ -334,7 +335,7 @@ class DiT(nn.Module):
                 hidden_size=d, num_heads=cfg.num_heads, head_dim=head_dim(cfg), mlp_hidden=cfg.mlp_hidden,
                 shared_ffn=i >= first_shared, text_output=i < cfg.num_layers - 1, qk_norm=cfg.qk_norm,
                 eps=cfg.norm_eps, dtype=dtype, attention_backend=cfg.attention_backend,
-                attention_options=attention_options(cfg), name=f"block_{i}")
+                attention_options=options, name=f"block_{i}")
             x_v, x_t = block(x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
 
         # Final layer: PixArt-style shift/scale = t_emb + learned (2, D) table.
