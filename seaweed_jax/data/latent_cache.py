@@ -47,7 +47,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from flax import serialization
 
-from seaweed_jax.data import datasets
+from seaweed_jax.data import datasets, packed
 from seaweed_jax.data import pipeline as pipe
 from seaweed_jax.data.video_io import to_float
 from seaweed_jax.moving_shapes.builder import config_name
@@ -282,31 +282,38 @@ def make_latent_dataset(data_config, *, data_dir: str, encoder: LatentEncoder,
                         process_index: int | None = None, process_count: int | None = None,
                         shuffle: bool = True, num_epochs: int | None = None,
                         example_fn: Callable[[dict], dict] | None = None,
+                        pack: packed.PackSpec | None = None,
                         verbose: bool = True) -> grain.IterDataset:
     """Training batches of cached latents; the same structure and seeds as
     `pipeline.make_dataset` (see the module docstring). Batches have `latents` float32
-    (B, t, h, w, C), `caption`, the int32 labels, `source`, `index` (+ example_fn fields)."""
+    (B, t, h, w, C), `caption`, the int32 labels, `source`, `index` (+ example_fn fields).
+
+    With `pack` (sequence packing), all sources form one weighted stream of examples that
+    `data.packed.PackedDataset` packs into `pack.num_sequences` sequences per batch (the
+    layout of `data.packing.layout`); example_fn must add `text_ids` / `text_mask`."""
     process_index, process_count = pipe.resolve_process(process_index, process_count)
     pipe.validate_config(data_config, process_count, split)
     batch_size = pipe.local_batch_size(data_config, process_count)
     seed = int(pipe.field(data_config, "shuffle_seed", 0))
     plans = plan_latent_sources(data_config, data_dir=data_dir, encoder=encoder, split=split,
                                 verbose=verbose)
+    def examples(p: pipe.SourcePlan) -> grain.MapDataset:
+        ds = grain.MapDataset.source(p.source)
+        ds = ds.map_with_index(pipe.Tag(p.source_id, len(ds)))
+        ds = pipe.shard(ds, process_index, process_count)
+        if shuffle:
+            ds = ds.shuffle(seed=pipe.derive_seed(seed, 0, p.source_id))
+        ds = ds.repeat(num_epochs)
+        return ds if example_fn is None else ds.map(example_fn)
+
+    if pack is not None:  # every source in one stream, whatever its shape: packing mixes sizes
+        mixed = pipe.mix([examples(p) for p in plans], [p.weight for p in plans])
+        return pipe.prefetch_batches(data_config, packed.PackedDataset(mixed, pack))
     batched, bucket_weights = [], []
     for members in pipe.buckets(plans).values():
-        examples = []
-        for p in members:
-            ds = grain.MapDataset.source(p.source)
-            ds = ds.map_with_index(pipe.Tag(p.source_id, len(ds)))
-            ds = pipe.shard(ds, process_index, process_count)
-            if shuffle:
-                ds = ds.shuffle(seed=pipe.derive_seed(seed, 0, p.source_id))
-            ds = ds.repeat(num_epochs)
-            if example_fn is not None:
-                ds = ds.map(example_fn)
-            examples.append(ds)
+        examples_ = [examples(p) for p in members]
         weights = [p.weight for p in members]
-        batched.append(pipe.mix(examples, weights).batch(batch_size, drop_remainder=True))
+        batched.append(pipe.mix(examples_, weights).batch(batch_size, drop_remainder=True))
         bucket_weights.append(sum(weights))
     return pipe.iter_options(data_config, pipe.mix(batched, bucket_weights))
 

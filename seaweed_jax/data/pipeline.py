@@ -305,6 +305,20 @@ def iter_options(data_config, ds: grain.MapDataset) -> grain.IterDataset:
     threads = int(field(data_config, "read_threads", 2))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads if prefetch else 0,
                                               prefetch_buffer_size=prefetch))
+    return worker_prefetch(data_config, it)
+
+
+def prefetch_batches(data_config, ds: grain.IterDataset) -> grain.IterDataset:
+    """For an IterDataset of whole batches (e.g. packed): a background thread keeps
+    data.prefetch of them ready; grain worker processes when data.worker_count > 0."""
+    prefetch = int(field(data_config, "prefetch", 2))
+    if prefetch:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+    return worker_prefetch(data_config, ds)
+
+
+def worker_prefetch(data_config, it: grain.IterDataset) -> grain.IterDataset:
+    prefetch = int(field(data_config, "prefetch", 2))
     workers = int(field(data_config, "worker_count", 0))
     if workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app: defaults

@@ -49,10 +49,13 @@ import ml_collections as mc
 import numpy as np
 
 from seaweed_jax import checkpoint
-from seaweed_jax.data import datasets, latent_cache
+from seaweed_jax.data import datasets, latent_cache, packed
+from seaweed_jax.data import packing as packing_lib
 from seaweed_jax.data import pipeline as pipe
 from seaweed_jax.diffusion import flow
-from seaweed_jax.models.dit import DiT
+from seaweed_jax.diffusion import packed as packed_flow
+from seaweed_jax.models.dit import DiT, Packing, per_token
+from seaweed_jax.models.dit.attention import layer_attention_types
 from seaweed_jax.models.dit import validate_config as validate_dit_config
 from seaweed_jax.models.text import build_text_encoder, text_config
 from seaweed_jax.models.vae import codec as codec_lib
@@ -171,9 +174,22 @@ def validate_task_config(config) -> None:
     s = sample_config(config)
     if s.sampler not in ("euler", "heun"):
         raise ValueError(f"sample.sampler={s.sampler!r}; use 'euler' or 'heun'")
+    if packing_enabled(config):
+        types = set(layer_attention_types(config.model.attention, config.model.num_layers))
+        if types != {"full"}:
+            raise ValueError(f"data.packing.enabled=True needs model.attention='full' (got layer types "
+                             f"{sorted(types)}): window and space masks are per-sample grids a packed "
+                             "sequence does not have; set data.packing.enabled=False for this model")
+        if not config.data.get("latent_cache", True):
+            raise ValueError("data.packing.enabled=True reads the latent cache; set data.latent_cache=True")
     if not config.get("vae_workdir"):
         raise ValueError("config.vae_workdir is empty: set it to a trained VAE run, e.g. "
                          "--config.vae_workdir=runs/vae_tiny (the DiT trains on its latents)")
+
+
+def packing_enabled(config) -> bool:
+    p = config.data.get("packing", None)
+    return bool(p is not None and p.get("enabled", False))
 
 
 # ----------------------------------------------------------------------------- input
@@ -237,6 +253,7 @@ class DiTTask(Task):
         self.cond = conditioning(config.model)
         null_ids, null_mask = self.text.tokenize([""])
         self.null_ids, self.null_mask = np.asarray(null_ids), np.asarray(null_mask)
+        self.null_text_tokens = packing_lib.text_slots(self.null_mask[0], 1)
         self._vae = None
         self.metric_tasks = self._possible_tasks()
 
@@ -276,13 +293,20 @@ class DiTTask(Task):
     def _use_cache(self) -> bool:
         return bool(self.config.data.get("latent_cache", True))
 
+    def pack_spec(self, process_count: int = 1):
+        """The packing of data.packing (None when off): sequences per host batch and capacity."""
+        return packed.spec_from_config(self.config.data, process_count=process_count,
+                                       patch=tuple(self.model_cfg.patch_size),
+                                       text_len=int(self.text_cfg.max_len),
+                                       min_text_tokens=self.null_text_tokens)
+
     def make_train_iterator(self, *, data_dir, process_index, process_count):
         tok = Tokenize(self.text_cfg)
         if self._use_cache():
             return latent_cache.make_latent_iterator(
                 self.config.data, data_dir=data_dir, encoder=self.vae.latent_encoder(),
-                process_index=process_index,
-                process_count=process_count, example_fn=tok)
+                process_index=process_index, process_count=process_count, example_fn=tok,
+                pack=self.pack_spec(process_count))
         ds = pipe.make_dataset(self.config.data, data_dir=data_dir, process_index=process_index,
                                process_count=process_count, example_fn=tok)
         return iter(ds.map(EncodeVideo(self.vae)))
@@ -310,6 +334,8 @@ class DiTTask(Task):
     # ------------------------------------------------------------------ model
     def init(self, rng, batch):
         k_dit, k_text = jax.random.split(rng)
+        if "video_tokens" in batch:   # packed: param shapes do not depend on the layout
+            batch = self.example_batch()
         x = batch["latents"][:1]
         ids, mask = batch["text_ids"][:1], batch["text_mask"][:1].astype(bool)
         text_params = self.text.module.init(k_text, ids, mask)["params"]
@@ -371,8 +397,74 @@ class DiTTask(Task):
             aux[name] = jnp.where(n > 0, (per_example * sel).sum() / jnp.maximum(n, 1.0), jnp.nan)
         return loss, aux
 
+    def _packed_loss(self, params, batch, rng):
+        """The loss of a packed batch (data.packing): every draw is per sample (see
+        diffusion/packed.py); equals the samples' unpacked loss given the same draws."""
+        d = self.diff
+        frames = batch["sample_frames"]
+        b, s = frames.shape
+        k_drop, k_task, k_frames, k_t, k_noise = jax.random.split(rng, 5)
+        draws = {"dropped": jax.random.bernoulli(k_drop, float(d.text_dropout), (b, s))}
+        tasks = packed_flow.sample_tasks(k_task, frames, float(d.i2v_share), float(d.extend_share), self.cond)
+        draws["num_cond"] = packed_flow.num_condition_frames(k_frames, tasks, frames, int(d.extend_min),
+                                                             d.extend_max)
+        t = flow.sample_timesteps(k_t, b * s, d.timesteps, float(d.logit_mean), float(d.logit_std)).reshape(b, s)
+        if int(d.shift_base_tokens or 0) > 0:   # per sample, from its own token count
+            shift = jnp.maximum(float(d.shift) * jnp.sqrt(batch["sample_tokens"] / int(d.shift_base_tokens)), 1.0)
+        else:
+            shift = float(d.shift)
+        draws["t"] = flow.shift_t(t, shift)
+        draws["eps"] = jax.random.normal(k_noise, batch["video_tokens"].shape, jnp.float32)
+        loss, per_sample, has, slots = self.packed_loss_given(params, batch, **draws)
+        real = frames > 0
+        aux = {"t_mean": jnp.sum(jnp.where(real, draws["t"], 0.0)) / jnp.maximum(real.sum(), 1),
+               "samples": real.sum().astype(jnp.float32), "padding_fraction": 1.0 - slots}
+        for task_id in self.metric_tasks:
+            sel = ((tasks == task_id) & has).astype(jnp.float32)
+            n = sel.sum()
+            aux[TASK_METRICS[task_id]] = jnp.where(n > 0, (per_sample * sel).sum() / jnp.maximum(n, 1.0), jnp.nan)
+        return loss, aux
+
+    def packed_loss_given(self, params, batch, *, t, eps, num_cond, dropped):
+        """The packed loss for given draws: t, num_cond, dropped (B, S) per sample; eps like
+        batch['video_tokens']. Returns (loss, per-sample loss (B, S), has (B, S), the
+        fraction of token slots holding real tokens)."""
+        c, patch = int(self.model_cfg.latent_channels), tuple(self.model_cfg.patch_size)
+        tokens = batch["video_tokens"].astype(jnp.float32)
+        b, n = tokens.shape[:2]
+        x0 = tokens.reshape(b, n, -1, c)
+        eps = eps.reshape(x0.shape)
+        seg, pos = batch["video_segment"], batch["video_positions"]
+        s, text_len = batch["text_ids"].shape[1:]
+
+        emb, mask = self.encode_text(params, batch["text_ids"].reshape(b * s, text_len),
+                                     batch["text_mask"].reshape(b * s, text_len))
+        null_emb, null_mask = self.encode_text(params, jnp.asarray(self.null_ids), jnp.asarray(self.null_mask))
+        drop = dropped.reshape(b * s)
+        emb = jnp.where(drop[:, None, None], null_emb, emb).reshape(b, s, text_len, -1)
+        mask = jnp.where(drop[:, None], null_mask.astype(bool), mask.astype(bool)).reshape(b, s, text_len)
+        text, text_segment = packed_flow.gather_text(emb, mask, batch["text_segment"], batch["text_positions"])
+
+        t_tok = per_token(t, seg)[..., None, None]
+        x_t = (1.0 - t_tok) * x0 + t_tok * eps
+        weight = jnp.ones(x0.shape[:3], bool)
+        if self.cond:
+            frame = packed_flow.token_frames(pos, patch)
+            cond, is_cond = packed_flow.build_condition(x0, frame, per_token(num_cond, seg))
+            weight = ~is_cond
+            x_in = jnp.concatenate([x_t, cond], axis=-1).reshape(b, n, -1)
+        else:
+            x_in = x_t.reshape(b, n, -1)
+        packing = Packing(video_segment=seg, video_positions=pos, text_segment=text_segment,
+                          text_positions=batch["text_positions"])
+        v = self.model.apply({"params": params["dit"]}, x_in, t, text, None, packing=packing)
+        loss, per_sample, has = packed_flow.loss(v.reshape(x0.shape), eps - x0, weight, seg, s)
+        used = (seg > 0).sum() + (text_segment > 0).sum()
+        return loss, per_sample, has, used / (seg.size + text_segment.size)
+
     def train_step(self, state: TrainState, batch: Mapping[str, Any], rng):
-        (loss, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, batch, rng)
+        loss_fn = self._packed_loss if "video_tokens" in batch else self._loss
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
         state = state.apply_gradients(grads)
         return state, {"loss": loss, "grad_norm": optimizers.global_norm(grads), **aux}
 

@@ -257,7 +257,7 @@ def validate_packed_inputs(cfg, x, t, text, packing: Packing) -> None:
         raise ValueError(f"packing.text_segment / text_positions must be {text.shape[:2]}")
 
 
-def _per_token(values, segment):
+def per_token(values, segment):
     """values (B, S, ...) per sample -> (B, N, ...) per token of `segment` (B, N) (1-based;
     padding, segment 0, takes sample 1's values: its outputs are never read)."""
     index = jnp.clip(segment - 1, 0, values.shape[1] - 1)
@@ -318,8 +318,8 @@ class DiT(nn.Module):
             text_pos = jnp.broadcast_to(packing.text_positions[..., None], (*text.shape[:2], 3))
             positions = jnp.concatenate([packing.video_positions + cfg.max_text_len, text_pos], axis=1)
             segments = SegmentMask(jnp.concatenate([packing.video_segment, packing.text_segment], axis=1))
-            t0 = (_per_token(t0, packing.video_segment), _per_token(t0, packing.text_segment))
-            t_emb = _per_token(t_emb, packing.video_segment)
+            t0 = (per_token(t0, packing.video_segment), per_token(t0, packing.text_segment))
+            t_emb = per_token(t_emb, packing.video_segment)
         else:
             positions = mm_rope_positions(grid, text.shape[1], cfg.max_text_len)
             key_valid = jnp.concatenate([jnp.ones((b, math.prod(grid)), bool), text_mask], axis=1)
