@@ -18,6 +18,7 @@ from __future__ import annotations
 import ml_collections as mc
 
 from seaweed_jax import config_lib
+from seaweed_jax.data import packed
 from seaweed_jax.models.dit.dit import default_config as dit_default_config
 from seaweed_jax.trainer.dit_task import default_diffusion_config, default_sample_config
 
@@ -25,6 +26,7 @@ from seaweed_jax.trainer.dit_task import default_diffusion_config, default_sampl
 def base() -> mc.ConfigDict:
     c = config_lib.base_config()
     c.task = "dit"
+    c.data.packing = packed.default_config()   # sequence packing (off; data/packed.py)
     return c
 
 

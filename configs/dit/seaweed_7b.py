@@ -14,7 +14,7 @@ chips for weeks. Nothing at this scale has been run from this repo; the test sui
 checks the config (param count via jax.eval_shape, stage table).
 
 Stage table (paper; sizes are target areas HxW, aspect ratio kept; step shares):
-  stage0  37.5%  256p images only: 256x256 and 512x512 images
+  stage0  37.5%  256p images only: 256x256 and 512x512 images, packed (data.packing)
   stage1  25%    + 256x256 video
   stage2  25%    480p: 480x640 and 720x1280 images, 480x640 video
   stage3  12.5%  720p: 720x1280 and 1024x1920 images, 720x1280 video
@@ -126,5 +126,12 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     c.data.sources = stage_sources(args.stage)
     c.data.crop = mc.ConfigDict({"frames": None, "height": None, "width": None})
     c.data.global_batch_size = 256
+    if args.stage == "stage0":
+        # Images only: packed into 4,096-video-token sequences (sixteen 256x256 = 256-token
+        # images, or four 512x512 = 1,024-token ones) with their captions (2,048 text slots).
+        # global_batch_size then counts sequences: 64 x ~6 images ~ the 256 images unpacked.
+        c.data.global_batch_size = 64
+        c.data.latent_cache = True
+        c.data.packing.update(enabled=True, max_tokens=4096, max_samples=16, text_tokens=2048)
     c.model = model_config()
     return c

@@ -16,6 +16,13 @@ One training step (all in `train_step`, fp32 loss):
 Metrics: loss, grad_norm, t_mean and loss_{t2i,t2v,i2v,extend} for the tasks the config can
 draw (NaN in a batch without that task; the logger's nanmean skips it).
 
+Packed batches (`data.packing.enabled`, see data/packed.py): the same step per SAMPLE of each
+packed sequence (`_packed_loss`; the pieces are in diffusion/packed.py): every sample draws its
+own task, conditioned frames, timestep (shifted by its own token count), noise and text
+dropout; its text is encoded alone and gathered into the sequence; the loss is each sample's
+mean over its generated elements, averaged over samples (= the unpacked loss of those
+samples). Extra metrics: `samples` per step and `padding_fraction` of the token slots.
+
 Inputs: normalized latents, either read from the latent cache (`data.latent_cache=True`,
 built under data_dir on first use) or encoded on the fly by the frozen VAE of
 `config.vae_workdir` (the same `VAECodec` and normalization). Captions are tokenized in
