@@ -22,7 +22,7 @@ from seaweed_jax.models.dit.rope import video_positions
 from seaweed_jax.parallel import make_mesh
 from seaweed_jax.parallel.sharding import unbox
 from seaweed_jax.trainer import loop
-from seaweed_jax.trainer.dit_task import DiTTask
+from seaweed_jax.trainer.dit_task import DiTTask, validate_task_config
 
 IMAGES = "moving_shapes/16x16_f1"
 
@@ -171,21 +171,26 @@ def test_packed_iterator_restores_exactly_from_an_orbax_checkpoint(shared, tmp_p
     manager.close()
 
 
-def _unpacked_loss(task, params, ex, t, eps, num_cond, dropped):
-    """One sample alone through the unpacked path with the given draws."""
-    x0 = jnp.asarray(ex["latents"])[None]
-    ids, mask = jnp.asarray(ex["text_ids"])[None], jnp.asarray(ex["text_mask"])[None]
-    if dropped:
-        ids, mask = jnp.asarray(task.null_ids), jnp.asarray(task.null_mask)
+def _unpacked_losses(task, params, samples):
+    """Per-sample losses of samples of one latent shape as an unpacked batch with the given
+    draws: samples = [(t, eps (1, T, H, W, C), num_cond, dropped, example)]."""
+    x0 = jnp.stack([jnp.asarray(ex["latents"]) for *_, ex in samples])
+    null_ids, null_mask = np.asarray(task.null_ids)[0], np.asarray(task.null_mask)[0]
+    ids = jnp.asarray(np.stack([null_ids if drop else np.asarray(ex["text_ids"]) for *_, drop, ex in samples]))
+    mask = jnp.asarray(np.stack([null_mask if drop else np.asarray(ex["text_mask"]) for *_, drop, ex in samples]))
+    t = jnp.asarray([t for t, *_ in samples])
+    eps = jnp.concatenate([e for _, e, *_ in samples])
     emb, m = task.encode_text(params, ids, mask)
-    cond, loss_mask = flow.build_condition(x0, jnp.array([num_cond]))
-    x_t = flow.interpolate(x0, eps, jnp.array([t]))
-    v = task.velocity(params, x_t, jnp.array([t]), emb, m, cond)
-    return flow.flow_matching_loss(v, flow.velocity_target(x0, eps), loss_mask)
+    cond, loss_mask = flow.build_condition(x0, jnp.asarray([k for _, _, k, *_ in samples]))
+    v = task.velocity(params, flow.interpolate(x0, eps, t), t, emb, m, cond)
+    return flow.flow_matching_loss(v, flow.velocity_target(x0, eps), loss_mask, return_per_example=True)[1]
 
 
+@pytest.mark.slow   # ~70 s of compiles here; the fast suite packs through the trainer below
 def test_packed_loss_and_gradients_equal_the_samples_run_alone(shared):
-    task = DiTTask(config_lib.freeze(packed_config(shared["vae"])), _mesh1())
+    c = packed_config(shared["vae"])
+    c.data.global_batch_size = 1        # one sequence: ~5 samples, each its own unpacked program
+    task = DiTTask(config_lib.freeze(c), _mesh1())
     it = task.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1)
     batch = next(it)
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -208,7 +213,7 @@ def test_packed_loss_and_gradients_equal_the_samples_run_alone(shared):
 
     (loss_p, (per_p, has_p)), grads_p = jax.jit(jax.value_and_grad(packed_fn, has_aux=True))(params)
 
-    # the same samples, one at a time, with the same draws (eps cut out of the packed noise)
+    # the same samples unpacked, with the same draws (eps cut out of the packed noise)
     samples = []
     seg = np.asarray(batch["video_segment"])
     for row, col in zip(*np.nonzero(frames)):
@@ -221,9 +226,14 @@ def test_packed_loss_and_gradients_equal_the_samples_run_alone(shared):
         assert e.shape == shape
         samples.append((float(t[row, col]), e, int(num_cond[row, col]), bool(dropped[row, col]), ex))
 
-    def alone_fn(p):
-        losses = [_unpacked_loss(task, p, ex, t_i, e, k, drop) for t_i, e, k, drop, ex in samples]
-        return jnp.mean(jnp.stack(losses)), jnp.stack(losses)
+    shapes = sorted({tuple(ex["latents"].shape) for *_, ex in samples})
+    order = [i for sh in shapes for i, (*_, ex) in enumerate(samples) if tuple(ex["latents"].shape) == sh]
+
+    def alone_fn(p):   # one unpacked batch per latent shape, back in packed order
+        losses = jnp.concatenate([_unpacked_losses(task, p, [x for x in samples if tuple(x[-1]["latents"].shape) == sh])
+                                  for sh in shapes])
+        losses = losses[np.argsort(order)]
+        return jnp.mean(losses), losses
 
     (loss_a, per_a), grads_a = jax.jit(jax.value_and_grad(alone_fn, has_aux=True))(params)
     np.testing.assert_allclose(np.asarray(per_p)[np.asarray(has_p)], np.asarray(per_a), rtol=1e-5)
@@ -251,3 +261,26 @@ def test_packing_with_window_attention_is_refused(shared):
     c.model.attention = "space_full"
     with pytest.raises(ValueError, match="data.packing.enabled=True needs model.attention='full'"):
         DiTTask(config_lib.freeze(c), _mesh1())
+
+
+def _config_module(rel):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_"), f"{H.REPO}/{rel}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("rel, arg, capacity, sequences", [
+    ("configs/dit/moving_shapes.py", "stage0", packing.Capacity(128, 80, 8), 4),
+    ("configs/dit/seaweed_7b.py", "stage=stage0", packing.Capacity(4096, 2048, 16), 64)])
+def test_stage0_configs_pack(rel, arg, capacity, sequences):
+    c = _config_module(rel).get_config(arg)
+    c.model.latent_channels = c.model.latent_channels or 8
+    c.model.in_channels = c.model.in_channels or 17
+    c.vae_workdir = c.get("vae_workdir") or "/a/vae/run"   # the 7B config names no VAE yet
+    validate_task_config(c)                                 # full attention, latent cache
+    spec = packed.spec_from_config(c.data, process_count=1, patch=c.model.patch_size,
+                                   text_len=c.text_encoder.max_len if "text_encoder" in c else 256,
+                                   min_text_tokens=1)
+    assert spec.capacity == capacity and spec.num_sequences == sequences
