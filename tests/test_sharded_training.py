@@ -131,3 +131,86 @@ def test_text_encoder_gradients_stay_finite_with_a_tensor_sharded_vocabulary():
         g, w = np.asarray(g), np.asarray(w)
         assert np.isfinite(g).all()
         assert np.max(np.abs(g - w)) <= 1e-4 * np.max(np.abs(w))
+
+
+# ----------------------------------------------------------------------------- VAE + GAN
+
+def _capture():
+    """An optimizer whose state is the last gradients and whose update is zero: a step's
+    gradients come back exactly, in the state's own sharding."""
+    import optax
+    return optax.GradientTransformation(lambda p: jax.tree.map(jnp.zeros_like, p),
+                                        lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
+
+
+def _vae_gan_step(data_dir, mesh_shape, devices):
+    """One GAN-phase VAE step (generator with the adaptive adversarial weight, then the
+    discriminators): loss metrics, G and D gradients and the new spectral-norm vectors."""
+    import _vae_tiny
+    from seaweed_jax.trainer.vae_task import VAETask
+    c = _vae_tiny.get_config()
+    c.mesh.shape = mesh_shape
+    config = config_lib.freeze(c)
+    mesh = make_mesh(config.mesh, devices=devices)
+    task = VAETask(config, mesh)
+    task.tx, task.disc_tx = _capture(), _capture()
+    it = task.make_train_iterator(data_dir=data_dir, process_index=0, process_count=1)
+    with loop.mesh_context(mesh, config):
+        batch = loop.to_device(next(it), mesh)
+        setup = loop.Setup(config, mesh=mesh, task=task, batch=batch)
+        state = setup.init_state()
+        step = jax.jit(lambda s, b, r: task.train_step(s, b, r, phase="gan"))
+        rng = loop.step_rng(0, 10)
+        hlo = step.lower(state, batch, rng).compile().as_text()
+        new, metrics = step(state, batch, rng)
+    out = {"g": new.opt_state, "d": new.extra["disc_opt_state"], "stats": new.extra["disc_stats"]}
+    specs = [tuple(s.spec) for s in jax.tree.leaves(setup.shardings.params)]
+    specs += [tuple(s.spec) for s in jax.tree.leaves(setup.shardings.extra["disc_params"])]
+    return jax.device_get(metrics), jax.device_get(out), hlo, specs
+
+
+@pytest.mark.slow  # ~3 min: four meshes of the VAE + two discriminators, each compiled
+def test_vae_gan_steps_equal_one_device(shared_data_dir):
+    import _vae_tiny
+    from seaweed_jax.data import datasets
+    datasets.ensure_built(_vae_tiny.DATASET, shared_data_dir, num_train=16, num_validation=8)
+    want_m, want, _, _ = _vae_gan_step(shared_data_dir, {"data": 1}, jax.devices()[:1])
+    assert float(want_m["disc_active"]) == 1.0 and float(want_m["loss_g_adv"]) != 0.0
+    for name in ("data8", "data2_fsdp4", "data2_fsdp2_tensor2"):
+        metrics, got, hlo, specs = _vae_gan_step(shared_data_dir, MESHES[name], jax.devices())
+        for k in ("loss", "loss_l1", "loss_kl", "loss_g_adv", "adv_lambda", "disc_loss"):
+            np.testing.assert_allclose(metrics[k], want_m[k], rtol=1e-4, err_msg=f"{name} {k}")
+        for part in ("g", "d", "stats"):
+            # A leaf whose exact gradient is 0 (the logits bias under the hinge loss when every
+            # logit is inside the margin: -1 + 1) holds rounding noise: its scale is floored at
+            # 1e-2 of the part's largest entry.
+            floor = 1e-2 * max(float(np.max(np.abs(w))) for w in jax.tree.leaves(want[part]))
+            for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got[part]), jax.tree.leaves(want[part])):
+                scale = max(float(np.max(np.abs(w))), floor)
+                assert float(np.max(np.abs(g - w))) <= 1e-4 * scale, (name, part, jax.tree_util.keystr(path))
+        nonzero = sum(float(np.max(np.abs(w))) > 0 for w in jax.tree.leaves(want["g"]))
+        assert nonzero == len(jax.tree.leaves(want["g"]))              # every G param learns
+        if "fsdp" in name:
+            assert sum("fsdp" in str(s) for s in specs) >= 10, name      # convs of G and D sharded
+            assert "all-gather" in hlo and ("reduce-scatter" in hlo or "all-reduce" in hlo), name
+
+
+# ----------------------------------------------------------------------------- memory
+
+def test_fsdp8_holds_an_eighth_of_the_state_per_device(shared):
+    """Compiled per-device bytes of the initialized state (params, AdamW moments, EMA) on
+    fsdp=8 vs the unsharded total: at most 1/8 + 5% (norm scales and scalars replicate)."""
+    config = config_lib.freeze(_config(shared, {"fsdp": 8}, model=dict(
+        H.dit_config(shared["vae"]).model, hidden_size=256, mlp_hidden=512, rope_axes_dim=(32, 48, 48))))
+    mesh = make_mesh(config.mesh)
+    task = DiTTask(config, mesh)
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), task.example_batch((2, 4, 4)))
+    with loop.mesh_context(mesh, config):
+        setup = loop.Setup(config, mesh=mesh, task=task, batch=batch)
+        init = jax.jit(lambda b: task.init(loop.init_rng(0), b), out_shardings=setup.shardings)
+        memory = init.lower(batch).compile().memory_analysis()
+    total = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(setup.abstract))
+    per_device = memory.output_size_in_bytes
+    print(f"fsdp=8 state: {per_device} B per device, {total} B unsharded ({per_device / total:.4f})")
+    assert per_device <= total / 8 * 1.05, (per_device, total)
+    assert per_device < total / 4                               # sharded, not replicated

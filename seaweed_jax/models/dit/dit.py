@@ -297,7 +297,7 @@ class DiT(nn.Module):
         x_v = nn.with_logical_constraint(x_v.astype(jnp.float32), TOKEN_NAMES)
 
         # Text tokens (padded ones zeroed; they are also masked as keys).
-        h_t = Linear((d,), (None,), ("mlp",), dtype=dtype, name="text_embed_fc1")(text)
+        h_t = Linear((d,), ("embed",), ("mlp",), dtype=dtype, name="text_embed_fc1")(text)  # embed: fsdp shards it
         x_t = Linear((d,), ("mlp",), ("embed",), dtype=dtype, name="text_embed_fc2")(
             nn.gelu(h_t, approximate=True)).astype(jnp.float32)
         x_t = nn.with_logical_constraint(jnp.where(text_mask[..., None], x_t, 0.0), TOKEN_NAMES)

@@ -34,7 +34,9 @@ class ScalarEmbedder(nn.Module):
     @nn.compact
     def __call__(self, s):
         feats = sinusoidal_embedding(s * self.input_scale, self.freq_dim)
-        h = Linear((self.hidden_size,), (None,), ("mlp",), dtype=self.dtype, name="fc1")(feats)
+        # The input axis is named "embed" so FSDP shards this kernel too (MaxText's rule: every
+        # weight has an fsdp-sharded axis), instead of replicating it on every device.
+        h = Linear((self.hidden_size,), ("embed",), ("mlp",), dtype=self.dtype, name="fc1")(feats)
         h = nn.silu(h)
         return Linear((self.hidden_size,), ("mlp",), ("embed",), zero_init=self.zero_init_out,
                       dtype=self.dtype, name="fc2")(h).astype(jnp.float32)
