@@ -2,6 +2,13 @@
 
     --dataset=moving_shapes/HxW_fT   built-in: 32x32_f1 64x64_f1 32x32_f17 64x64_f17
                                      64x64_f33 48x80_f17 (other HxW_fT sizes work too)
+    --dataset=video_folder/NAME      clips cut from your own videos (data/video_folder.py):
+      --folder=PATH --frames=T --height=H --width=W --fps=F   needed to build it
+      [--manifest=captions.jsonl|.csv] [--stride_seconds=S] [--validation_fraction=0.05]
+      [--allow_empty_caption] [--max_upscale=2] [--max_clips_per_file=N]
+                                     without --folder an existing build is reused; its JSON
+                                     adds settings, files and skipped (files per reason:
+                                     missing, empty, no_caption, corrupt, too_small, too_short)
     --data_dir=D                     default $SEAWEED_DATA_DIR or ~/seaweed_data
     --seed=N                         generation seed (another seed = another build)
     --num_train=N --num_validation=N example counts (defaults 20,000 / 512)
@@ -11,7 +18,8 @@
                                      latent_shape, latent_splits, ... to the JSON line
 
 Reuses an existing build. Progress goes to stderr; the last stdout line is JSON:
-{"dataset", "config", "path", "splits": {split: examples}, "bytes", "seconds", "built"}.
+{"dataset", "config", "path", "splits": {split: examples}, "bytes", "seconds", "built"}
+(video_folder adds "settings", "files", "skipped" {reason: files}, "skipped_by_split").
 Measured on a shared 2-core CPU: 32x32_f17 at the default counts builds in ~22 s (12 MB).
 """
 from __future__ import annotations
@@ -26,7 +34,8 @@ from seaweed_jax.data import datasets
 from seaweed_jax.inference.vae import encode_dataset
 
 _DATASET = flags.DEFINE_string("dataset", "moving_shapes/32x32_f17",
-                               "Dataset name '<dataset>/HxW_fT', e.g. moving_shapes/64x64_f17.")
+                               "Dataset name '<dataset>/HxW_fT', e.g. moving_shapes/64x64_f17, "
+                               "or video_folder/NAME (your videos; see --folder).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
                                 "Datasets root (default $SEAWEED_DATA_DIR or ~/seaweed_data).")
 _SEED = flags.DEFINE_integer("seed", 0, "Generation seed; part of the build's identity.")
@@ -38,6 +47,33 @@ _VAE_WORKDIR = flags.DEFINE_string(
     "(data/latent_cache.py) that DiT training reads instead of re-running the VAE.")
 _VAE_STEP = flags.DEFINE_integer("vae_step", None, "VAE checkpoint step (default: latest).")
 _VAE_USE_EMA = flags.DEFINE_bool("vae_use_ema", True, "Encode with the VAE's EMA params.")
+# video_folder/NAME only (None = not given):
+_FOLDER = flags.DEFINE_string("folder", None, "video_folder: directory of your videos/images.")
+_FRAMES = flags.DEFINE_integer("frames", None, "video_folder: clip length T (1+4k; 1 = images).")
+_HEIGHT = flags.DEFINE_integer("height", None, "video_folder: clip height.")
+_WIDTH = flags.DEFINE_integer("width", None, "video_folder: clip width.")
+_FPS = flags.DEFINE_float("fps", None, "video_folder: clips are resampled to this frame rate.")
+_MANIFEST = flags.DEFINE_string("manifest", None,
+                                "video_folder: CSV/JSONL with 'path' and 'caption' per file.")
+_STRIDE = flags.DEFINE_float("stride_seconds", None, "video_folder: seconds between clip "
+                             "starts in a file (default frames/fps: non-overlapping).")
+_VAL_FRACTION = flags.DEFINE_float("validation_fraction", None,
+                                   "video_folder: share of files in validation (default 0.05).")
+_ALLOW_EMPTY = flags.DEFINE_bool("allow_empty_caption", None,
+                                 "video_folder: keep files without caption (caption '').")
+_MAX_UPSCALE = flags.DEFINE_float("max_upscale", None, "video_folder: skip files that need "
+                                  "more upscaling than this (default 2).")
+_MAX_CLIPS = flags.DEFINE_integer("max_clips_per_file", None,
+                                  "video_folder: at most this many clips per file.")
+_FOLDER_FLAGS = {"folder": _FOLDER, "frames": _FRAMES, "height": _HEIGHT, "width": _WIDTH,
+                 "fps": _FPS, "manifest": _MANIFEST, "stride_seconds": _STRIDE,
+                 "validation_fraction": _VAL_FRACTION, "allow_empty_caption": _ALLOW_EMPTY,
+                 "max_upscale": _MAX_UPSCALE, "max_clips_per_file": _MAX_CLIPS}
+
+
+def folder_settings() -> dict | None:
+    """The video_folder flags that were given, as build_video_folder kwargs (None: none)."""
+    return {k: f.value for k, f in _FOLDER_FLAGS.items() if f.value is not None} or None
 
 
 def main(argv) -> None:
@@ -47,7 +83,7 @@ def main(argv) -> None:
     data_dir = _DATA_DIR.value or config_lib.default_data_dir()
     try:
         _, summary = datasets.prepare(_DATASET.value, data_dir, _SEED.value, _NUM_TRAIN.value,
-                                      _NUM_VALIDATION.value)
+                                      _NUM_VALIDATION.value, folder_settings=folder_settings())
         if _VAE_WORKDIR.value:
             summary.update(encode_dataset(
                 _DATASET.value, data_dir, _VAE_WORKDIR.value, seed=_SEED.value,

@@ -26,9 +26,9 @@ The encoder's fingerprint names the cache directory, so a retrained VAE never re
 stale cache.
 
 Training reads the cache with `make_latent_iterator`, a grain pipeline with the same
-structure and the same derived seeds as `data.pipeline` (shard by process -> shuffle
-reseeded every epoch -> repeat -> example_fn -> weighted mix per bucket -> batch -> mix
-buckets), so its state is just the next batch index and restores exactly, and a cached
+structure and the same derived seeds as `data.pipeline` (shuffle reseeded every epoch ->
+repeat -> example_fn -> weighted mix per bucket -> this process's rows of each global batch
+-> batch -> mix buckets), so its state is just the next batch index and restores exactly, and a cached
 run sees the same example order as one that encodes on the fly.
 """
 from __future__ import annotations
@@ -133,8 +133,10 @@ def read_meta(cache_dir: str) -> dict:
 def cache_dir(data_dir: str, dataset: str, encoder: LatentEncoder, seed: int = 0,
               num_train: int | None = None, num_validation: int | None = None) -> str:
     """Where the cache of `dataset` encoded by `encoder` lives under `data_dir`."""
-    kind, h, w, t = datasets.parse_name(dataset)
-    config = config_name(h, w, t, seed, num_train, num_validation)
+    kind, h, w, t = datasets.parse_name(dataset, data_dir)
+    # A video_folder build is named by the user (two folders may share a clip size).
+    config = (dataset.partition("/")[2] if kind == "video_folder"
+              else config_name(h, w, t, seed, num_train, num_validation))
     return os.path.join(os.fspath(data_dir), CACHE_ROOT, kind, config, f"vae-{encoder.fingerprint}")
 
 
@@ -260,7 +262,7 @@ def plan_latent_sources(data_config, *, data_dir: str, encoder: LatentEncoder,
     entries = pipe.source_entries(data_config, split)
     for i, e in enumerate(entries):
         try:
-            datasets.parse_name(e["name"])
+            datasets.parse_name(e["name"], data_dir)
         except ValueError as err:
             raise ValueError(f"data.sources[{i}].name: {err}") from None
     build = bool(pipe.field(data_config, "build_if_missing", True))
@@ -297,23 +299,27 @@ def make_latent_dataset(data_config, *, data_dir: str, encoder: LatentEncoder,
     seed = int(pipe.field(data_config, "shuffle_seed", 0))
     plans = plan_latent_sources(data_config, data_dir=data_dir, encoder=encoder, split=split,
                                 verbose=verbose)
-    def examples(p: pipe.SourcePlan) -> grain.MapDataset:
+    def examples(p: pipe.SourcePlan, shard: bool = False) -> grain.MapDataset:
         ds = grain.MapDataset.source(p.source)
         ds = ds.map_with_index(pipe.Tag(p.source_id, len(ds)))
-        ds = pipe.shard(ds, process_index, process_count)
+        if shard:
+            ds = pipe.shard(ds, process_index, process_count)
         if shuffle:
             ds = ds.shuffle(seed=pipe.derive_seed(seed, 0, p.source_id))
         ds = ds.repeat(num_epochs)
         return ds if example_fn is None else ds.map(example_fn)
 
-    if pack is not None:  # every source in one stream, whatever its shape: packing mixes sizes
-        mixed = pipe.mix([examples(p) for p in plans], [p.weight for p in plans])
+    if pack is not None:
+        # Every source in one stream, whatever its shape (packing mixes sizes); each process
+        # packs its own shard of the examples, so the packed state is per process.
+        mixed = pipe.mix([examples(p, shard=True) for p in plans], [p.weight for p in plans])
         return pipe.prefetch_batches(data_config, packed.PackedDataset(mixed, pack))
     batched, bucket_weights = [], []
     for members in pipe.buckets(plans).values():
-        examples_ = [examples(p) for p in members]
         weights = [p.weight for p in members]
-        batched.append(pipe.mix(examples_, weights).batch(batch_size, drop_remainder=True))
+        rows = pipe.ProcessRows(pipe.mix([examples(p) for p in members], weights),
+                                batch_size * process_count, process_index, process_count)
+        batched.append(rows.batch(batch_size, drop_remainder=True))
         bucket_weights.append(sum(weights))
     return pipe.iter_options(data_config, pipe.mix(batched, bucket_weights))
 

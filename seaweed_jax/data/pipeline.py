@@ -2,12 +2,14 @@
 
 Per source (one dataset config = one clip shape):
 
-    source -> decode + tag (source id, index) -> shard by process -> shuffle (reseeded
-           every epoch) -> repeat -> random crop + normalize to [-1, 1] -> example_fn
+    source -> decode + tag (source id, index) -> shuffle (reseeded every epoch) -> repeat
+           -> random crop + normalize to [-1, 1] -> example_fn
 
 Sources whose (frames, height, width) after cropping agree form one **bucket**: their
 examples are mixed with the configured per-example weights and batched, so every batch
-is homogeneous. Buckets are then mixed batch-by-batch with weight = the sum of their
+is homogeneous; each process reads only its rows of every GLOBAL batch (`ProcessRows`), so
+the global batches, and the meaning of the iterator state, do not depend on the process
+count. Buckets are then mixed batch-by-batch with weight = the sum of their
 sources' weights, which keeps the per-example ratio of the configured weights (all
 batches have the same size). Everything up to here is a grain `MapDataset`, i.e.
 random access, so the iterator state is just the next batch index and restores exactly;
@@ -154,7 +156,7 @@ def plan_sources(data_config, *, data_dir: str, split: str | None = None,
         open_source = _open_source
         for i, e in enumerate(entries):  # every name checked before anything is built
             try:
-                datasets.parse_name(e["name"])
+                datasets.parse_name(e["name"], data_dir)
             except ValueError as err:
                 raise ValueError(f"data.sources[{i}].name: {err}") from None
     plans = []
@@ -252,6 +254,35 @@ def derive_seed(base: int, *salt: int) -> int:
 
 # --------------------------------------------------------------------------- datasets
 
+class ProcessRows(grain.MapDataset):
+    """This process's rows of every global batch of `parent` (a global example stream).
+
+    Example k of process i is row i * b + k % b of global batch k // b (b = global_batch /
+    process_count), so every process count sees the same global batches, and one process
+    reads `parent` unchanged. A run can then move between process counts and keep its
+    data order: the iterator state (the next batch index) means the same in all of them.
+    """
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
+                 process_count: int):
+        super().__init__(parent)
+        self._global = global_batch
+        self._local = global_batch // process_count
+        self._offset = process_index * self._local
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._global * self._local
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        step, row = divmod(index, self._local)
+        return self._parent[step * self._global + self._offset + row]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(rows {self._offset}:{self._offset + self._local} of {self._global})"
+
+
 def shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grain.MapDataset:
     """Equal, disjoint per-process shards (drops < process_count examples so hosts stay in step)."""
     even = (len(ds) // process_count) * process_count
@@ -261,11 +292,11 @@ def shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grain
     return ds[:even][process_index::process_count]
 
 
-def _example_dataset(plan: SourcePlan, *, seed: int, process_index: int, process_count: int,
-                     shuffle: bool, num_epochs: int | None, example_fn) -> grain.MapDataset:
+def _example_dataset(plan: SourcePlan, *, seed: int, shuffle: bool, num_epochs: int | None,
+                     example_fn) -> grain.MapDataset:
+    """One source's global example stream (the same in every process)."""
     ds = grain.MapDataset.source(plan.source)
     ds = ds.map_with_index(Tag(plan.source_id, len(ds)))
-    ds = shard(ds, process_index, process_count)
     if shuffle:
         ds = ds.shuffle(seed=derive_seed(seed, 0, plan.source_id))
     ds = ds.repeat(num_epochs)  # reseeds shuffle and crops every epoch
@@ -342,12 +373,13 @@ def make_dataset(data_config, *, data_dir: str, split: str | None = None,
     plans = plan_sources(data_config, data_dir=data_dir, split=split, open_source=open_source)
     batched, bucket_weights = [], []
     for members in buckets(plans).values():
-        examples = [_example_dataset(p, seed=seed, process_index=process_index,
-                                     process_count=process_count, shuffle=shuffle,
-                                     num_epochs=num_epochs, example_fn=example_fn)
+        examples = [_example_dataset(p, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                                     example_fn=example_fn)
                     for p in members]
         weights = [p.weight for p in members]
-        batched.append(mix(examples, weights).batch(batch_size, drop_remainder=drop_remainder))
+        rows = ProcessRows(mix(examples, weights), batch_size * process_count, process_index,
+                           process_count)
+        batched.append(rows.batch(batch_size, drop_remainder=drop_remainder))
         bucket_weights.append(sum(weights))
     return iter_options(data_config, mix(batched, bucket_weights))
 

@@ -123,7 +123,7 @@ def check_i2v(workdir: str, *, num: int = 32, steps: int | None = None, seed: in
               output_dir: str | None = None) -> dict:
     """Image-to-video from the first frames of N validation clips (module docstring)."""
     data_dir = config_lib.data_dir_for(checkpoint.load_config(workdir), data_dir)
-    _, h, w, t = datasets.parse_name(dataset)
+    _, h, w, t = datasets.parse_name(dataset, data_dir)
     datasets.ensure_built(dataset, data_dir)
     src = datasets.data_source(dataset, "validation", data_dir)
     sampler = DiTSampler(workdir)

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
 
-from seaweed_jax import checkpoint
+from seaweed_jax import checkpoint, config_lib
 from seaweed_jax.data import datasets, latent_cache, packed
 from seaweed_jax.data import packing as packing_lib
 from seaweed_jax.data import pipeline as pipe
@@ -147,7 +147,8 @@ def training_video_size(config) -> tuple[int, int, int]:
     """(frames, height, width) the model was trained on: `sample.*` if set, else the first
     video source (else the first source) of data.sources."""
     s = sample_config(config)
-    sizes = [datasets.parse_name(src["name"])[1:] for src in config.data.sources]  # (h, w, t)
+    data_dir = config_lib.data_dir_for(config)
+    sizes = [datasets.parse_name(src["name"], data_dir)[1:] for src in config.data.sources]  # (h, w, t)
     video = [x for x in sizes if x[2] > 1] or sizes
     h, w, t = video[0]
     return (int(s.num_frames or t), int(s.height or h), int(s.width or w))
@@ -267,7 +268,8 @@ class DiTTask(Task):
     def _possible_tasks(self) -> tuple[int, ...]:
         """Task ids this config can draw (their per-task losses are logged; a batch without
         one logs NaN for it, which the logger's nanmean skips)."""
-        frames = [datasets.parse_name(s["name"])[3] for s in self.config.data.sources]
+        data_dir = config_lib.data_dir_for(self.config)
+        frames = [datasets.parse_name(s["name"], data_dir)[3] for s in self.config.data.sources]
         crops = [dict(s).get("crop") or self.config.data.get("crop") for s in self.config.data.sources]
         frames = [int(c["frames"]) if c and c.get("frames") else f for f, c in zip(frames, crops)]
         tasks = []
