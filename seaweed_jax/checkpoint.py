@@ -97,12 +97,45 @@ def save(manager: ocp.CheckpointManager, step: int, state, iterator=None, config
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator=None):
     """Restore `step` onto the shardings in `abstract_state` (ShapeDtypeStructs with
-    `.sharding`); also sets `iterator`'s position when given. Returns the state."""
+    `.sharding`: any mesh, any process count; Orbax reshards); also sets `iterator`'s
+    position when given (see `_iterator_state` when the process count changed). Returns
+    the state."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if iterator is not None:
+    moved = iterator is not None and _saved_process_count(manager, step) not in (None, jax.process_count())
+    if iterator is not None and not moved:
         items["data_iter"] = grain.checkpoint.CheckpointRestore(iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
+    if moved:
+        iterator.set_state(_iterator_state(manager, step))
+        iterator.start_prefetch()
     return restored["state"]
+
+
+def _iterator_files(manager, step: int) -> list:
+    path = manager.directory / str(step) / "data_iter"
+    return sorted(path.glob("process_*-of-*.json")) if path.exists() else []
+
+
+def _saved_process_count(manager, step: int) -> int | None:
+    files = _iterator_files(manager, step)
+    return int(files[0].name.rsplit("-of-", 1)[1].removesuffix(".json")) if files else None
+
+
+def _iterator_state(manager, step: int) -> dict:
+    """The data position of a checkpoint written by another number of processes.
+
+    The batch pipelines give every process its rows of the same global batches
+    (`data.pipeline.ProcessRows`), so every process saved the same state, which means the
+    same in any process count. Per-process states (packed data: each process packs its own
+    shard) cannot be split or merged: that is an error naming the way out."""
+    states = {f.read_text() for f in _iterator_files(manager, step)}
+    if len(states) != 1:
+        raise ValueError(
+            f"checkpoint step {step} holds a different data-iterator state per process (packed "
+            f"data) for {_saved_process_count(manager, step)} processes; resume with that many "
+            f"processes, or start a new run with config.init_from=<this workdir> (params only, "
+            f"fresh data order)")
+    return json.loads(states.pop())
 
 
 def abstract_with_shardings(abstract_tree, shardings):

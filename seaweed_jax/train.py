@@ -3,20 +3,22 @@
     --data_dir=D          datasets root (default $SEAWEED_DATA_DIR or ~/seaweed_data)
     --config.a.b=v        override any config field
     --config.init_from=W0 start a fresh run from the params of run W0's latest checkpoint
+    --coordinator_address=H:P --num_processes=N --process_id=I
+                          one process of a multi-process job (or $JAX_COORDINATOR_ADDRESS,
+                          $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; TPU pods find these themselves)
 
 Resumes automatically when W has a checkpoint. SIGTERM finishes the current step, saves a
 checkpoint, waits for it and exits 0. The task comes from `config.task`.
 """
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from seaweed_jax.parallel import distributed
 from seaweed_jax.parallel.mesh import use_cpu_devices
 from seaweed_jax.trainer import loop
 
@@ -25,15 +27,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Datasets root directory.")
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", None, "Call jax.distributed.initialize() first (default: when "
-    "JAX_COORDINATOR_ADDRESS or TPU multi-host env vars are set).")
-
-
-def _wants_distributed() -> bool:
-    if _MULTIHOST.value is not None:
-        return _MULTIHOST.value
-    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or int(
-        os.environ.get("TPU_WORKER_HOSTNAMES", "x").count(",")) > 0
+    "multihost", None, "Join a multi-process job first (default: when JAX_COORDINATOR_ADDRESS "
+    "or TPU multi-host env vars are set); see parallel/distributed.py.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (else $JAX_COORDINATOR_ADDRESS, or "
+    "auto-detected on TPU pods).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (else $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (else $JAX_PROCESS_ID).")
 
 
 def main(argv) -> None:
@@ -45,8 +45,8 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required: the run directory (created if missing)")
     logging.set_verbosity(logging.WARNING)
     use_cpu_devices(_CONFIG.value.get("cpu_devices", 0))
-    if _wants_distributed():
-        jax.distributed.initialize()
+    if distributed.requested(True if _COORDINATOR.value else _MULTIHOST.value):
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)
     except ValueError as e:  # config errors: the last frames, then one clear line
