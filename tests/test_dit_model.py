@@ -231,11 +231,11 @@ def test_seaweed_7b_config_is_7b_and_stage_table():
     assert all(c.task == "dit" for c in cfgs.values())
     assert [c.mesh.shape["context"] for c in cfgs.values()] == [1, 1, 4, 4]  # Ulysses at 480p / 720p
     assert all(c.model.num_heads % c.mesh.shape["context"] == 0 for c in cfgs.values())
-    frames = {s: [src["crop"]["frames"] for src in c.data.sources] for s, c in cfgs.items()}
-    assert frames["stage0"] == [None, None]                     # images only
-    assert all(any(f for f in fr) for s, fr in frames.items() if s != "stage0")
-    assert {(src["crop"]["height"], src["crop"]["width"]) for src in cfgs["stage3"].data.sources} == {
-        (720, 1280), (1024, 1920)}
+    names = {s: [src["name"] for src in c.data.sources] for s, c in cfgs.items()}
+    assert names["stage0"] == ["video_folder/mine_img256x256", "video_folder/mine_img512x512"]  # images only
+    assert all(any("_vid" in n for n in ns) for s, ns in names.items() if s != "stage0")
+    assert names["stage3"] == ["video_folder/mine_img720x1280", "video_folder/mine_img1024x1920",
+                               "video_folder/mine_vid720x1280"]
 
 
 def test_sharded_forward_backward_on_fake_mesh():

@@ -2,14 +2,14 @@ r"""Seaweed-7B-scale hybrid-stream DiT: the paper's four pretraining stages.
 
 Run (TPU pod slice; one stage after the other, each starting from the previous workdir):
 
-    python -m seaweed_jax.train --config=configs/dit/seaweed_7b.py:stage0,root=gs://BUCKET/sw7b \
-        --workdir=gs://BUCKET/sw7b/stage0
-    python -m seaweed_jax.train --config=configs/dit/seaweed_7b.py:stage1,root=gs://BUCKET/sw7b \
-        --workdir=gs://BUCKET/sw7b/stage1          # ... stage2, stage3 likewise
+    python -m seaweed_jax.train \
+        --config=configs/dit/seaweed_7b.py:stage0,root=gs://BUCKET/sw7b,vae=gs://BUCKET/vae_48x,data=mine \
+        --workdir=gs://BUCKET/sw7b/stage0          # ... stage1, stage2, stage3 likewise
 
 Arguments: `stage` (stage0..stage3), `root` (stage k's `init_from` is `{root}/stage{k-1}`, so
-run stage k with `--workdir={root}/stage{k}`), `total_steps` (split over the stages by the
-paper's shares). Hardware: the paper used 665k H100-hours; expect hundreds of TPU v5p
+run stage k with `--workdir={root}/stage{k}`), `vae` (the trained VAE run, e.g.
+configs/vae/seaweed_48x.py), `data` (the prefix of your `video_folder` datasets, below),
+`total_steps` (split over the stages by the paper's shares). Hardware: the paper used 665k H100-hours; expect hundreds of TPU v5p
 chips for weeks. Nothing at this scale has been run from this repo; the test suite only
 checks the config (param count via jax.eval_shape, stage table).
 
@@ -18,11 +18,18 @@ Stage table (paper; sizes are target areas HxW, aspect ratio kept; step shares):
   stage1  25%    + 256x256 video
   stage2  25%    480p: 480x640 and 720x1280 images, 480x640 video
   stage3  12.5%  720p: 720x1280 and 1024x1920 images, 720x1280 video
-Data source names are PLACEHOLDERS (`video_folder/<split of your data>`): build a
-`video_folder` dataset per resolution from your own clips (e.g. with `python -m
-seaweed_jax.prepare`) and name them here. Video clips are 121 frames (1 + 4*30, 5 s at
-24 fps) and the image/video weight split (images 0.3, video 0.7 once video is in) is a
-project choice; the paper gives neither.
+Data: `video_folder` datasets built from your own files, one per bucket, named
+`video_folder/{data}_img{H}x{W}` (images) and `video_folder/{data}_vid{H}x{W}` (121-frame
+clips: 1 + 4*30, 5 s at 24 fps), e.g.
+
+    python -m seaweed_jax.prepare --dataset=video_folder/mine_img256x256 --folder=PHOTOS \
+        --frames=1 --height=256 --width=256 --fps=1
+    python -m seaweed_jax.prepare --dataset=video_folder/mine_vid480x640 --folder=CLIPS \
+        --frames=121 --height=480 --width=640 --fps=24
+
+The builds are already at the bucket's size (no crop), so the latent cache encodes them as
+they are. The image/video weight split (images 0.3, video 0.7 once video is in) and the
+clip length are project choices; the paper gives neither.
 
 Parameter count (weights dominate; D = hidden 3584, F = SwiGLU width, 32 layers):
   per layer, attention for both streams: 2 x (qkv 3D^2 + out D^2) = 8 D^2 = 102.8M
@@ -61,30 +68,25 @@ STAGES = ("stage0", "stage1", "stage2", "stage3")
 CONTEXT = {"stage0": 1, "stage1": 1, "stage2": 4, "stage3": 4}  # mesh.shape.context per stage
 STEP_SHARES = {"stage0": 0.375, "stage1": 0.25, "stage2": 0.25, "stage3": 0.125}
 
-_VIDEO_FRAMES = 121  # 1 + 4k latent-aligned; 5 s at 24 fps (project choice)
+
+def _images(data: str, h: int, w: int, weight: float) -> dict:
+    return {"name": f"video_folder/{data}_img{h}x{w}", "split": "train", "weight": weight}
 
 
-def _images(h: int, w: int, weight: float) -> dict:
-    # Image datasets store single frames, so no frames crop.
-    return {"name": f"video_folder/images_{h}x{w}", "split": "train", "weight": weight,
-            "crop": {"frames": None, "height": h, "width": w}}
+def _video(data: str, h: int, w: int, weight: float) -> dict:
+    return {"name": f"video_folder/{data}_vid{h}x{w}", "split": "train", "weight": weight}
 
 
-def _video(h: int, w: int, weight: float) -> dict:
-    return {"name": f"video_folder/video_{h}x{w}", "split": "train", "weight": weight,
-            "crop": {"frames": _VIDEO_FRAMES, "height": h, "width": w}}
-
-
-def stage_sources(stage: str) -> list[dict]:
-    """data.sources of one stage (placeholder dataset names, see module docstring)."""
+def stage_sources(stage: str, data: str = "mine") -> list[dict]:
+    """data.sources of one stage: the `video_folder` datasets named with prefix `data`."""
     if stage == "stage0":
-        return [_images(256, 256, 0.5), _images(512, 512, 0.5)]
+        return [_images(data, 256, 256, 0.5), _images(data, 512, 512, 0.5)]
     if stage == "stage1":
-        return [_images(256, 256, 0.15), _images(512, 512, 0.15), _video(256, 256, 0.7)]
+        return [_images(data, 256, 256, 0.15), _images(data, 512, 512, 0.15), _video(data, 256, 256, 0.7)]
     if stage == "stage2":
-        return [_images(480, 640, 0.15), _images(720, 1280, 0.15), _video(480, 640, 0.7)]
+        return [_images(data, 480, 640, 0.15), _images(data, 720, 1280, 0.15), _video(data, 480, 640, 0.7)]
     if stage == "stage3":
-        return [_images(720, 1280, 0.15), _images(1024, 1920, 0.15), _video(720, 1280, 0.7)]
+        return [_images(data, 720, 1280, 0.15), _images(data, 1024, 1920, 0.15), _video(data, 720, 1280, 0.7)]
     raise ValueError(f"unknown stage {stage!r}; use one of {STAGES}")
 
 
@@ -106,7 +108,8 @@ def model_config() -> mc.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> mc.ConfigDict:
-    args = config_lib.parse_arg(arg, stage="stage0", root="runs/seaweed_7b", total_steps=400_000)
+    args = config_lib.parse_arg(arg, stage="stage0", root="runs/seaweed_7b", vae="", data="mine",
+                                total_steps=400_000)
     if args.stage not in STAGES:
         raise ValueError(f"unknown stage {args.stage!r}; use one of {STAGES}")
     index = STAGES.index(args.stage)
@@ -123,15 +126,17 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     # x (30 x 40 or 45 x 80) tokens, and 256 text tokens, do.
     context = CONTEXT[args.stage]
     c.mesh.shape = {"data": 1, "fsdp": -1, "tensor": 1, "context": context}
-    c.data.sources = stage_sources(args.stage)
-    c.data.crop = mc.ConfigDict({"frames": None, "height": None, "width": None})
+    c.vae_workdir = args.vae      # required to train (the DiT learns the VAE's latents)
+    c.vae_step = None
+    c.vae_use_ema = True
+    c.data.sources = stage_sources(args.stage, args.data)
+    c.data.latent_cache = True    # encode each dataset once with the frozen VAE
     c.data.global_batch_size = 256
     if args.stage == "stage0":
         # Images only: packed into 4,096-video-token sequences (sixteen 256x256 = 256-token
         # images, or four 512x512 = 1,024-token ones) with their captions (2,048 text slots).
         # global_batch_size then counts sequences: 64 x ~6 images ~ the 256 images unpacked.
         c.data.global_batch_size = 64
-        c.data.latent_cache = True
         c.data.packing.update(enabled=True, max_tokens=4096, max_samples=16, text_tokens=2048)
     c.model = model_config()
     return c

@@ -84,10 +84,14 @@ def gan_loss() -> mc.ConfigDict:
                               disc_start_step=20_000, lpips_weight=0.0))
 
 
-def tpu_config(model: mc.ConfigDict) -> mc.ConfigDict:
-    """The TPU-slice recipe around `model`. `moving_shapes/64x64_f17` is a stand-in: point
-    `data.sources` at a `video_folder` dataset of real clips for real training."""
-    c = _base(200_000, "moving_shapes/64x64_f17")
+STAND_IN = "moving_shapes/64x64_f17"
+
+
+def tpu_config(model: mc.ConfigDict, data: str = STAND_IN) -> mc.ConfigDict:
+    """The TPU-slice recipe around `model` on dataset `data` (the config argument `data=`):
+    a `video_folder/NAME` dataset of real clips for real training; `moving_shapes/64x64_f17`
+    is the stand-in default."""
+    c = _base(200_000, data)
     c.data.global_batch_size = 32
     c.data.val_examples = 256
     c.optimizer.lr = 1e-4

@@ -2,7 +2,8 @@ r"""WF-VAE (wavelet-driven energy flow) causal video VAE, (dt, dh, dw) = (4, 8, 
 
 Run (TPU slice), with `size` S | M | L and `latent` 4 | 8 | 16 (defaults S, 16):
 
-    python -m seaweed_jax.train --config=configs/vae/wfvae.py:size=S,latent=16 --workdir=runs/wfvae_s16
+    python -m seaweed_jax.train --config=configs/vae/wfvae.py:size=S,latent=16,data=video_folder/NAME \
+        --workdir=runs/wfvae_s16
 
 Print the parameter count (jax.eval_shape, nothing allocated):
 
@@ -19,7 +20,9 @@ inference is exact; the decoder's temporal upsampler is depth-to-time (no look-a
 jax.eval_shape counts (latent 16): S 155.3M (enc 37.4M, dec 117.9M) vs 146M in the paper
 (+6.4%); M 238.6M; L 338.3M (enc 84.6M, dec 253.7M) vs 316M (+7.1%).
 
-Data: `moving_shapes/64x64_f17` is a stand-in; use real clips (paper: 33x256^2).
+Data: `data=video_folder/NAME` (built with `python -m seaweed_jax.prepare --dataset=video_folder/NAME
+--folder=DIR --frames=33 --height=256 --width=256 --fps=24`; paper: 33x256^2); without it
+`moving_shapes/64x64_f17` stands in.
 Hardware / time / result: to be measured (paper WF-VAE-L, 16 ch: PSNR 35.76, SSIM 0.9430).
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ SIZES = {"S": 128, "M": 160, "L": 192}
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, size="S", latent=16)
+    a = config_lib.parse_arg(arg, size="S", latent=16, data=common.STAND_IN)
     if a.size not in SIZES:
         raise ValueError(f"wfvae size={a.size!r} must be one of {sorted(SIZES)}")
     if a.latent not in (4, 8, 16):
@@ -50,7 +53,8 @@ def get_config(arg=None):
         arch="wavelet", latent_channels=a.latent, compression=(4, 8, 8),
         base_channels=SIZES[a.size], channel_mults=(1, 2, 4),
         ef_enc_channels=64 if a.size == "S" else 128, ef_dec_channels=128, connect_res_blocks=1,
-        norm="layer"))       # channel LayerNorm: chunked inference is exact
+        norm="layer"),       # channel LayerNorm: chunked inference is exact
+        data=a.data)
     # Paper: AdamW lr 1e-5, EMA 0.999; loss L1 + LPIPS (1.0; not shipped: 0) + KL 1e-6 + WL 0.1
     # + 3D/2D PatchGAN hinge with adaptive weight 0.5 (common.gan_loss).
     c.optimizer.lr = 1e-5
