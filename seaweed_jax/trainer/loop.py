@@ -267,6 +267,23 @@ def train(config, workdir: str, *, data_dir: str | None = None,
         return _train(config, workdir, hooks=hooks)
 
 
+def _memory_line(step_jit, state, batch) -> str:
+    """Per-device memory of the compiled step (XLA's analysis of the partitioned program).
+    The step compiles here once; the jitted call right after reuses the executable."""
+    try:
+        m = step_jit.lower(state, batch).compile().memory_analysis()
+    except Exception as e:  # memory analysis is best-effort (not every backend has it)
+        return f"memory per device: unavailable ({type(e).__name__})"
+    if m is None:
+        return "memory per device: unavailable"
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+    line = (f"memory per device: state+batch {mib(m.argument_size_in_bytes)}, temporaries "
+            f"{mib(m.temp_size_in_bytes)}, outputs {mib(m.output_size_in_bytes)} "
+            f"({mib(m.alias_size_in_bytes)} reuse donated inputs)")
+    host = m.host_temp_size_in_bytes + m.host_argument_size_in_bytes
+    return line + (f", host offload {mib(host)}" if host else "")
+
+
 def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     data_dir = config.data_dir  # resolved and recorded by train()
     mesh = make_mesh(config.mesh)
@@ -332,6 +349,7 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
                 logger.flops_per_step, source = _flops(task, step_jit, state, batch)
                 if logger.flops_per_step:
                     _print(f"flops/step={logger.flops_per_step:.4g} ({source})")
+                _print(_memory_line(step_jit, state, batch))
             state, metrics = step_jit(state, batch)
             step += 1
             logger.add(metrics)
