@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from typing import Sequence
 
 import grain
 import numpy as np
@@ -56,6 +57,28 @@ class LatentShaped(grain.transforms.Map):
         return ex
 
 
+def padding_report(batch: dict) -> dict:
+    """Samples, real tokens and padding fraction of one packed host batch (both streams)."""
+    video = int((batch["video_segment"] > 0).sum())
+    text_real = int(sum(m.sum() for m in batch["text_mask"].reshape(-1, batch["text_mask"].shape[-1])))
+    slots = batch["video_segment"].size + batch["text_segment"].size
+    return {"samples": int((batch["sample_frames"] > 0).sum()), "video_tokens": video,
+            "text_tokens": text_real, "token_slots": slots,
+            "padding_fraction": 1.0 - (video + text_real) / slots}
+
+
+def unpacked_padding(sample_tokens: Sequence[int], text_tokens: Sequence[int], text_len: int,
+                     pad_video_to: int) -> float:
+    """Padding fraction of the same samples as an unpacked batch: video padded to
+    `pad_video_to` tokens and text to `text_len` per sample."""
+    real = sum(sample_tokens) + sum(text_tokens)
+    return 1.0 - real / (len(sample_tokens) * (pad_video_to + text_len))
+
+
+def tokens_per_step(spec: packed.PackSpec) -> int:
+    return spec.num_sequences * (spec.capacity.video_tokens + spec.capacity.text_tokens)
+
+
 def toy_config():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "configs", "dit", "moving_shapes.py")
@@ -81,7 +104,7 @@ def measure(stream: grain.MapDataset, spec: packed.PackSpec, unpacked_batch: int
     next(it)  # warm-up (tokenizer, first reads)
     reports, t0 = [], time.perf_counter()
     for _ in range(steps):
-        reports.append(packed.padding_report(next(it)))
+        reports.append(padding_report(next(it)))
     host_ms = (time.perf_counter() - t0) / steps * 1e3
     # Unpacked: the next steps x unpacked_batch samples of the same stream, padded.
     video, text = [], []
@@ -93,8 +116,8 @@ def measure(stream: grain.MapDataset, spec: packed.PackSpec, unpacked_batch: int
     return {
         "unpacked": {"slots_per_step": unpacked_slots, "samples_per_step": unpacked_batch,
                      "real_tokens_per_step": (sum(video) + sum(text)) / steps,
-                     "padding_fraction": round(packed.unpacked_padding(video, text, text_len, pad_video_to), 4)},
-        "packed": {"slots_per_step": packed.tokens_per_step(spec),
+                     "padding_fraction": round(unpacked_padding(video, text, text_len, pad_video_to), 4)},
+        "packed": {"slots_per_step": tokens_per_step(spec),
                    "samples_per_step": float(np.mean([r["samples"] for r in reports])),
                    "real_tokens_per_step": float(np.mean([r["video_tokens"] + r["text_tokens"] for r in reports])),
                    "padding_fraction": round(float(np.mean([r["padding_fraction"] for r in reports])), 4),

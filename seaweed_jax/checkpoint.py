@@ -129,7 +129,7 @@ def _iterator_state(manager, step: int) -> dict:
     same in any process count. Per-process states (packed data: each process packs its own
     shard) cannot be split or merged: that is an error naming the way out."""
     states = {f.read_text() for f in _iterator_files(manager, step)}
-    if len(states) != 1:
+    if len(states) != 1 or '"per_process": true' in next(iter(states)):
         raise ValueError(
             f"checkpoint step {step} holds a different data-iterator state per process (packed "
             f"data) for {_saved_process_count(manager, step)} processes; resume with that many "

@@ -45,7 +45,8 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required: the run directory (created if missing)")
     logging.set_verbosity(logging.WARNING)
     use_cpu_devices(_CONFIG.value.get("cpu_devices", 0))
-    if distributed.requested(True if _COORDINATOR.value else _MULTIHOST.value):
+    flags_given = any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID))
+    if distributed.requested(True if flags_given else _MULTIHOST.value):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)

@@ -33,7 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(shared, root, workdir, *, steps, processes, devices, mesh=None):
+def _train(shared, root, workdir, *, steps, processes, devices, mesh=None, model=None):
     """The train CLI on the tiny DiT config: `processes` processes with `devices` CPU devices
     each; returns each process's output."""
     config = H.dit_config(shared["vae"], num_steps=steps, log_every=1, eval_every=0, ckpt_every=5)
@@ -41,7 +41,9 @@ def _train(shared, root, workdir, *, steps, processes, devices, mesh=None):
     config.data.global_batch_size = 8
     if mesh:
         config.mesh.shape = mesh
-    path = H.write_config_file(str(root / f"config_{processes}x{devices}_{steps}.py"), config)
+    if model:
+        config.model.update(model)
+    path = H.write_config_file(str(root / f"config_{os.path.basename(workdir)}_{steps}.py"), config)
     port = _free_port()
     procs = []
     for i in range(processes):
@@ -98,3 +100,18 @@ def test_two_processes_follow_one_and_checkpoints_move_between_process_counts(sh
     diffs["1 -> 2 processes, steps 11-14"] = _max_rel(got, reference, range(11, 15))
     print("losses 1..14 (one process):", [round(reference[s], 5) for s in range(1, 15)])
     print("max relative loss difference vs one process:", {k: f"{v:.1e}" for k, v in diffs.items()})
+
+
+def test_processes_sharing_a_batch_shard_read_the_same_rows(shared, tmp_path):
+    """Model axes across processes (tensor 2 x context 2 over 2 processes x 2 devices, data 1):
+    both processes feed the same batch rows (parallel.sharding.data_shard), and the run follows
+    one process x 4 devices."""
+    model = {"num_heads": 4, "rope_axes_dim": (2, 2, 4)}
+    _train(shared, tmp_path, tmp_path / "ref", steps=3, processes=1, devices=4, model=model)
+    _train(shared, tmp_path, tmp_path / "tp", steps=3, processes=2, devices=2, model=model,
+           mesh={"data": 1, "fsdp": 1, "tensor": 2, "context": 2})
+    want, got = _losses(tmp_path / "ref"), _losses(tmp_path / "tp")
+    assert sorted(got) == [1, 2, 3]
+    np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [want[s] for s in (1, 2, 3)], rtol=1e-4)
+    print("tensor x context over 2 processes, max relative loss difference:",
+          f"{_max_rel(got, want, (1, 2, 3)):.1e}")

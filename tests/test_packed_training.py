@@ -284,3 +284,22 @@ def test_stage0_configs_pack(rel, arg, capacity, sequences):
                                    text_len=c.text_encoder.max_len if "text_encoder" in c else 256,
                                    min_text_tokens=1)
     assert spec.capacity == capacity and spec.num_sequences == sequences
+
+
+def test_packed_condition_equals_the_unpacked_one_with_temporal_patches():
+    """Extension with k = 3 conditioned latent frames and patch (2, 2, 2): a token spans two
+    frames, one given and one generated; the token-layout condition is `flow.build_condition`
+    patchified, and its loss weight the patchified loss mask."""
+    from seaweed_jax.diffusion import packed as packed_flow
+    patch = (2, 2, 2)
+    x0 = jnp.asarray(np.random.default_rng(0).standard_normal((1, 6, 4, 4, 3)), jnp.float32)
+    cond_ref, loss_mask = flow.build_condition(x0, jnp.array([3]))
+    want, grid = patchify(cond_ref, patch)
+    tokens, _ = patchify(x0, patch)
+    positions = jnp.asarray(packing.grid_positions(grid))[None]
+    frame = packed_flow.token_frames(positions, patch)
+    cond, is_cond = packed_flow.build_condition(tokens.reshape(1, tokens.shape[1], 8, 3), frame,
+                                                jnp.full(tokens.shape[:2], 3))
+    np.testing.assert_array_equal(np.asarray(cond.reshape(want.shape)), np.asarray(want))
+    mask_tokens, _ = patchify(jnp.broadcast_to(loss_mask[:, :, None, None, None], (1, 6, 4, 4, 1)), patch)
+    np.testing.assert_array_equal(np.asarray(~is_cond, np.float32), np.asarray(mask_tokens[0])[None])

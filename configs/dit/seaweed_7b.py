@@ -9,11 +9,14 @@ Run (TPU pod slice; one stage after the other, each starting from the previous w
 Arguments: `stage` (stage0..stage3), `root` (stage k's `init_from` is `{root}/stage{k-1}`, so
 run stage k with `--workdir={root}/stage{k}`), `vae` (the trained VAE run, e.g.
 configs/vae/seaweed_48x.py), `data` (the prefix of your `video_folder` datasets, below),
-`total_steps` (split over the stages by the paper's shares). Hardware: the paper used 665k H100-hours; expect hundreds of TPU v5p
-chips for weeks. Nothing at this scale has been run from this repo; the test suite only
-checks the config (param count via jax.eval_shape, stage table).
+`total_steps` (split over the stages by the paper's shares).
 
-Stage table (paper; sizes are target areas HxW, aspect ratio kept; step shares):
+Hardware: the paper used 665k H100-hours; expect hundreds of TPU v5p chips for weeks. Nothing
+at this scale has been run from this repo: the tests check the config (param count via
+jax.eval_shape, stage table) and train all four stages in order for 3 steps on tiny
+video_folder builds with shrunk widths (tests/test_paper_configs.py, the overrides listed there).
+
+Stage table (paper; sizes HxW are the builds' exact sizes, cover-cropped; step shares):
   stage0  37.5%  256p images only: 256x256 and 512x512 images, packed (data.packing)
   stage1  25%    + 256x256 video
   stage2  25%    480p: 480x640 and 720x1280 images, 480x640 video

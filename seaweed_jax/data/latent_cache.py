@@ -34,6 +34,7 @@ run sees the same example order as one that encodes on the fly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -134,9 +135,12 @@ def cache_dir(data_dir: str, dataset: str, encoder: LatentEncoder, seed: int = 0
               num_train: int | None = None, num_validation: int | None = None) -> str:
     """Where the cache of `dataset` encoded by `encoder` lives under `data_dir`."""
     kind, h, w, t = datasets.parse_name(dataset, data_dir)
-    # A video_folder build is named by the user (two folders may share a clip size).
-    config = (dataset.partition("/")[2] if kind == "video_folder"
-              else config_name(h, w, t, seed, num_train, num_validation))
+    if kind == "video_folder":
+        # Named by the user (two folders may share a clip size), plus the build's identity:
+        # a NAME deleted and rebuilt from other files never reuses the old latents.
+        config = f"{dataset.partition('/')[2]}-{_build_fingerprint(datasets.get_builder(dataset, data_dir))}"
+    else:
+        config = config_name(h, w, t, seed, num_train, num_validation)
     return os.path.join(os.fspath(data_dir), CACHE_ROOT, kind, config, f"vae-{encoder.fingerprint}")
 
 
@@ -178,6 +182,15 @@ def _write_split(path_prefix: str, source, encoder: LatentEncoder, split: str, b
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def _build_fingerprint(builder) -> str:
+    """Short hash of a built dataset's files (names, sizes, modification times)."""
+    root = os.fspath(builder.data_dir)
+    entries = sorted((os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_size,
+                      os.stat(os.path.join(d, f)).st_mtime_ns)
+                     for d, _, files in os.walk(root) for f in files)
+    return hashlib.sha256(repr(entries).encode()).hexdigest()[:10]
+
+
 def build_latent_cache(dataset: str, data_dir: str, encoder: LatentEncoder, *, seed: int = 0,
                        num_train: int | None = None, num_validation: int | None = None,
                        splits: Sequence[str] = ("train", "validation"), batch_size: int = 32,
@@ -203,6 +216,9 @@ def build_latent_cache(dataset: str, data_dir: str, encoder: LatentEncoder, *, s
         meta = dict(format=FORMAT, dataset=dataset, config=builder.builder_config.name,
                     dataset_dir=os.fspath(builder.data_dir), normalized=True,
                     vae=dict(encoder.describe), splits={})
+        splits = [s for s in splits if s in builder.info.splits]  # a small folder may have no validation
+        if not splits:
+            raise ValueError(f"{dataset} has none of the splits to encode; it has {list(builder.info.splits)}")
         for split in splits:
             source = datasets.data_source(dataset, split, data_dir, seed, num_train, num_validation)
             meta["video_shape"] = list(np.shape(source[0]["video"]))

@@ -110,35 +110,14 @@ class PackedIterator(grain.DatasetIterator):
         return batch
 
     def get_state(self) -> dict:
-        return {"next": int(self._next),
+        # per_process: this state belongs to one process's shard (checkpoint.restore refuses
+        # to carry it to another process count).
+        return {"next": int(self._next), "per_process": True,
                 "waiting": [[int(item.key), int(item.age)] for item, _ in self._buffer]}
 
     def set_state(self, state: dict) -> None:
         self._next = int(state["next"])
         self._buffer = [self._read(int(key), int(age)) for key, age in state["waiting"]]
-
-
-def padding_report(batch: dict) -> dict:
-    """Samples, real tokens and padding fraction of one packed host batch (both streams)."""
-    video = int((batch["video_segment"] > 0).sum())
-    text_real = int(sum(m.sum() for m in batch["text_mask"].reshape(-1, batch["text_mask"].shape[-1])))
-    slots = batch["video_segment"].size + batch["text_segment"].size
-    return {"samples": int((batch["sample_frames"] > 0).sum()), "video_tokens": video,
-            "text_tokens": text_real, "token_slots": slots,
-            "padding_fraction": 1.0 - (video + text_real) / slots}
-
-
-def unpacked_padding(sample_tokens: Sequence[int], text_tokens: Sequence[int], text_len: int,
-                     pad_video_to: int) -> float:
-    """Padding fraction of the same samples as an unpacked batch: video padded to
-    `pad_video_to` tokens and text to `text_len` per sample."""
-    real = sum(sample_tokens) + sum(text_tokens)
-    return 1.0 - real / (len(sample_tokens) * (pad_video_to + text_len))
-
-
-def tokens_per_step(spec: PackSpec) -> int:
-    return spec.num_sequences * (spec.capacity.video_tokens + spec.capacity.text_tokens)
-
 
 
 # --------------------------------------------------------------------------- config
@@ -169,6 +148,10 @@ def spec_from_config(data_config, *, process_count: int, patch: Sequence[int], t
         if not cfg.get(key) or int(cfg[key]) < 1:
             raise ValueError(f"data.packing.enabled=True needs data.packing.{key} >= 1 "
                              f"(got {cfg.get(key)}), e.g. max_tokens=128, max_samples=8")
+    if int(data_config.get("worker_count", 0) or 0) > 0:
+        raise ValueError("data.packing.enabled=True packs in the training process (its state is "
+                         "the packer's buffer); set data.worker_count=0 (data.prefetch still "
+                         "overlaps reading with training)")
     samples = int(cfg.max_samples)
     text_tokens = int(cfg.get("text_tokens") or samples * text_len)
     if text_tokens < min_text_tokens:

@@ -403,7 +403,8 @@ def make_iterator(data_config, *, data_dir: str, split: str | None = None,
         first one runs out.
       example_fn: optional per-example transform (after crop/normalize, before batching);
         must be picklable when data.worker_count > 0.
-      drop_remainder: drop a final partial batch (only matters when num_epochs is set).
+      drop_remainder: drop a final partial batch (only matters when num_epochs is set; the
+        rows of each process are cut to whole global batches first, see ProcessRows).
       open_source: test hook replacing `datasets.data_source` (name, split, data_dir, cfg).
     """
     ds = make_dataset(data_config, data_dir=data_dir, split=split, process_index=process_index,

@@ -24,8 +24,9 @@ file gives one example: an image, or the FIRST frame of a video.
 Each frame is scaled (bicubic, antialiased) so that it covers height x width, keeping the
 aspect ratio, then center-cropped: nothing is stretched; the longer side loses its margins.
 
-Skipped files never stop the build; each is counted once, under the first reason that
-applies, in this order:
+Skipped files never stop the build; each is counted once, under the first reason found, in
+this order (too_small is judged on the first decoded frame, so a small file that breaks
+later counts as too_small):
   missing     a manifest row names a file that does not exist
   empty       zero bytes
   no_caption  neither manifest nor sidecar caption (unless allow_empty_caption: caption "")

@@ -34,6 +34,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])
     if process_id is None and os.environ.get("JAX_PROCESS_ID"):
         process_id = int(os.environ["JAX_PROCESS_ID"])
+    if not coordinator_address and (num_processes is not None or process_id is not None):
+        raise ValueError("--num_processes / --process_id need the coordinator: set "
+                         "--coordinator_address=HOST0:PORT (or JAX_COORDINATOR_ADDRESS)")
     if coordinator_address and (num_processes is None or process_id is None):
         raise ValueError(f"a coordinator ({coordinator_address}) needs the process count and this "
                          "process's id: set --num_processes and --process_id (or JAX_NUM_PROCESSES "

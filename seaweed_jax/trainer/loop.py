@@ -36,7 +36,7 @@ from seaweed_jax import config_lib
 from seaweed_jax.config_lib import freeze
 from seaweed_jax.parallel import make_mesh, rules_from_config, validate_rules
 from seaweed_jax.parallel.mesh import data_parallel_size, replicated
-from seaweed_jax.parallel.sharding import host_to_global, logical_to_shardings, unbox
+from seaweed_jax.parallel.sharding import data_shard, host_to_global, logical_to_shardings, unbox
 from seaweed_jax.trainer import optimizers
 from seaweed_jax.trainer.metrics import MetricsLogger
 from seaweed_jax.trainer.state import TrainState
@@ -289,8 +289,8 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     mesh = make_mesh(config.mesh)
     validate_config(config, mesh)
     task = get_task(config.task)(config, mesh)
-    iterator = task.make_train_iterator(data_dir=data_dir, process_index=jax.process_index(),
-                                        process_count=jax.process_count())
+    shard, shards = data_shard(mesh)   # this process's rows of each global batch
+    iterator = task.make_train_iterator(data_dir=data_dir, process_index=shard, process_count=shards)
     setup = Setup(config, mesh=mesh, task=task, batch=to_device(_peek(iterator), mesh))
 
     os.makedirs(workdir, exist_ok=True)
@@ -395,8 +395,8 @@ def setup_for_run(config, *, mesh, task: Task, batch=None, data_dir: str | None 
     global shapes), or the training iterator's first batch is used (needs the data)."""
     if batch is None:
         data_dir = config_lib.data_dir_for(config, data_dir)
-        it = task.make_train_iterator(data_dir=data_dir, process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+        shard, shards = data_shard(mesh)
+        it = task.make_train_iterator(data_dir=data_dir, process_index=shard, process_count=shards)
         batch = to_device(_peek(it), mesh)
     return Setup(config, mesh=mesh, task=task, batch=batch)
 
