@@ -126,6 +126,9 @@ def test_config_fields_and_errors():
     c.global_batch_size = 4
     spec = packed.spec_from_config(c, process_count=2, patch=(1, 2, 2), text_len=12, min_text_tokens=2)
     assert spec.num_sequences == 2 and spec.capacity == packing.Capacity(64, 48, 4)
+    c.packing.text_tokens = 8            # a 12-token caption could never be placed
+    with pytest.raises(ValueError, match="text_tokens=8 cannot hold one sample's longest text"):
+        packed.spec_from_config(c, process_count=1, patch=(1, 2, 2), text_len=12, min_text_tokens=2)
 
 
 # ----------------------------------------------------------------------------- task + data

@@ -28,7 +28,9 @@ clips: 1 + 4*30, 5 s at 24 fps), e.g.
     python -m seaweed_jax.prepare --dataset=video_folder/mine_img256x256 --folder=PHOTOS \
         --frames=1 --height=256 --width=256 --fps=1
     python -m seaweed_jax.prepare --dataset=video_folder/mine_vid480x640 --folder=CLIPS \
-        --frames=121 --height=480 --width=640 --fps=24
+        --frames=121 --height=480 --width=640 --fps=24 --max_clips_per_file=32
+
+(The builder holds one file's clips in memory before writing them: cap long files.)
 
 The builds are already at the bucket's size (no crop), so the latent cache encodes them as
 they are. The image/video weight split (images 0.3, video 0.7 once video is in) and the

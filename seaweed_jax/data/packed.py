@@ -154,9 +154,9 @@ def spec_from_config(data_config, *, process_count: int, patch: Sequence[int], t
                          "overlaps reading with training)")
     samples = int(cfg.max_samples)
     text_tokens = int(cfg.get("text_tokens") or samples * text_len)
-    if text_tokens < min_text_tokens:
-        raise ValueError(f"data.packing.text_tokens={text_tokens} cannot hold one sample's text "
-                         f"({min_text_tokens} tokens at least); raise it")
+    if text_tokens < max(min_text_tokens, text_len):
+        raise ValueError(f"data.packing.text_tokens={text_tokens} cannot hold one sample's longest "
+                         f"text ({max(min_text_tokens, text_len)} tokens); raise it")
     return PackSpec(num_sequences=local_batch_size(data_config, process_count),
                     capacity=packing.Capacity(int(cfg.max_tokens), text_tokens, samples),
                     patch=tuple(int(p) for p in patch), min_text_tokens=int(min_text_tokens),
