@@ -154,3 +154,10 @@ def test_multitask_batch():
     assert np.all(pasted[:, 2:] == 0)
     with pytest.raises(ValueError, match="sum to"):
         flow.sample_tasks(key, 4, 5, 0.8, 0.5)
+
+
+def test_shift_for_token_counts_matches_the_scalar_rule():
+    counts = [16, 256, 1024, 4096, 4]
+    got = np.asarray(flow.shift_for_token_counts(jnp.asarray(counts), 256, 1.5))
+    want = [flow.shift_for_tokens(n, 256, 1.5) for n in counts]
+    np.testing.assert_allclose(got, want, rtol=1e-6)   # 4 and 16 tokens clamp to min_shift 1

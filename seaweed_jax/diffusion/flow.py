@@ -98,6 +98,13 @@ def shift_for_tokens(num_tokens: int, base_tokens: int = 256, base_shift: float 
     return float(s)
 
 
+def shift_for_token_counts(num_tokens: jax.Array, base_tokens: int, base_shift: float = 1.0,
+                           min_shift: float = 1.0) -> jax.Array:
+    """`shift_for_tokens` of an array of token counts, traceable (e.g. per packed sample)."""
+    tokens = jnp.asarray(num_tokens, jnp.float32)
+    return jnp.maximum(base_shift * jnp.sqrt(tokens / base_tokens), min_shift)
+
+
 def sample_timesteps(key: jax.Array, batch_size: int, method: str = "logit_normal",
                      mean: float = 0.0, std: float = 1.0, shift: float = 1.0) -> jax.Array:
     """Training timesteps: `method` in {'uniform', 'logit_normal'}, then `shift_t`."""

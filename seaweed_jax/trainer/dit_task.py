@@ -419,7 +419,7 @@ class DiTTask(Task):
                                                              d.extend_max)
         t = flow.sample_timesteps(k_t, b * s, d.timesteps, float(d.logit_mean), float(d.logit_std)).reshape(b, s)
         if int(d.shift_base_tokens or 0) > 0:   # per sample, from its own token count
-            shift = jnp.maximum(float(d.shift) * jnp.sqrt(batch["sample_tokens"] / int(d.shift_base_tokens)), 1.0)
+            shift = flow.shift_for_token_counts(batch["sample_tokens"], int(d.shift_base_tokens), float(d.shift))
         else:
             shift = float(d.shift)
         draws["t"] = flow.shift_t(t, shift)
