@@ -224,16 +224,9 @@ def prepare(name: str, data_dir: str, seed: int = 0, num_train: int | None = Non
                                                      **folder_settings)
         else:
             builder, built_now = build(name, data_dir, verbose=verbose)
-        path = os.fspath(builder.data_dir)
         meta = builder.info.metadata
         return builder, {
-            "dataset": name,
-            "config": builder.builder_config.name,
-            "path": path,
-            "splits": {k: int(v.num_examples) for k, v in builder.info.splits.items()},
-            "bytes": _dir_bytes(path) if "://" not in path else None,
-            "seconds": round(time.perf_counter() - start, 2),
-            "built": built_now,
+            **_summary(name, builder, built_now, start),
             "settings": dict(meta["settings"]),
             "files": dict(meta["files"]),
             "skipped": video_folder.skipped_counts(builder),
@@ -244,18 +237,19 @@ def prepare(name: str, data_dir: str, seed: int = 0, num_train: int | None = Non
                          f"video_folder/NAME datasets, not {name}; drop them (the size is "
                          f"in the name)")
     builder, built_now = build(name, data_dir, seed, num_train, num_validation, verbose=verbose)
-    path = os.fspath(builder.data_dir)
-    summary = {
-        "dataset": name,
-        "config": builder.builder_config.name,
-        "seed": builder.builder_config.seed,
-        "path": path,
-        "splits": {k: int(v.num_examples) for k, v in builder.info.splits.items()},
-        "bytes": _dir_bytes(path) if "://" not in path else None,
-        "seconds": round(time.perf_counter() - start, 2),
-        "built": built_now,
-    }
+    summary = _summary(name, builder, built_now, start)
+    summary = {**{k: summary[k] for k in ("dataset", "config")}, "seed": builder.builder_config.seed,
+               **summary}
     return builder, summary
+
+
+def _summary(name: str, builder, built_now: bool, start: float) -> dict:
+    """What `prepare` prints of any build: where it is, its splits and size, the time taken."""
+    path = os.fspath(builder.data_dir)
+    return {"dataset": name, "config": builder.builder_config.name, "path": path,
+            "splits": {k: int(v.num_examples) for k, v in builder.info.splits.items()},
+            "bytes": _dir_bytes(path) if "://" not in path else None,
+            "seconds": round(time.perf_counter() - start, 2), "built": built_now}
 
 
 # ----------------------------------------------------------------------------- video_folder
