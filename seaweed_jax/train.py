@@ -5,7 +5,9 @@
     --config.init_from=W0 start a fresh run from the params of run W0's latest checkpoint
     --coordinator_address=H:P --num_processes=N --process_id=I
                           one process of a multi-process job (or $JAX_COORDINATOR_ADDRESS,
-                          $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; TPU pods find these themselves)
+                          $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; TPU VM slices, GKE, SLURM
+                          and Open MPI are detected: --multihost=auto|on|off)
+    --workdir=gs://B/run  runs live on local disk or GCS (`pip install -e '.[gcs]'`)
 
 Resumes automatically when W has a checkpoint. SIGTERM finishes the current step, saves a
 checkpoint, waits for it and exits 0. The task comes from `config.task`.
@@ -26,9 +28,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/vae/tiny.py or configs/wfvae.py:size=S", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Datasets root directory.")
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", None, "Join a multi-process job first (default: when JAX_COORDINATOR_ADDRESS "
-    "or TPU multi-host env vars are set); see parallel/distributed.py.")
+_MULTIHOST = flags.DEFINE_enum(
+    "multihost", "auto", distributed.MODES, "Join a multi-process job first: 'auto' when "
+    "JAX_COORDINATOR_ADDRESS is set or JAX detects a cluster (TPU VM slice, GKE, SLURM, Open "
+    "MPI); 'on' always; 'off' never. See parallel/distributed.py.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 (else $JAX_COORDINATOR_ADDRESS, or "
     "auto-detected on TPU pods).")
@@ -45,8 +48,12 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required: the run directory (created if missing)")
     logging.set_verbosity(logging.WARNING)
     use_cpu_devices(_CONFIG.value.get("cpu_devices", 0))
-    flags_given = any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID))
-    if distributed.requested(True if flags_given else _MULTIHOST.value):
+    explicit = any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID))
+    try:
+        join = distributed.wanted(_MULTIHOST.value, explicit)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    if join:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)

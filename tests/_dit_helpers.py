@@ -51,8 +51,9 @@ def write_vae_run(workdir: str, seed: int = 0) -> str:
     ckpt_lib.save(manager, 0, {"params": params}, config=c)
     manager.wait_until_finished()
     manager.close()
-    with open(os.path.join(workdir, "latent_stats.json"), "w") as f:
-        json.dump({"mean": [0.05, -0.02, 0.0, 0.01], "std": [0.5, 0.8, 1.2, 1.0]}, f)
+    from seaweed_jax import paths
+    paths.write_json(paths.run_path(workdir) / "latent_stats.json",
+                     {"mean": [0.05, -0.02, 0.0, 0.01], "std": [0.5, 0.8, 1.2, 1.0]})
     return workdir
 
 
@@ -167,9 +168,8 @@ def write_dit_run(workdir: str, vae_workdir: str, *, perturb: float = 0.05, step
     params = jax.tree.unflatten(tree, [x + perturb * jax.random.normal(k, x.shape, x.dtype)
                                        for x, k in zip(leaves, keys)])
     state = state.replace(params=params, ema_params=params, step=jax.numpy.int32(step))
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(ckpt_lib.config_to_dict(config), f)
+    from seaweed_jax import paths
+    paths.write_json(paths.run_path(workdir) / "config.json", ckpt_lib.config_to_dict(config))
     manager = ckpt_lib.make_manager(workdir, async_save=False)
     ckpt_lib.save(manager, step, state, config=config)
     manager.wait_until_finished()

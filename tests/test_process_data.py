@@ -4,10 +4,12 @@ the same in every process (not for packed data); distributed flags are checked."
 from __future__ import annotations
 
 import json
+import os
 
 import grain
 import pytest
 from etils import epath
+from jax._src.clusters import ClusterEnv  # JAX's cluster detection extension point
 
 from seaweed_jax import checkpoint
 from seaweed_jax import config_lib
@@ -72,4 +74,31 @@ def test_distributed_flags_are_checked_before_joining(monkeypatch):
         distributed.initialize("localhost:1234", num_processes=2)
     with pytest.raises(ValueError, match=r"process_id=2 must be in \[0, num_processes=2\)"):
         distributed.initialize("localhost:1234", num_processes=2, process_id=2)
-    assert not distributed.requested(None) and distributed.requested(True)
+    monkeypatch.delenv("SEAWEED_TEST_CLUSTER", raising=False)
+    assert not distributed.wanted("auto") and distributed.wanted("on")
+    assert distributed.wanted("auto", explicit=True)
+    with pytest.raises(ValueError, match="--multihost=off contradicts"):
+        distributed.wanted("off", explicit=True)
+    with pytest.raises(ValueError, match="use one of auto, on, off"):
+        distributed.wanted("yes")
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+    assert distributed.wanted("auto") and not distributed.wanted("off")
+
+
+class _TestCluster(ClusterEnv):
+    """A cluster JAX's auto-detection finds when SEAWEED_TEST_CLUSTER is set (how TPU VM
+    slices, GKE and SLURM are found: each is a ClusterEnv subclass)."""
+
+    @classmethod
+    def is_env_present(cls) -> bool:
+        return bool(os.environ.get("SEAWEED_TEST_CLUSTER"))
+
+
+def test_multihost_auto_uses_jax_cluster_detection(monkeypatch):
+    for k in distributed.ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.delenv("SEAWEED_TEST_CLUSTER", raising=False)
+    assert distributed.detected_cluster() is None and not distributed.wanted("auto")
+    monkeypatch.setenv("SEAWEED_TEST_CLUSTER", "1")
+    assert distributed.detected_cluster() == "_TestCluster"
+    assert distributed.wanted("auto") and not distributed.wanted("off")

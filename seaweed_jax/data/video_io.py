@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageSequence
 
+from seaweed_jax import paths
+
 VIDEO_EXTENSIONS = (".mp4", ".npy", ".gif")
 _SIZE_TAG = re.compile(r"seaweed_size=(\d+)x(\d+)")
 
@@ -52,20 +54,13 @@ def as_video(video, what: str = "video") -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _makedirs_for(path) -> str:
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    return path
-
-
 # ----------------------------------------------------------------------------- writers
 def write_npy(path, video) -> str:
     """Exact: uint8 (T,H,W,3)."""
-    path = _makedirs_for(path)
-    np.save(path, as_video(video))
-    return path
+    x = as_video(video)
+    with paths.local_file(path) as local:
+        np.save(local, x)
+    return paths.display(path)
 
 
 def write_mp4(path, video, fps: float = 8.0, crf: int = 17) -> str:
@@ -73,11 +68,10 @@ def write_mp4(path, video, fps: float = 8.0, crf: int = 17) -> str:
     lossless). Odd sizes are padded by edge replication; `read_video` crops them back."""
     import av  # lazy: PyAV loads its bundled ffmpeg libraries; only mp4 writing needs them
 
-    path = _makedirs_for(path)
     x = as_video(video)
     t, h, w, _ = x.shape
     x = np.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    with av.open(path, mode="w") as container:
+    with paths.local_file(path) as local, av.open(local, mode="w") as container:
         container.metadata["comment"] = f"seaweed_size={h}x{w}"
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = x.shape[2], x.shape[1]
@@ -88,19 +82,19 @@ def write_mp4(path, video, fps: float = 8.0, crf: int = 17) -> str:
                 container.mux(packet)
         for packet in stream.encode():  # flush delayed frames
             container.mux(packet)
-    return path
+    return paths.display(path)
 
 
 def write_gif(path, video, fps: float = 8.0) -> str:
     """Looping GIF (palette-quantized by Pillow, so only approximately the input colours)."""
-    path = _makedirs_for(path)
     frames = [Image.fromarray(f) for f in as_video(video)]
     frame_ms = max(10, round(1000.0 / fps))
     # Pillow merges identical consecutive frames (summing durations); the comment lets
     # read_video expand them back to the original frame count.
-    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=frame_ms, loop=0, comment=f"seaweed_frame_ms={frame_ms}".encode())
-    return path
+    with paths.local_file(path) as local:
+        frames[0].save(local, format="GIF", save_all=True, append_images=frames[1:],
+                       duration=frame_ms, loop=0, comment=f"seaweed_frame_ms={frame_ms}".encode())
+    return paths.display(path)
 
 
 def write_video(path, video, fps: float = 8.0) -> str:
@@ -121,7 +115,6 @@ def write_contact_sheet(path, videos: Sequence | np.ndarray, labels: Sequence[st
     (cells are top-left aligned). `labels` (one string per row, e.g. captions) are drawn in
     a strip above each row.
     """
-    path = _makedirs_for(path)
     vids = [as_video(v, f"videos[{i}]") for i, v in enumerate(videos)]
     if not vids:
         raise ValueError("write_contact_sheet needs at least one video")
@@ -143,8 +136,9 @@ def write_contact_sheet(path, videos: Sequence | np.ndarray, labels: Sequence[st
             draw.text((pad, y0), str(labels[r]), fill=(0, 0, 0), font=font)
         for c, frame in enumerate(v):
             sheet.paste(Image.fromarray(frame), (pad + c * (cell_w + pad), y0 + text_h))
-    sheet.save(path, format="PNG")
-    return path
+    with paths.local_file(path) as local:
+        sheet.save(local, format="PNG")
+    return paths.display(path)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -206,6 +200,11 @@ def read_video(path) -> np.ndarray:
     readers = {".mp4": _read_mp4, ".npy": _read_npy, ".gif": _read_gif}
     if ext not in readers:
         raise VideoReadError(f"cannot read {path}: extension must be one of {sorted(readers)}")
+    if paths.is_url(path):  # run outputs on an object store (e.g. samples a check re-reads)
+        if not paths.run_path(path).is_file():
+            raise VideoReadError(f"cannot read {path}: no such file")
+        with paths.local_copy(path) as local:
+            return readers[ext](local)
     if not os.path.isfile(path):
         raise VideoReadError(f"cannot read {path}: no such file")
     return readers[ext](path)
@@ -225,6 +224,30 @@ def list_videos(folder, extensions: Iterable[str] = VIDEO_EXTENSIONS,
         if not recursive:
             break
     return sorted(out)
+
+
+def output_stems(files: list[str], root: str | None) -> dict[str, str]:
+    """input path -> output stem (relative to the output dir), unique."""
+    stems = {}
+    for p in files:
+        rel = os.path.relpath(p, root) if root else os.path.basename(p)
+        stems[p] = os.path.splitext(rel)[0]
+    counts: dict[str, int] = {}
+    for s in stems.values():
+        counts[s] = counts.get(s, 0) + 1
+    for p, s in stems.items():
+        if counts[s] > 1:
+                stems[p] = s + "_" + os.path.splitext(p)[1].lstrip(".").lower()
+    return stems
+
+
+def find_inputs(path: str) -> tuple[list[str], str | None]:
+    """(video files, their root folder or None) for a file or a folder of videos."""
+    if os.path.isdir(path):
+        return list_videos(path), path
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--input={path} does not exist")
+    return [path], None
 
 
 def read_image(path: str, height: int, width: int) -> np.ndarray:

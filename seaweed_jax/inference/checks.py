@@ -15,13 +15,11 @@ reads colour / shape / direction back from the pixels, `moving_shapes/checker.py
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import numpy as np
 
-from seaweed_jax import checkpoint, config_lib
+from seaweed_jax import checkpoint, config_lib, paths
 from seaweed_jax.data import datasets, video_io
 from seaweed_jax.eval import metrics
 from seaweed_jax.inference.dit_sampler import DiTSampler, write_outputs
@@ -63,38 +61,35 @@ def check_vae(vae_workdir: str, data_dir: str | None = None, num_examples: int =
 
     original_scores = checker.score(list(originals), truth)
     recon_scores = checker.score(list(recons), truth)
-    summary = {"vae_workdir": os.path.abspath(vae_workdir), "vae_step": vae.step,
+    summary = {"vae_workdir": paths.display(vae_workdir), "vae_step": vae.step,
                "num_examples": n, "psnr": float(metrics.mean_psnr(originals, recons)),
                "checker_on_reconstructions": {k: recon_scores[k] for k in SCORE_KEYS},
                "checker_on_originals": {k: original_scores[k] for k in SCORE_KEYS}}
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "vae_check.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        paths.write_json(paths.run_path(output_dir) / "vae_check.json", summary)
         rows = [v for pair in zip(originals[:8], recons[:8]) for v in pair]
-        video_io.write_contact_sheet(os.path.join(output_dir, "vae_reconstructions.png"), rows)
+        video_io.write_contact_sheet(paths.run_path(output_dir) / "vae_reconstructions.png", rows)
     return summary
 
 
 def read_prompts(path: str) -> list[str]:
     """One prompt per non-blank line."""
-    if not os.path.exists(path):
+    if not paths.run_path(path).exists():
         raise FileNotFoundError(f"prompts file {path!r} does not exist")
-    with open(path) as f:
-        prompts = [line.strip() for line in f if line.strip()]
+    prompts = [line.strip() for line in paths.read_text(path).splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{path} has no prompts")
     return prompts
 
 
 def load_samples(samples_dir: str, n: int) -> list[np.ndarray]:
-    paths = [os.path.join(samples_dir, f"{i:03d}.npy") for i in range(n)]
-    missing = [p for p in paths if not os.path.exists(p)]
+    files = [paths.run_path(samples_dir) / f"{i:03d}.npy" for i in range(n)]
+    missing = [p for p in files if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {n} sample files missing, e.g. {missing[0]}; "
                                 f"run `python -m seaweed_jax.sample --output_dir={samples_dir} ...` "
                                 f"with the same prompts file first")
-    return [video_io.read_video(p) for p in paths]
+    return [video_io.read_video(p) for p in files]
 
 
 def check_samples(samples_dir: str, prompts: list[str]) -> dict:
@@ -107,8 +102,7 @@ def check_samples(samples_dir: str, prompts: list[str]) -> dict:
                  for i, (p, r) in enumerate(zip(prompts, s["results"]))]
     out = {"summary": {k: s[k] for k in ("color", "shape", "direction", "all", "background", "n")},
            "videos": per_video}
-    with open(os.path.join(samples_dir, "scores.json"), "w") as f:
-        json.dump(out, f, indent=2)
+    paths.write_json(paths.run_path(samples_dir) / "scores.json", out)
     return out
 
 
@@ -148,6 +142,5 @@ def check_i2v(workdir: str, *, num: int = 32, steps: int | None = None, seed: in
                "cfg_scale": info.get("cfg_scale")}
     if output_dir:
         write_outputs(output_dir, np.stack(videos), captions)
-        with open(os.path.join(output_dir, "i2v_scores.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        paths.write_json(paths.run_path(output_dir) / "i2v_scores.json", summary)
     return summary

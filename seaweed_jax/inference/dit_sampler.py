@@ -12,7 +12,6 @@ conditioned latent frame on its exact path.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
@@ -24,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jax.tree_util import Partial
 from tqdm import tqdm
 
-from seaweed_jax import checkpoint
+from seaweed_jax import checkpoint, paths
 from seaweed_jax.data import video_io
 from seaweed_jax.diffusion import samplers
 from seaweed_jax.models.vae import codec as codec_lib
@@ -190,14 +189,13 @@ def write_outputs(output_dir: str, videos: np.ndarray, prompts: Sequence[str],
                   fps: float = 8.0) -> dict:
     """{i:03d}.mp4 + {i:03d}.npy per video, contact_sheet.png and prompts.txt (line i = the
     prompt of video i, what `check samples` reads); returns the paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "prompts.txt"), "w") as f:
-        f.write("".join(p + "\n" for p in prompts))
+    out = paths.run_path(output_dir)
+    paths.write_text(out / "prompts.txt", "".join(p + "\n" for p in prompts))
     files = []
     for i, v in enumerate(videos):
-        mp4 = video_io.write_mp4(os.path.join(output_dir, f"{i:03d}.mp4"), v, fps=fps)
-        npy = video_io.write_npy(os.path.join(output_dir, f"{i:03d}.npy"), v)
+        mp4 = video_io.write_mp4(out / f"{i:03d}.mp4", v, fps=fps)
+        npy = video_io.write_npy(out / f"{i:03d}.npy", v)
         files.append({"prompt": prompts[i], "mp4": mp4, "npy": npy})
-    sheet = video_io.write_contact_sheet(os.path.join(output_dir, "contact_sheet.png"), list(videos),
+    sheet = video_io.write_contact_sheet(out / "contact_sheet.png", list(videos),
                                          labels=[p[:60] for p in prompts])
     return {"files": files, "contact_sheet": sheet}

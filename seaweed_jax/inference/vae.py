@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import numpy as np
 
+from seaweed_jax import paths
 from seaweed_jax.data import latent_cache, video_io
 from seaweed_jax.eval import reconstruction
 from seaweed_jax.models.vae import codec as codec_lib
@@ -20,41 +20,17 @@ from seaweed_jax.trainer.vae_task import compute_latent_stats
 log = logging.getLogger(__name__)
 
 
-def output_stems(paths: list[str], root: str | None) -> dict[str, str]:
-    """input path -> output stem (relative to the output dir), unique."""
-    stems = {}
-    for p in paths:
-        rel = os.path.relpath(p, root) if root else os.path.basename(p)
-        stems[p] = os.path.splitext(rel)[0]
-    counts: dict[str, int] = {}
-    for s in stems.values():
-        counts[s] = counts.get(s, 0) + 1
-    for p, s in stems.items():
-        if counts[s] > 1:
-            stems[p] = s + "_" + os.path.splitext(p)[1].lstrip(".").lower()
-    return stems
-
-
-def find_inputs(path: str) -> tuple[list[str], str | None]:
-    """(video files, their root folder or None) for a file or a folder of videos."""
-    if os.path.isdir(path):
-        return video_io.list_videos(path), path
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--input={path} does not exist")
-    return [path], None
-
-
 def reconstruct_files(workdir: str, input_path: str, output_dir: str, *, step: int | None = None,
                       use_ema: bool = True, chunk_frames: int | None = None,
                       chunk_above_frames: int | None = None, fps: float = 8.0) -> dict:
     """Reconstruct every input video with the VAE of `workdir`; unreadable files are skipped
     and counted. Returns the summary the CLI prints (see `seaweed_jax.reconstruct`)."""
-    paths, root = find_inputs(input_path)
+    inputs, root = video_io.find_inputs(input_path)
     codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)
     limit = codec.chunk_above_frames if chunk_above_frames is None else chunk_above_frames
-    stems = output_stems(paths, root)
+    stems = video_io.output_stems(inputs, root)
     files, skipped, psnrs, ssims = [], [], [], []
-    for path in paths:
+    for path in inputs:
         try:
             video = video_io.read_video(path)
         except video_io.VideoReadError as e:
@@ -66,9 +42,9 @@ def reconstruct_files(workdir: str, input_path: str, output_dir: str, *, step: i
                                   chunk_frames=chunk_frames)[0]
         out = video_io.to_uint8(recon)
         p, s = reconstruction.score(video[None], out[None])
-        stem = os.path.join(output_dir, stems[path])
-        npy = video_io.write_npy(stem + ".npy", out)
-        mp4 = video_io.write_mp4(stem + ".mp4", out, fps=fps)
+        stem = paths.run_path(output_dir) / stems[path]
+        npy = video_io.write_npy(f"{stem}.npy", out)
+        mp4 = video_io.write_mp4(f"{stem}.mp4", out, fps=fps)
         psnrs.append(float(p[0]))
         ssims.append(float(s[0]))
         files.append({"input": path, "npy": npy, "mp4": mp4, "shape": list(video.shape),
@@ -76,7 +52,7 @@ def reconstruct_files(workdir: str, input_path: str, output_dir: str, *, step: i
                       "chunked": bool(chunked)})
     summary = reconstruction.summarize(psnrs, ssims)
     summary.update(skipped=len(skipped), skipped_files=skipped, files=files,
-                   workdir=os.path.abspath(workdir), step=codec.step,
+                   workdir=paths.display(workdir), step=codec.step,
                    params="ema" if codec.params_key == "ema_params" else "params")
     return summary
 
@@ -87,8 +63,8 @@ def encode_dataset(dataset: str, data_dir: str, vae_workdir: str, *, seed: int =
                    verbose: bool = True) -> dict:
     """Encode `dataset` with the VAE of `vae_workdir` into its latent cache; returns a summary.
     Writes the VAE's latent_stats.json first if the run has none (e.g. stopped early)."""
-    stats_path = os.path.join(os.path.abspath(vae_workdir), codec_lib.STATS_FILE)
-    if not os.path.exists(stats_path):   # VAE runs write it at the end of training
+    stats_path = paths.run_path(vae_workdir) / codec_lib.STATS_FILE
+    if not stats_path.exists():   # VAE runs write it at the end of training
         if verbose:
             print(f"[latent_cache] {stats_path} missing: computing it (VAE training data)",
                   file=sys.stderr, flush=True)

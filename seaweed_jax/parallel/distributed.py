@@ -1,12 +1,16 @@
 """Joining a multi-process JAX job (multi-host TPU/GPU, or several local CPU processes).
 
+    wanted(mode, explicit)     whether to join: mode 'on' / 'off', or 'auto' (below)
+    detected_cluster()         the cluster JAX's auto-detection finds, or None
     initialize(coordinator_address, num_processes, process_id)
 
-Arguments left None come from the environment: JAX_COORDINATOR_ADDRESS (host:port of
-process 0), JAX_NUM_PROCESSES, JAX_PROCESS_ID. On TPU pods and SLURM/OpenMPI clusters all
-three may stay unset: `jax.distributed.initialize()` discovers them. CPU processes exchange
-collectives over gloo (XLA:CPU has no other cross-process transport), set here before any
-backend starts.
+'auto' joins when the environment names a coordinator (JAX_COORDINATOR_ADDRESS) or JAX's
+own cluster detection finds one: Cloud TPU VM slices (the metadata server), GKE, SLURM,
+Open MPI (`jax.distributed.initialize()` then fills in the address, count and id). Arguments
+left None come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, else from
+that detection. CPU processes exchange collectives over gloo (XLA:CPU has no other
+cross-process transport), set here before any backend starts. With more than one process,
+JAX's preemption service sees SIGTERM and the trainer saves at a step all processes agree on.
 """
 from __future__ import annotations
 
@@ -15,15 +19,33 @@ import os
 import jax
 
 ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+MODES = ("auto", "on", "off")
 
 
-def requested(flag: bool | None = None) -> bool:
-    """Whether to join a multi-process job: the flag if given, else when the environment
-    names a coordinator or a multi-host TPU slice."""
-    if flag is not None:
-        return flag
-    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or os.environ.get(
-        "TPU_WORKER_HOSTNAMES", "").count(",") > 0
+def detected_cluster() -> str | None:
+    """The name of the cluster environment JAX's auto-detection finds, else None."""
+    try:  # JAX's detectors; the public entry point is jax.distributed.initialize() itself
+        from jax._src.clusters import ClusterEnv
+    except ImportError:  # a JAX without them: only explicit settings join
+        return None
+    for env in ClusterEnv._cluster_types:
+        if not env.opt_in_only_method and env.is_env_present():
+            return env.__name__
+    return None
+
+
+def wanted(mode: str = "auto", explicit: bool = False) -> bool:
+    """Whether to join a multi-process job. `explicit`: coordinator/process flags were given."""
+    if mode not in MODES:
+        raise ValueError(f"--multihost={mode!r}; use one of {', '.join(MODES)}")
+    if mode == "off":
+        if explicit:
+            raise ValueError("--multihost=off contradicts --coordinator_address / --num_processes / "
+                             "--process_id; drop those flags or use --multihost=auto")
+        return False
+    if mode == "on" or explicit or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    return detected_cluster() is not None
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

@@ -46,7 +46,6 @@ Config sections read here (defaults in `default_diffusion_config`, `default_samp
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Mapping
 
 import grain
@@ -55,7 +54,7 @@ import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
 
-from seaweed_jax import checkpoint, config_lib
+from seaweed_jax import checkpoint, config_lib, paths
 from seaweed_jax.data import datasets, latent_cache, packed
 from seaweed_jax.data import packing as packing_lib
 from seaweed_jax.data import pipeline as pipe
@@ -543,11 +542,11 @@ def resolve_vae_workdir(config, dit_workdir: str | None = None) -> str:
     """config.vae_workdir as an existing directory: as given (absolute, or relative to the
     current directory), else relative to the DiT workdir's parent (a moved run tree)."""
     path = str(config.vae_workdir)
-    if os.path.isdir(path) or os.path.isabs(path) and dit_workdir is None:
+    if dit_workdir is None or paths.is_url(path) or paths.run_path(path).is_dir():
         return path
-    if dit_workdir is not None:
-        for base in (os.path.dirname(os.path.abspath(dit_workdir)), os.path.abspath(dit_workdir)):
-            cand = os.path.join(base, os.path.basename(path.rstrip("/")))
-            if os.path.isdir(cand):
-                return cand
+    dit = paths.run_path(dit_workdir)
+    for base in (dit.parent, dit):
+        cand = base / paths.run_path(path).name
+        if cand.is_dir():
+            return paths.display(cand)
     return path

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
-import os
 import signal
 from typing import Callable, Sequence
 
@@ -32,7 +30,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from seaweed_jax import checkpoint as ckpt_lib
-from seaweed_jax import config_lib
+from seaweed_jax import config_lib, paths
 from seaweed_jax.config_lib import freeze
 from seaweed_jax.parallel import make_mesh, rules_from_config, validate_rules
 from seaweed_jax.parallel.mesh import data_parallel_size, replicated
@@ -260,7 +258,7 @@ def train(config, workdir: str, *, data_dir: str | None = None,
     data_dir = config_lib.data_dir_for(config, data_dir)
     config = ml_collections.ConfigDict(copy.deepcopy(config))  # the caller's stays untouched
     with config.unlocked():  # recorded so eval / sample tools find the run's data
-        config.data_dir = data_dir if "://" in data_dir else os.path.abspath(data_dir)
+        config.data_dir = paths.display(data_dir)
         get_task(config.task).resolve_config(config)  # fields read from other runs, recorded
     config = freeze(config)
     with mesh_context(make_mesh(config.mesh), config):
@@ -293,10 +291,9 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     iterator = task.make_train_iterator(data_dir=data_dir, process_index=shard, process_count=shards)
     setup = Setup(config, mesh=mesh, task=task, batch=to_device(_peek(iterator), mesh))
 
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.display(workdir)  # absolute local path or the URL, as recorded and shown
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_lib.config_to_dict(config), f, indent=2)
+        paths.write_json(paths.run_path(workdir) / "config.json", config_lib.config_to_dict(config))
     manager = ckpt_lib.make_manager(workdir, keep=config.get("keep_checkpoints", 3),
                                     async_save=config.get("async_checkpoint", True))
     latest = manager.latest_step()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import jax
 import numpy as np
+
+from seaweed_jax import paths
 
 
 # reported as their latest value in a log interval (the rest are averaged)
@@ -40,13 +41,15 @@ class MetricsLogger:
         self._t0 = None
         self._step0 = None
         self._writer = None
+        self._tb_dir = None
         self._jsonl = None
         if self.enabled:
             # lazy: only the writing process (0) loads tensorboardX and its protobuf stack
             from tensorboardX import SummaryWriter
-            os.makedirs(workdir, exist_ok=True)
-            self._writer = SummaryWriter(os.path.join(workdir, "tb"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            workdir = paths.run_path(workdir)
+            self._tb_dir = paths.MirroredDir(workdir / "tb")  # event files append locally
+            self._writer = SummaryWriter(self._tb_dir.local)
+            self._jsonl = paths.AppendLog(workdir / "metrics.jsonl")
 
     @property
     def started(self) -> bool:
@@ -106,6 +109,7 @@ class MetricsLogger:
             tag = k if prefix is None or "/" in k else f"{prefix}/{k}"
             self._writer.add_scalar(tag, v, step)
         self._writer.flush()
+        self._tb_dir.sync()
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
 
@@ -129,5 +133,6 @@ class MetricsLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._tb_dir.close()
         if self._jsonl is not None:
             self._jsonl.close()

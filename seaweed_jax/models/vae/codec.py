@@ -35,7 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import SingleDeviceSharding
 
-from seaweed_jax import checkpoint
+from seaweed_jax import checkpoint, paths
 from seaweed_jax.data.latent_cache import LatentEncoder
 from seaweed_jax.models.vae import autoencoder
 from seaweed_jax.parallel.sharding import host_to_global, unbox
@@ -52,8 +52,7 @@ def read_stats(path: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
     Accepted keys: `mean` / `std` (scalars or one value per channel), or the SD-style
     `shift` / `scale` (z_norm = (z - shift) * scale, i.e. std = 1 / scale).
     """
-    with open(path) as f:
-        stats = json.load(f)
+    stats = paths.read_json(path)
     if "mean" in stats and "std" in stats:
         mean, std = stats["mean"], stats["std"]
     elif "shift" in stats and "scale" in stats:
@@ -70,13 +69,10 @@ def read_stats(path: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_stats(workdir: str, stats: dict) -> str:
     """W/latent_stats.json (process 0 writes; atomic rename)."""
-    path = os.path.join(workdir, STATS_FILE)
+    path = paths.run_path(workdir) / STATS_FILE
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=1)
-        os.replace(tmp, path)
-    return path
+        paths.write_json(path, stats, indent=1)
+    return os.fspath(path)
 
 
 # ----------------------------------------------------------------------------- the codec
@@ -256,8 +252,8 @@ class VAECodec:
         """The VAE of run `workdir` (latest step or `step`; EMA params if `use_ema` and the run
         kept them), replicated on this process's first device. `raw=True` skips
         latent_stats.json (identity normalization: reconstruction and statistics need none)."""
-        workdir = os.path.abspath(workdir)
-        if not os.path.isdir(workdir):
+        workdir = paths.display(workdir)
+        if not paths.run_path(workdir).is_dir():
             raise FileNotFoundError(f"VAE workdir {workdir!r} does not exist; train one with "
                                     f"`python -m seaweed_jax.train --config=configs/vae/tiny.py "
                                     f"--workdir=...` or point vae_workdir at it")
@@ -272,8 +268,8 @@ class VAECodec:
         params, got_step = checkpoint.restore_params(workdir, target, key=key, step=step)
         mean = std = None
         if not raw:
-            stats_path = os.path.join(workdir, STATS_FILE)
-            if not os.path.exists(stats_path):
+            stats_path = paths.run_path(workdir) / STATS_FILE
+            if not stats_path.exists():
                 raise FileNotFoundError(
                     f"{stats_path} is missing: the DiT normalizes latents with the VAE run's "
                     f"latent statistics (VAE runs write them when training ends); compute them "
