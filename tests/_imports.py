@@ -17,7 +17,7 @@ from pathlib import Path
 PKG = "seaweed_jax"
 # Lowest first; a module may import only from its own layer or lower ones.
 LAYERS = [
-    ["seaweed_jax", "seaweed_jax.config_lib", "seaweed_jax.moving_shapes"],
+    ["seaweed_jax", "seaweed_jax.config_lib", "seaweed_jax.paths", "seaweed_jax.moving_shapes"],
     ["seaweed_jax.parallel"],
     ["seaweed_jax.kernels"],
     ["seaweed_jax.diffusion"],
@@ -26,7 +26,7 @@ LAYERS = [
     ["seaweed_jax.models"],
     ["seaweed_jax.eval"],
     ["seaweed_jax.trainer"],
-    ["seaweed_jax.inference"],
+    ["seaweed_jax.inference", "seaweed_jax.cli"],
     ["seaweed_jax.train", "seaweed_jax.sample", "seaweed_jax.reconstruct", "seaweed_jax.evaluate",
      "seaweed_jax.prepare", "seaweed_jax.check"],
 ]

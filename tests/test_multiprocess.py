@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -115,3 +117,43 @@ def test_processes_sharing_a_batch_shard_read_the_same_rows(shared, tmp_path):
     np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [want[s] for s in (1, 2, 3)], rtol=1e-4)
     print("tensor x context over 2 processes, max relative loss difference:",
           f"{_max_rel(got, want, (1, 2, 3)):.1e}")
+
+
+def test_cluster_autodetection_joins_and_a_preemption_saves_on_every_process(tmp_path):
+    """Two processes started as on a TPU pod (no multi-process flags): JAX's cluster detection
+    joins them (`--multihost=auto`), and SIGTERM to ONE of them makes both save the same step
+    (JAX's preemption service) and exit 0; a restart resumes from that step."""
+    workdir = tmp_path / "run"
+
+    def start(num_steps):
+        toy = os.path.join(H.REPO, "tests", "_toy_task.py")
+        launcher = os.path.join(H.REPO, "tests", "_cluster_launcher.py")
+        port = _free_port()
+        return [subprocess.Popen(
+            [sys.executable, launcher, f"--config={toy}", f"--workdir={workdir}",
+             f"--config.num_steps={num_steps}", "--config.log_every=1", "--config.eval_every=0",
+             "--config.ckpt_every=100000"], cwd=H.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=dict(H.env(str(tmp_path / "jax_cache")),
+                                SEAWEED_FAKE_CLUSTER=f"localhost:{port},2,{i}"))
+            for i in range(2)]
+
+    procs = start(100000)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), \
+            [p.communicate(timeout=60)[0][-3000:] for p in procs]
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)          # the preemption notice reaches one host
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    saved = [int(out.split("SIGTERM: saved step ")[1].split()[0]) for out in outs]
+    assert saved[0] == saved[1] > 0, saved
+    files = sorted(os.listdir(workdir / "checkpoints" / str(saved[0]) / "data_iter"))
+    assert files == ["process_0-of-2.json", "process_1-of-2.json"], files
+    procs = start(saved[0] + 2)                   # the restarted job resumes there
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and f"checkpoints step {saved[0]}" in out, out[-3000:]
+    print(f"both processes saved step {saved[0]} after SIGTERM to process 1; both resumed there")

@@ -24,7 +24,7 @@ MODES = ("auto", "on", "off")
 
 def detected_cluster() -> str | None:
     """The name of the cluster environment JAX's auto-detection finds, else None."""
-    try:  # JAX's detectors; the public entry point is jax.distributed.initialize() itself
+    try:  # lazy: JAX's private detectors (the public entry is jax.distributed.initialize())
         from jax._src.clusters import ClusterEnv
     except ImportError:  # a JAX without them: only explicit settings join
         return None
