@@ -193,6 +193,71 @@ def latest_step(workdir: str) -> int | None:
         manager.close()
 
 
+# What a workdir holds: a run of `task` with this model. A run resumes only with the same
+# values here; every other field may change between restarts (num_steps, the optimizer's lr
+# and schedule, log / eval / checkpoint cadence, data loading, the mesh, ...).
+IDENTITY_FIELDS = ("task", "model", "text_encoder", "vae_workdir")
+UNREADABLE_DIR = "unreadable_checkpoints"
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def run_identity(config) -> dict:
+    """The IDENTITY_FIELDS of a config, flattened ('model.width': 64, ...), JSON-normalized."""
+    d = json.loads(json.dumps(config_to_dict(config)))
+    return _flat({k: d[k] for k in IDENTITY_FIELDS if k in d})
+
+
+def refuse_foreign(workdir: str, config) -> None:
+    """Raise ValueError naming the difference when `workdir` holds a run that `config` cannot
+    resume (another task or model); nothing is read but the recorded config."""
+    root = paths.run_path(workdir)
+    if not (root / "config.json").exists() and not checkpoint_dir(workdir).is_dir():
+        return
+    try:
+        recorded = load_config(workdir)
+    except FileNotFoundError:
+        return
+    old, new = run_identity(recorded), run_identity(config)
+    shown = paths.display(workdir)
+    if old.get("task") != new.get("task"):
+        raise ValueError(f"{shown} holds a {old.get('task')!r} run; this config trains "
+                         f"{new.get('task')!r}: pass another --workdir (or delete that run)")
+    missing = "<unset>"
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+    if changed:
+        diff = "; ".join(f"{k}: {old.get(k, missing)} -> {new.get(k, missing)}" for k in changed[:6])
+        more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise ValueError(
+            f"{shown} holds a run with another model ({diff}{more}); the fields "
+            f"{', '.join(IDENTITY_FIELDS)} cannot change on resume: pass another --workdir, or "
+            f"start a new run from its params with --config.init_from={shown}")
+
+
+def set_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
+    """Move checkpoint `step` out of the manager's sight (W/unreadable_checkpoints/<step>), so
+    the run continues from an older step and can save `step` again. Returns where it went."""
+    src = checkpoint_dir(workdir) / str(step)
+    dst = paths.run_path(workdir) / UNREADABLE_DIR / str(step)
+    if jax.process_index() == 0:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            dst.rmtree()
+        src.rename(dst)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # lazy: only multi-process runs sync here
+        multihost_utils.sync_global_devices(f"set_aside_{step}")
+    manager.reload()
+    return paths.display(dst)
+
+
 def params_key(config, use_ema: bool = True) -> str:
     """Which params of a run to read: its EMA copy when asked for and the run kept one."""
     has_ema = float(config.get("ema_decay", 0.0) or 0.0) > 0

@@ -13,8 +13,8 @@ Orbax's arrays through TensorStore.
     local_copy(p)                    a local filename to read p from (downloaded if remote)
     AppendLog(p)                     an append-only text log (metrics.jsonl); object stores
                                      cannot append, so a remote log is rewritten whole
-    MirroredDir(p)                   a local folder whose files are copied to p on sync()
-                                     (TensorBoard writes event files with local appends)
+    MirroredDir(p)                   a temporary local folder whose files are copied to p on
+                                     sync() (TensorBoard's writer thread appends to files)
 
 `tests/test_paths.py` keeps run-path code from using `open()` / `os.path` directly.
 """
@@ -120,14 +120,22 @@ def local_copy(path) -> Iterator[str]:
 
 class AppendLog:
     """Lines appended to a text file. Local: a file opened for append. Remote: the lines are
-    kept and the object rewritten on each flush (metrics are small; flushes are per log)."""
+    kept and the object rewritten on each flush (metrics are small; flushes are per log).
+    `keep(line) -> bool`, if given, first drops the existing lines it rejects (a resumed run
+    forgets the records of steps after its checkpoint)."""
 
-    def __init__(self, path):
+    def __init__(self, path, keep=None):
         self.path = run_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remote = is_url(self.path)
+        text = self.path.read_text() if self.path.exists() else ""
+        if keep is not None and text:
+            kept = "".join(line for line in text.splitlines(keepends=True) if keep(line))
+            if kept != text:
+                write_text(self.path, kept)
+                text = kept
         if self._remote:
-            self._text = self.path.read_text() if self.path.exists() else ""
+            self._text = text
             self._file = None
         else:
             self._file = open(os.fspath(self.path), "a")
@@ -151,22 +159,18 @@ class AppendLog:
 
 
 class MirroredDir:
-    """A folder for writers that append to local files. Local `path`: the folder itself.
-    Remote: a temporary local folder; `sync()` copies each file whose size changed to `path`."""
+    """A temporary local folder for writers that append to files in the background
+    (TensorBoard's event writer thread); `sync()` copies each file whose size changed to
+    `path`. Local or remote alike, so a full or read-only workdir fails in `sync()`, where the
+    trainer reports it, not in the writer's thread."""
 
     def __init__(self, path):
         self.path = run_path(path)
-        self._remote = is_url(self.path)
-        if self._remote:
-            self.local = tempfile.mkdtemp(prefix="seaweed_mirror_")
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.local = os.fspath(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.local = tempfile.mkdtemp(prefix="seaweed_mirror_")
         self._sizes: dict[str, int] = {}
 
     def sync(self) -> None:
-        if not self._remote:
-            return
         for root, _, files in os.walk(self.local):
             for name in files:
                 src = os.path.join(root, name)
@@ -179,6 +183,7 @@ class MirroredDir:
                     self._sizes[rel] = size
 
     def close(self) -> None:
-        self.sync()
-        if self._remote:
+        try:
+            self.sync()
+        finally:
             shutil.rmtree(self.local, ignore_errors=True)

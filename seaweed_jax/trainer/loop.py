@@ -20,7 +20,9 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import signal
+import sys
 from typing import Callable, Sequence
 
 import jax
@@ -212,27 +214,90 @@ def _flops(task: Task, step_jit, state, batch) -> tuple[float | None, str]:
 
 
 class _StopFlag:
-    """SIGTERM -> request a clean stop after the current step."""
+    """SIGTERM or Ctrl-C -> save after the current step and exit 0; a second Ctrl-C exits at
+    once (KeyboardInterrupt, no save). With several processes JAX's preemption service owns
+    SIGTERM (all processes agree on the step, see _should_stop), so Ctrl-C is forwarded to it."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.reason = "SIGTERM"
+        self._previous = {}
 
     def install(self):
-        if jax.process_count() > 1:
-            return  # multi-host: JAX's preemption service sees SIGTERM (see _should_stop)
+        handlers = {signal.SIGINT: self._handle_interrupt}
+        if jax.process_count() == 1:
+            handlers[signal.SIGTERM] = self._handle_term
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. notebooks): no handler
-            self._previous = None
+            for sig, handler in handlers.items():
+                self._previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. notebooks): no handlers
+            self.uninstall()
 
-    def _handle(self, signum, frame):
+    def _handle_term(self, signum, frame):
         del signum, frame
-        self.requested = True
+        self.requested, self.reason = True, "SIGTERM"
+
+    def _handle_interrupt(self, signum, frame):
+        del signum, frame
+        if self.requested:
+            raise KeyboardInterrupt  # the second Ctrl-C: exit now, without saving
+        self.requested, self.reason = True, "Ctrl-C"
+        print("Ctrl-C: saving after this step (Ctrl-C again exits without saving)",
+              file=sys.stderr, flush=True)
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service
 
     def uninstall(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+
+class RunWriteError(ValueError):
+    """The workdir stopped taking writes (full disk, read-only, lost permissions). Reported
+    like a user error (one line, exit 2): the fix is outside the program."""
+
+
+class NonFiniteError(ValueError):
+    """Too many updates in a row were rejected for non-finite loss or gradients."""
+
+
+def _write_error(workdir: str, what: str, error: BaseException) -> RunWriteError:
+    try:
+        last = ckpt_lib.latest_step(workdir)
+    except Exception:  # the workdir may not even be readable any more
+        last = "unknown"
+    return RunWriteError(
+        f"cannot write to {workdir} ({what}): {type(error).__name__}: {error}; the last complete "
+        f"checkpoint is step {last} (intact); free space or fix the permissions, then run the "
+        f"same command again to resume")
+
+
+def _restore_readable(manager, workdir: str, abstract, iterator):
+    """(state, step) from the newest checkpoint that restores, or (None, None) without any.
+    Unreadable newer steps (truncated or missing files) are reported and set aside."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    failed = []
+    for step in steps:
+        try:
+            state = ckpt_lib.restore(manager, step, abstract, iterator)
+        except Exception as e:  # noqa: BLE001 - any read error: try the previous step
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            _print(f"checkpoint step {step} cannot be restored ({type(e).__name__}: {first}); "
+                   f"trying the previous one")
+            failed.append((step, e))
+            continue
+        for bad, _ in failed:
+            _print(f"checkpoint step {bad} set aside in {ckpt_lib.set_aside(manager, workdir, bad)}")
+        return state, step
+    if failed:
+        step, e = failed[0]
+        raise ValueError(
+            f"no checkpoint in {ckpt_lib.checkpoint_dir(workdir)} restores onto this config (newest: "
+            f"step {step}, {type(e).__name__}); if the optimizer or EMA settings changed, resume "
+            f"with the run's own config ({workdir}/config.json) or start another run with "
+            f"--config.init_from={workdir}") from e
+    return None, None
 
 
 def _should_stop(flag: _StopFlag, manager, step: int) -> bool:
@@ -286,6 +351,7 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     data_dir = config.data_dir  # resolved and recorded by train()
     mesh = make_mesh(config.mesh)
     validate_config(config, mesh)
+    ckpt_lib.refuse_foreign(workdir, config)  # before anything is written to the workdir
     task = get_task(config.task)(config, mesh)
     shard, shards = data_shard(mesh)   # this process's rows of each global batch
     iterator = task.make_train_iterator(data_dir=data_dir, process_index=shard, process_count=shards)
@@ -293,12 +359,14 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
 
     workdir = paths.display(workdir)  # absolute local path or the URL, as recorded and shown
     if jax.process_index() == 0:
-        paths.write_json(paths.run_path(workdir) / "config.json", config_lib.config_to_dict(config))
+        try:
+            paths.write_json(paths.run_path(workdir) / "config.json", config_lib.config_to_dict(config))
+        except OSError as e:  # read-only or full workdir: before any step is lost
+            raise _write_error(workdir, "config.json", e) from e
     manager = ckpt_lib.make_manager(workdir, keep=config.get("keep_checkpoints", 3),
                                     async_save=config.get("async_checkpoint", True))
-    latest = manager.latest_step()
+    state, latest = _restore_readable(manager, workdir, setup.abstract, iterator)
     if latest is not None:
-        state = ckpt_lib.restore(manager, latest, setup.abstract, iterator)
         _print(f"resumed from {ckpt_lib.checkpoint_dir(workdir)} step {latest}")
     else:
         state = setup.init_state()
@@ -321,14 +389,14 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     last_saved = latest
     flag = _StopFlag()
     flag.install()
-    logger = MetricsLogger(workdir, num_steps=num_steps,
-                           global_batch_size=config.data.global_batch_size)
+    logger = MetricsLogger(workdir, num_steps=num_steps, resume_step=latest or 0,
+                           global_batch_size=config.data.global_batch_size,
+                           nonfinite_steps=int(state.nonfinite_steps))
+    patience = int(config.get("max_nonfinite_in_a_row", 20) or 0)
     eval_every = config.get("eval_every", 0) or 0
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     _print(f"task={config.task} params={n_params:,} mesh={dict(mesh.shape)} "
            f"step={step}/{num_steps} workdir={workdir}")
-    last_log_nonfinite = int(state.nonfinite_steps)
-    last_log_step = step
     flops_checked = False
 
     def save(at: int):
@@ -336,6 +404,12 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
         if last_saved != at:
             ckpt_lib.save(manager, at, state, iterator, config)
             last_saved = at
+
+    def finish_saves():
+        try:
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - an async save failed: say where and what is left
+            raise _write_error(workdir, f"checkpoint step {last_saved}", e) from e
 
     try:
         while step < num_steps:
@@ -354,33 +428,46 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
                 jax.block_until_ready(metrics)
                 logger.start(step)
             if step % config.log_every == 0 or step == num_steps:
-                record = logger.log_train(step)
-                nonfinite = int(record.get("nonfinite_steps", last_log_nonfinite))
-                if step - last_log_step >= 2 and nonfinite - last_log_nonfinite == step - last_log_step:
-                    raise FloatingPointError(
-                        f"every update in steps {last_log_step + 1}..{step} had a non-finite loss "
-                        f"or grad norm (all rejected); lower optimizer.lr, check the data, or "
-                        f"resume from the last checkpoint ({last_saved})")
-                last_log_nonfinite, last_log_step = nonfinite, step
+                try:
+                    logger.log_train(step)
+                except OSError as e:
+                    raise _write_error(workdir, "metrics", e) from e
+                if patience and logger.nonfinite_in_a_row >= patience:
+                    raise NonFiniteError(
+                        f"the last {logger.nonfinite_in_a_row} updates (to step {step}) had a "
+                        f"non-finite loss or grad norm and were rejected "
+                        f"(config.max_nonfinite_in_a_row={patience}); lower optimizer.lr, check "
+                        f"the data, or resume from the last checkpoint (step {last_saved})")
             if eval_every and (step % eval_every == 0 or step == num_steps):  # always score the end
                 logger.log_eval(step, task.evaluate(state, data_dir=data_dir, workdir=workdir,
                                                     step=step))
             if step % config.ckpt_every == 0 or step == num_steps:
-                save(step)
+                try:
+                    save(step)
+                except Exception as e:  # noqa: BLE001 - a failed write (or an earlier async one)
+                    raise _write_error(workdir, f"checkpoint step {step}", e) from e
             for hook in hooks:
                 hook(step, state, manager)
             if _should_stop(flag, manager, step):
                 save(step)
-                manager.wait_until_finished()
-                _print(f"SIGTERM: saved step {step} to {ckpt_lib.checkpoint_dir(workdir)}; exiting")
+                finish_saves()
+                _print(f"{flag.reason}: saved step {step} to {ckpt_lib.checkpoint_dir(workdir)}; "
+                       f"exiting")
                 break
-        manager.wait_until_finished()
+        finish_saves()
         if step >= num_steps:  # ran to the end (not stopped early): the task's end-of-run work
             task.on_train_end(state, workdir=workdir, data_dir=data_dir)
-    finally:
+    except BaseException:
         flag.uninstall()
-        manager.close()
-        logger.close()
+        for close in (manager.close, logger.close):  # best effort: the first error is the news
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                pass
+        raise
+    flag.uninstall()
+    manager.close()
+    logger.close()
     return state
 
 

@@ -28,16 +28,30 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl record (a line cut short by a crash counts as after all)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
+
+
 class MetricsLogger:
     """Accumulates per-step device metrics and writes averaged summaries every log."""
 
     def __init__(self, workdir: str, *, num_steps: int, global_batch_size: int,
-                 flops_per_step: float | None = None, enabled: bool | None = None):
+                 flops_per_step: float | None = None, enabled: bool | None = None,
+                 resume_step: int = 0, nonfinite_steps: int = 0):
+        """`resume_step`: the step the run (re)starts from. Records of later steps (logged
+        before a crash, after the checkpoint) are dropped from metrics.jsonl, and TensorBoard
+        is told to purge them (purge_step), so both curves stay continuous."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.num_steps = num_steps
         self.global_batch_size = global_batch_size
         self.flops_per_step = flops_per_step
         self._pending: list[dict] = []
+        self._nonfinite_seen = nonfinite_steps
+        self.nonfinite_in_a_row = 0   # rejected updates in a row, up to the last log
         self._t0 = None
         self._step0 = None
         self._writer = None
@@ -48,8 +62,9 @@ class MetricsLogger:
             from tensorboardX import SummaryWriter
             workdir = paths.run_path(workdir)
             self._tb_dir = paths.MirroredDir(workdir / "tb")  # event files append locally
-            self._writer = SummaryWriter(self._tb_dir.local)
-            self._jsonl = paths.AppendLog(workdir / "metrics.jsonl")
+            self._writer = SummaryWriter(self._tb_dir.local, purge_step=resume_step + 1)
+            self._jsonl = paths.AppendLog(workdir / "metrics.jsonl",
+                                          keep=lambda line: _step_of(line) <= resume_step)
 
     @property
     def started(self) -> bool:
@@ -68,6 +83,10 @@ class MetricsLogger:
         fetched = jax.device_get(self._pending)
         self._pending = []
         record: dict = {"step": int(step)}
+        for m in fetched:   # the cumulative counter grows by one per rejected update
+            count = int(np.asarray(m.get("nonfinite_steps", self._nonfinite_seen)))
+            self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if count > self._nonfinite_seen else 0
+            self._nonfinite_seen = count
         if fetched:
             for k in fetched[0]:
                 vals = np.asarray([np.asarray(m[k], np.float64) for m in fetched])
@@ -109,7 +128,7 @@ class MetricsLogger:
             tag = k if prefix is None or "/" in k else f"{prefix}/{k}"
             self._writer.add_scalar(tag, v, step)
         self._writer.flush()
-        self._tb_dir.sync()
+        self._tb_dir.sync()          # OSError here (full / read-only workdir) reaches the loop
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
 
@@ -133,6 +152,7 @@ class MetricsLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
             self._tb_dir.close()
         if self._jsonl is not None:
             self._jsonl.close()
