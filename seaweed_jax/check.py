@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from seaweed_jax import paths
+from seaweed_jax import cli, paths
 from seaweed_jax.inference import demo as demo_lib
 
 VERBS = ("vae", "samples", "i2v", "demo")
@@ -46,10 +46,13 @@ _LOAD_AVG = flags.DEFINE_string("load_avg", "?", "demo: load average at the end.
 _STAGE_TIMES = flags.DEFINE_list("stage_times", [], "demo: name=time pairs, e.g. vae=225s.")
 
 
+_WHAT = {"vae_workdir": "the VAE run directory", "workdir": "the DiT run directory",
+         "samples": "the --output_dir of `python -m seaweed_jax.sample`",
+         "demo_dir": "the demo's output directory (make demo's DEMO_DIR)"}
+
+
 def _require(flag) -> str:
-    if not flag.value:
-        raise app.UsageError(f"--{flag.name} is required")
-    return flag.value
+    return cli.require(flag.value, flag.name, _WHAT[flag.name])
 
 
 def _checks():
@@ -59,8 +62,10 @@ def _checks():
 
 
 def check_vae() -> dict:
-    s = _checks().check_vae(_require(_VAE_WORKDIR), _DATA_DIR.value, _NUM_EXAMPLES.value,
-                         output_dir=_OUTPUT_DIR.value)
+    cli.check_range("num_examples", _NUM_EXAMPLES.value, minimum=1)
+    cli.require_run(_require(_VAE_WORKDIR), flag="vae_workdir", task="vae", verb="check vae")
+    s = _checks().check_vae(_VAE_WORKDIR.value, _DATA_DIR.value, _NUM_EXAMPLES.value,
+                            output_dir=_OUTPUT_DIR.value)
     r = s["checker_on_reconstructions"]
     print(f"VAE step {s['vae_step']}: PSNR {s['psnr']:.2f} dB on {s['num_examples']} validation "
           f"clips; prompt checker on its reconstructions: colour {r['color']:.0%}, shape "
@@ -75,6 +80,9 @@ def check_vae() -> dict:
 
 def check_samples() -> dict:
     samples = _require(_SAMPLES)
+    if not paths.run_path(samples).is_dir():
+        raise cli.UserError(f"--samples={samples} is not a directory; pass the --output_dir "
+                            f"of `python -m seaweed_jax.sample`")
     checks = _checks()
     prompts = checks.read_prompts(_PROMPTS_FILE.value or paths.run_path(samples) / "prompts.txt")
     out = checks.check_samples(samples, prompts)
@@ -91,13 +99,24 @@ def check_samples() -> dict:
 
 
 def check_i2v() -> dict:
-    return _checks().check_i2v(_require(_WORKDIR), num=_NUM.value, steps=_STEPS.value,
+    cli.check_range("num", _NUM.value, minimum=1)
+    cli.check_range("steps", _STEPS.value, minimum=1,
+                    hint=" (ODE solver steps); omit --steps for the run's default")
+    cli.require_run(_require(_WORKDIR), task="dit", verb="check i2v")
+    return _checks().check_i2v(_WORKDIR.value, num=_NUM.value, steps=_STEPS.value,
                             seed=_SEED.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
                             output_dir=_OUTPUT_DIR.value)
 
 
 def demo() -> dict:
-    s = demo_lib.demo_summary(_require(_DEMO_DIR), total_seconds=_TOTAL_SECONDS.value,
+    bad = [t for t in _STAGE_TIMES.value if "=" not in t]
+    if bad:
+        raise cli.UserError(f"--stage_times: {bad[0]!r} is not name=time, e.g. "
+                            f"--stage_times=vae=225s,dit=300s")
+    if not paths.run_path(_require(_DEMO_DIR)).is_dir():
+        raise cli.UserError(f"--demo_dir={_DEMO_DIR.value} is not a directory; pass make demo's "
+                            f"DEMO_DIR (default runs/demo)")
+    s = demo_lib.demo_summary(_DEMO_DIR.value, total_seconds=_TOTAL_SECONDS.value,
                             load_avg=_LOAD_AVG.value,
                             stage_times=dict(t.split("=", 1) for t in _STAGE_TIMES.value))
     total = s["total_seconds_this_run"]
@@ -124,17 +143,13 @@ def demo() -> dict:
 
 def main(argv) -> None:
     if len(argv) != 2 or argv[1] not in VERBS:
-        raise app.UsageError(f"give one verb: python -m seaweed_jax.check {{{'|'.join(VERBS)}}} "
-                             f"--flag=value ...; got {argv[1:]}")
+        raise cli.UserError(f"give one verb: python -m seaweed_jax.check {{{'|'.join(VERBS)}}} "
+                            f"--flag=value ...; got {' '.join(argv[1:]) or 'none'}")
     logging.set_verbosity(logging.WARNING)
-    try:
-        verb = {"vae": check_vae, "samples": check_samples, "i2v": check_i2v, "demo": demo}
-        summary = verb[argv[1]]()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    verb = {"vae": check_vae, "samples": check_samples, "i2v": check_i2v, "demo": demo}
+    summary = verb[argv[1]]()
     print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -101,6 +101,10 @@ def base_config() -> mc.ConfigDict:
     c.ckpt_every = 500
     c.keep_checkpoints = 3
     c.async_checkpoint = True
+    # A run stops when this many updates in a row had a non-finite loss / grad norm (0 = never).
+    c.max_nonfinite_in_a_row = 20
+    # Multi-process jobs: seconds without a process's heartbeat before JAX ends the others.
+    c.heartbeat_timeout_s = 100
     c.init_from = ""                 # workdir whose latest params start a fresh run ("" = none)
     c.init_from_key = "params"       # params | ema_params of that run
 
@@ -117,11 +121,19 @@ def parse_arg(arg: str | None, **defaults) -> mc.ConfigDict:
     for i, part in enumerate(p for p in arg.split(",") if p):
         if "=" in part:
             k, v = part.split("=", 1)
-        else:
+        elif i < len(keys):
             k, v = keys[i], part
+        else:
+            raise ValueError(f"config argument {part!r} needs a name (name=value); the "
+                             f"arguments are {keys}")
         if k not in defaults:
             raise ValueError(f"unknown config argument {k!r}; expected one of {keys}")
-        out[k] = type(defaults[k])(v) if defaults[k] is not None else v
+        kind = type(defaults[k])
+        try:
+            out[k] = kind(v) if defaults[k] is not None else v
+        except ValueError:
+            raise ValueError(f"config argument {k}={v!r} is not a valid {kind.__name__} "
+                             f"(default {defaults[k]!r})") from None
     return out
 
 

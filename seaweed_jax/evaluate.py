@@ -14,10 +14,10 @@ See `inference/evaluate.py`. Prints ONE JSON line.
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from seaweed_jax import cli
 from seaweed_jax.inference.evaluate import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints + config).")
@@ -31,20 +31,17 @@ _LATENT_STATS = flags.DEFINE_bool("latent_stats", False,
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
+    cli.no_arguments(argv)
+    cli.check_range("num_examples", _NUM_EXAMPLES.value, minimum=1,
+                    hint="; omit it for the run's data.val_examples")
+    cli.check_range("step", _STEP.value, minimum=0)
     logging.set_verbosity(logging.WARNING)
-    try:
-        out = evaluate(_WORKDIR.value, step=_STEP.value, num_examples=_NUM_EXAMPLES.value,
-                       data_dir=_DATA_DIR.value, use_ema=_USE_EMA.value,
-                       latent_stats=_LATENT_STATS.value)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    cli.require_run(_WORKDIR.value, verb="evaluate")
+    out = evaluate(_WORKDIR.value, step=_STEP.value, num_examples=_NUM_EXAMPLES.value,
+                   data_dir=_DATA_DIR.value, use_ema=_USE_EMA.value,
+                   latent_stats=_LATENT_STATS.value)
     print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -25,11 +25,10 @@ Measured on a shared 2-core CPU: 32x32_f17 at the default counts builds in ~22 s
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from seaweed_jax import config_lib
+from seaweed_jax import cli, config_lib
 from seaweed_jax.data import datasets
 from seaweed_jax.inference.vae import encode_dataset
 
@@ -77,23 +76,26 @@ def folder_settings() -> dict | None:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
+    cli.no_arguments(argv)
+    cli.check_range("num_train", _NUM_TRAIN.value, minimum=1,
+                    hint="; omit it for the default (20,000)")
+    cli.check_range("num_validation", _NUM_VALIDATION.value, minimum=1,
+                    hint="; omit it for the default (512)")
     logging.set_verbosity(logging.WARNING)  # TFDS info lines would drown the progress bars
     data_dir = _DATA_DIR.value or config_lib.default_data_dir()
-    try:
-        _, summary = datasets.prepare(_DATASET.value, data_dir, _SEED.value, _NUM_TRAIN.value,
-                                      _NUM_VALIDATION.value, folder_settings=folder_settings())
-        if _VAE_WORKDIR.value:
-            summary.update(encode_dataset(
-                _DATASET.value, data_dir, _VAE_WORKDIR.value, seed=_SEED.value,
-                num_train=_NUM_TRAIN.value, num_validation=_NUM_VALIDATION.value,
-                vae_step=_VAE_STEP.value, use_ema=_VAE_USE_EMA.value))
-    except (ValueError, FileNotFoundError) as e:  # bad name / counts / runs: one clear line
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    if _VAE_WORKDIR.value:   # before the (long) dataset build
+        cli.require_run(_VAE_WORKDIR.value, flag="vae_workdir", task="vae",
+                        verb="prepare --vae_workdir")
+    # bad names / counts / settings raise ValueError in the data layer: one `error:` line
+    _, summary = datasets.prepare(_DATASET.value, data_dir, _SEED.value, _NUM_TRAIN.value,
+                                  _NUM_VALIDATION.value, folder_settings=folder_settings())
+    if _VAE_WORKDIR.value:
+        summary.update(encode_dataset(
+            _DATASET.value, data_dir, _VAE_WORKDIR.value, seed=_SEED.value,
+            num_train=_NUM_TRAIN.value, num_validation=_NUM_VALIDATION.value,
+            vae_step=_VAE_STEP.value, use_ema=_VAE_USE_EMA.value))
     print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,15 +16,17 @@ are skipped and counted.
 Prints ONE JSON line: psnr / ssim (uint8 [0, 255]; mean over videos of the per-video value,
 SSIM over videos of at least 11x11 pixels), num_videos, skipped, skipped_files, files (per
 input: paths, shape, psnr, ssim, chunked), workdir, step, params ('ema' or 'params'). mp4
-inputs are compared with their decoded frames. Exit code 1 when no input could be coded.
+inputs are compared with their decoded frames. When no input could be coded (all corrupt),
+the JSON line is still printed, then an `error:` line on stderr, exit code 2.
 """
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from seaweed_jax import cli
+from seaweed_jax.data import video_io
 from seaweed_jax.inference.vae import reconstruct_files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "VAE run directory (checkpoints + config).")
@@ -39,24 +41,44 @@ _CHUNK_ABOVE = flags.DEFINE_integer("chunk_above_frames", None,
 _FPS = flags.DEFINE_float("fps", 8.0, "Frame rate of the written .mp4 files.")
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
-    for flag in (_WORKDIR, _INPUT, _OUTPUT_DIR):
-        if not flag.value:
-            raise app.UsageError(f"--{flag.name} is required")
-    logging.set_verbosity(logging.WARNING)
+def find_inputs(input_path: str) -> list[str]:
+    """The input files, or a UserError for a missing path / a folder without videos."""
+    exts = ", ".join(video_io.VIDEO_EXTENSIONS)
     try:
-        summary = reconstruct_files(_WORKDIR.value, _INPUT.value, _OUTPUT_DIR.value,
-                                    step=_STEP.value, use_ema=_USE_EMA.value,
-                                    chunk_frames=_CHUNK_FRAMES.value,
-                                    chunk_above_frames=_CHUNK_ABOVE.value, fps=_FPS.value)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        inputs, _ = video_io.find_inputs(input_path)
+    except FileNotFoundError:
+        raise cli.UserError(f"--input={input_path} does not exist; pass a video file "
+                            f"({exts}) or a folder of them") from None
+    if not inputs:
+        raise cli.UserError(f"no video files ({exts}) under {input_path}; pass a video file or "
+                            f"a folder of them (searched recursively)")
+    return inputs
+
+
+def main(argv) -> None:
+    cli.no_arguments(argv)
+    cli.require(_WORKDIR.value, "workdir", "a VAE run directory")
+    cli.require(_INPUT.value, "input", "an .mp4 / .npy / .gif file or a folder of them")
+    cli.require(_OUTPUT_DIR.value, "output_dir", "where the reconstructions are written")
+    cli.check_range("chunk_frames", _CHUNK_FRAMES.value, minimum=1,
+                    hint=" (a multiple of the VAE's time factor)")
+    cli.check_range("chunk_above_frames", _CHUNK_ABOVE.value, minimum=0,
+                    hint=" (0 = always chunk)")
+    cli.check_range("fps", _FPS.value, above=0)
+    logging.set_verbosity(logging.WARNING)
+    inputs = find_inputs(_INPUT.value)
+    cli.require_run(_WORKDIR.value, task="vae", verb="reconstruct")
+    summary = reconstruct_files(_WORKDIR.value, _INPUT.value, _OUTPUT_DIR.value,
+                                step=_STEP.value, use_ema=_USE_EMA.value,
+                                chunk_frames=_CHUNK_FRAMES.value,
+                                chunk_above_frames=_CHUNK_ABOVE.value, fps=_FPS.value)
     print(json.dumps(summary), flush=True)
-    sys.exit(0 if summary["num_videos"] else 1)
+    if not summary["num_videos"]:
+        skipped = summary["skipped_files"]
+        raise cli.UserError(f"none of the {len(inputs)} input file(s) could be read (corrupt or "
+                            f"not a video), e.g. {skipped[0] if skipped else _INPUT.value}; "
+                            f"pass readable {', '.join(video_io.VIDEO_EXTENSIONS)} files")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -32,9 +32,9 @@ import json
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from seaweed_jax import paths
+from seaweed_jax import cli, paths
 from seaweed_jax.data import video_io
 from seaweed_jax.inference.checks import check_prompts, read_prompts
 from seaweed_jax.inference.dit_sampler import DiTSampler, write_outputs
@@ -68,16 +68,18 @@ def parse_resolution(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--resolution={text!r} must be HxW (height first), e.g. 32x32") from None
+        raise cli.UserError(f"--resolution={text} must be HxW (height first), e.g. "
+                            f"--resolution=32x32; omit it for the training size") from None
     if h < 1 or w < 1:
-        raise ValueError(f"--resolution={text!r} must be positive")
+        raise cli.UserError(f"--resolution={text}: height and width must be >= 1, e.g. 32x32")
     return h, w
 
 
 def _prompts() -> list[str]:
     given = [bool(_PROMPT.value), bool(_PROMPTS_FILE.value), _CANONICAL.value > 0]
     if sum(given) != 1:
-        raise ValueError("give exactly one of --prompt, --prompts_file, --canonical_prompts")
+        raise cli.UserError("give exactly one of --prompt=TEXT, --prompts_file=FILE, "
+                            "--canonical_prompts=N")
     if _PROMPT.value:
         return [_PROMPT.value]
     if _PROMPTS_FILE.value:
@@ -91,32 +93,48 @@ def _image(height: int, width: int):
     return video_io.read_image(_IMAGE.value, height, width)   # resized to HxW if needed
 
 
+def check_flags() -> None:
+    """The flags that need no run, checked before any work."""
+    cli.check_range("batch_size", _BATCH_SIZE.value, minimum=1,
+                    hint=" (prompts sampled together; default 8)")
+    cli.check_range("steps", _STEPS.value, minimum=1,
+                    hint=" (ODE solver steps); omit --steps for the run's default, "
+                    "config.sample.steps")
+    cli.check_range("num_frames", _NUM_FRAMES.value, minimum=1,
+                    hint=" (1+4k, e.g. 17); omit it for the training size")
+    cli.check_range("cfg_scale", _CFG_SCALE.value, minimum=0,
+                    hint=" (1 = no guidance); omit it for the run's default")
+    cli.check_range("shift", _SHIFT.value, above=0, hint=" (1 = unshifted timesteps)")
+    cli.check_range("canonical_prompts", _CANONICAL.value, minimum=0)
+    if _RESOLUTION.value is not None:
+        parse_resolution(_RESOLUTION.value)
+    if _IMAGE.value and not paths.run_path(_IMAGE.value).exists():
+        raise cli.UserError(f"--image={_IMAGE.value} does not exist; pass the first frame's "
+                            f"image file (.png / .jpg)")
+
+
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required (a DiT run directory)")
+    cli.no_arguments(argv)
+    workdir = cli.require(_WORKDIR.value, "workdir", "a DiT run directory")
     logging.set_verbosity(logging.WARNING)
     start = time.perf_counter()
-    try:
-        prompts = _prompts()
-        sampler = DiTSampler(_WORKDIR.value, step=_STEP.value, use_ema=_USE_EMA.value)
-        d_t, d_h, d_w = sampler.default_size()
-        height, width = parse_resolution(_RESOLUTION.value) if _RESOLUTION.value else (d_h, d_w)
-        num_frames = _NUM_FRAMES.value or d_t
-        sampler.latent_shape(num_frames, height, width)          # validate before any work
-        unknown = sorted({w for p in prompts for w in sampler.task.text.tokenizer.unknown_words(p)})
-        if unknown:
-            print(f"warning: words outside the tokenizer's vocabulary (ignored as <unk>): "
-                  f"{unknown}", file=sys.stderr)
-        videos, info = sampler.generate(
-            prompts, seed=_SEED.value, num_frames=num_frames, height=height, width=width,
-            steps=_STEPS.value, cfg_scale=_CFG_SCALE.value, negative_prompt=_NEGATIVE.value,
-            image=_image(height, width), sampler=_SAMPLER.value, shift=_SHIFT.value,
-            batch_size=_BATCH_SIZE.value)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    check_flags()
+    prompts = _prompts()
+    cli.require_run(workdir, task="dit", verb="sample")
+    sampler = DiTSampler(workdir, step=_STEP.value, use_ema=_USE_EMA.value)
+    d_t, d_h, d_w = sampler.default_size()
+    height, width = parse_resolution(_RESOLUTION.value) if _RESOLUTION.value else (d_h, d_w)
+    num_frames = _NUM_FRAMES.value or d_t
+    sampler.latent_shape(num_frames, height, width)          # validate before any work
+    unknown = sorted({w for p in prompts for w in sampler.task.text.tokenizer.unknown_words(p)})
+    if unknown:
+        print(f"warning: words outside the tokenizer's vocabulary (ignored as <unk>): "
+              f"{unknown}", file=sys.stderr)
+    videos, info = sampler.generate(
+        prompts, seed=_SEED.value, num_frames=num_frames, height=height, width=width,
+        steps=_STEPS.value, cfg_scale=_CFG_SCALE.value, negative_prompt=_NEGATIVE.value,
+        image=_image(height, width), sampler=_SAMPLER.value, shift=_SHIFT.value,
+        batch_size=_BATCH_SIZE.value)
     out_dir = paths.display(_OUTPUT_DIR.value or paths.run_path(_WORKDIR.value) / "samples")
     written = write_outputs(out_dir, videos, prompts, fps=float(sampler.sample_cfg.fps))
     cfg = " with CFG (2 branches per step)" if info["cfg_scale"] != 1.0 else ""
@@ -134,4 +152,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,12 +14,10 @@ checkpoint, waits for it and exits 0. The task comes from `config.task`.
 """
 from __future__ import annotations
 
-import sys
-import traceback
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from seaweed_jax import cli
 from seaweed_jax.parallel import distributed
 from seaweed_jax.parallel.mesh import use_cpu_devices
 from seaweed_jax.trainer import loop
@@ -40,28 +38,29 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (else 
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value")
-    if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/vae/tiny.py")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required: the run directory (created if missing)")
+    cli.no_arguments(argv)
+    if flags.FLAGS["config"].present and _CONFIG.value is None:
+        raise cli.UserError(f"--config={flags.FLAGS['config'].config_filename}: its get_config() "
+                            f"returned None; make it return the config (a ConfigDict)")
+    cli.require(_CONFIG.value, "config", "a config file, e.g. --config=configs/vae/tiny.py "
+                "(configs/ lists them)")
+    cli.require(_WORKDIR.value, "workdir", "the run directory (created if missing; an existing "
+                "run resumes)")
+    cli.check_range("num_processes", _NUM_PROCESSES.value, minimum=1)
+    cli.check_range("process_id", _PROCESS_ID.value, minimum=0)
     logging.set_verbosity(logging.WARNING)
     use_cpu_devices(_CONFIG.value.get("cpu_devices", 0))
     explicit = any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID))
     try:
         join = distributed.wanted(_MULTIHOST.value, explicit)
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        raise cli.UserError(str(e)) from None
     if join:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    try:
-        loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)
-    except ValueError as e:  # config errors: the last frames, then one clear line
-        traceback.print_exc(limit=-2)
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_s=_CONFIG.value.get("heartbeat_timeout_s", 100))
+    # config errors (ValueError from seaweed_jax's validation) are one `error:` line: cli.py
+    loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

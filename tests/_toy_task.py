@@ -11,7 +11,9 @@ Run as a script it trains through `loop.train` with test hooks:
     python tests/_toy_task.py --config.num_steps=20 --workdir=W [--kill_at=12]
         [--sigterm_at=14] [--slow_finalize_from=10]
 --kill_at=S          SIGKILL the process right after step S's bookkeeping (and save, if any).
---sigterm_at=S       send SIGTERM to the process at that point instead.
+--sigterm_at=S       send SIGTERM to the process at that point instead (--sigint_at: SIGINT).
+--shell_at=S --shell=CMD   run a shell command there (tests fill or remount the disk).
+--kill_after_s=T     SIGKILL the process T seconds after its first step, wherever it is.
 --slow_finalize_from sleeps before Orbax finalizes saves of steps >= S, so a kill right
                      after issuing that save lands while it is still in flight.
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 
 import grain
@@ -119,13 +123,18 @@ class ToyTask(Task):
 
 
 def _main(argv):
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", __file__, "config file")
     flags.DEFINE_string("workdir", None, "workdir", required=True)
     flags.DEFINE_integer("kill_at", -1, "SIGKILL self after this step")
     flags.DEFINE_integer("sigterm_at", -1, "send SIGTERM to self after this step")
+    flags.DEFINE_integer("sigint_at", -1, "send SIGINT (Ctrl-C) to self after this step")
+    flags.DEFINE_float("kill_after_s", -1, "SIGKILL self this many seconds after the first step "
+                       "(wherever the run is then: a step, a save, a finalize)")
+    flags.DEFINE_integer("shell_at", -1, "run --shell after this step")
+    flags.DEFINE_string("shell", "", "a shell command for --shell_at (e.g. fill the disk)")
     flags.DEFINE_integer("slow_finalize_from", -1, "delay Orbax finalize for steps >= this")
 
     def main(_):
@@ -143,17 +152,31 @@ def _main(argv):
                 return original(self, step, *a, **kw)
             ocp.CheckpointManager._finalize = slow_finalize
 
+        timer = []
+
         def kill_hook(step, state, manager):
+            if FLAGS.kill_after_s >= 0 and not timer:
+                timer.append(threading.Timer(FLAGS.kill_after_s,
+                                             lambda: os.kill(os.getpid(), signal.SIGKILL)))
+                timer[0].daemon = True
+                timer[0].start()
             if step == FLAGS.kill_at:
                 print(f"test hook: SIGKILL at step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             if step == FLAGS.sigterm_at:
                 print(f"test hook: SIGTERM at step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGTERM)
+            if step == FLAGS.sigint_at:
+                print(f"test hook: SIGINT at step {step}", flush=True)
+                os.kill(os.getpid(), signal.SIGINT)
+            if step == FLAGS.shell_at:
+                print(f"test hook: {FLAGS.shell!r} at step {step}", flush=True)
+                subprocess.run(FLAGS.shell, shell=True, check=True)
 
         loop.train(FLAGS.config, FLAGS.workdir, data_dir="/nonexistent", hooks=[kill_hook])
 
-    app.run(main, argv)
+    from seaweed_jax import cli
+    cli.run(main)   # the train CLI's error handling (one `error:` line for a failed write)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ GAN: 2D + 3D PatchGANs (4 channels, 2 layers) from `disc_start_step`.
 
     python tests/_vae_tiny.py --workdir=W --data_dir=D [--config.num_steps=20] [--kill_at=S]
 --kill_at=S   after step S's checkpoint is finalized, SIGKILL the process (resume tests).
+--rss_every=N print the host RSS every N steps (the soak test).
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def _main(argv):
     flags.DEFINE_string("workdir", None, "workdir", required=True)
     flags.DEFINE_string("data_dir", None, "data dir", required=True)
     flags.DEFINE_integer("kill_at", -1, "SIGKILL self once step S's checkpoint is finalized")
+    flags.DEFINE_integer("rss_every", 0, "print the host RSS every this many steps (soak test)")
 
     def main(_):
         FLAGS = flags.FLAGS
@@ -68,6 +70,10 @@ def _main(argv):
         from seaweed_jax.trainer import loop
 
         def kill_hook(step, state, manager):
+            if FLAGS.rss_every and step % FLAGS.rss_every == 0:
+                with open("/proc/self/statm") as f:
+                    rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                print(f"rss at step {step}: {rss / 2**20:.1f} MiB", flush=True)
             if step == FLAGS.kill_at:
                 manager.wait_until_finished()
                 print(f"test hook: SIGKILL at step {step}", flush=True)

@@ -75,10 +75,12 @@ def check_vae(vae_workdir: str, data_dir: str | None = None, num_examples: int =
 def read_prompts(path: str) -> list[str]:
     """One prompt per non-blank line."""
     if not paths.run_path(path).exists():
-        raise FileNotFoundError(f"prompts file {path!r} does not exist")
+        raise FileNotFoundError(f"prompts file {paths.display(path)} does not exist; pass a text "
+                                f"file with one prompt per line")
     prompts = [line.strip() for line in paths.read_text(path).splitlines() if line.strip()]
     if not prompts:
-        raise ValueError(f"{path} has no prompts")
+        raise ValueError(f"prompts file {paths.display(path)} has no prompts; write one prompt "
+                         f"per line")
     return prompts
 
 

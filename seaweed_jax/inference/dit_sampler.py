@@ -122,7 +122,7 @@ class DiTSampler:
         per sample: steps (Euler) or 2 steps - 1 (Heun), doubled with CFG."""
         d_t, d_h, d_w = self.default_size()
         num_frames, height, width = num_frames or d_t, height or d_h, width or d_w
-        steps = int(steps or self.sample_cfg.steps)
+        steps = int(self.sample_cfg.steps if steps is None else steps)   # 0 is an error, not 50
         cfg_scale = float(self.sample_cfg.cfg_scale if cfg_scale is None else cfg_scale)
         sampler = sampler or self.sample_cfg.sampler
         shift = float(self.sample_cfg.shift if shift is None else shift)
@@ -132,6 +132,8 @@ class DiTSampler:
             raise ValueError(f"--sampler={sampler!r}; use one of {samplers.METHODS}")
         if steps < 1:
             raise ValueError(f"--steps={steps} must be >= 1")
+        if batch_size < 1:
+            raise ValueError(f"--batch_size={batch_size} must be >= 1")
         lshape = self.latent_shape(num_frames, height, width)
         if image is not None and image.shape != (height, width, 3):
             raise ValueError(f"image is {image.shape}; expected ({height}, {width}, 3)")

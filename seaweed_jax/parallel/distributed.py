@@ -8,8 +8,10 @@
 own cluster detection finds one: Cloud TPU VM slices (the metadata server), GKE, SLURM,
 Open MPI (`jax.distributed.initialize()` then fills in the address, count and id). Arguments
 left None come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, else from
-that detection. CPU processes exchange collectives over gloo (XLA:CPU has no other
-cross-process transport), set here before any backend starts. With more than one process,
+that detection. When a process dies, JAX ends the others once its heartbeat has been missing
+for `heartbeat_timeout_s` (config.heartbeat_timeout_s, default 100). CPU processes exchange
+collectives over gloo (XLA:CPU has no other cross-process transport), set here before any
+backend starts. With more than one process,
 JAX's preemption service sees SIGTERM and the trainer saves at a step all processes agree on.
 """
 from __future__ import annotations
@@ -49,7 +51,8 @@ def wanted(mode: str = "auto", explicit: bool = False) -> bool:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int = 300) -> None:
+               process_id: int | None = None, timeout_s: int = 300,
+               heartbeat_timeout_s: int = 100) -> None:
     """`jax.distributed.initialize` from arguments or the environment (module docstring)."""
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
@@ -66,5 +69,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise ValueError(f"process_id={process_id} must be in [0, num_processes={num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if heartbeat_timeout_s < 1:
+        raise ValueError(f"config.heartbeat_timeout_s={heartbeat_timeout_s}; it must be >= 1 (seconds "
+                         f"without a heartbeat before a lost process ends the job)")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=timeout_s)
+                               process_id=process_id, initialization_timeout=timeout_s,
+                               heartbeat_timeout_seconds=int(heartbeat_timeout_s))
