@@ -17,7 +17,7 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
-from seaweed_jax import cli
+from seaweed_jax import checkpoint, cli
 from seaweed_jax.parallel import distributed
 from seaweed_jax.parallel.mesh import use_cpu_devices
 from seaweed_jax.trainer import loop
@@ -59,7 +59,14 @@ def main(argv) -> None:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                heartbeat_timeout_s=_CONFIG.value.get("heartbeat_timeout_s", 100))
     # config errors (ValueError from seaweed_jax's validation) are one `error:` line: cli.py
-    loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)
+    try:
+        loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)
+    except Exception as e:
+        if distributed.peer_lost(e):
+            step = checkpoint.latest_step(_WORKDIR.value)
+            distributed.exit_lost_peer(e, f"restart every process with the same command to resume "
+                                          f"from the last complete checkpoint (step {step})")
+        raise
 
 
 if __name__ == "__main__":

@@ -159,3 +159,48 @@ def test_cluster_autodetection_joins_and_a_preemption_saves_on_every_process(tmp
     assert all(p.returncode == 0 for p in procs), [out[-3000:] for out in outs]
     assert f"checkpoints step {saved}" in outs[0] and ckpt_lib.latest_step(str(workdir)) == saved + 2, outs[0][-3000:]
     print(f"both processes saved step {saved} after SIGTERM to process 1; the restart resumed there")
+
+
+def test_a_killed_process_ends_its_peer_with_one_line_and_both_resume(tmp_path):
+    """SIGKILL one of two processes: the other exits within config.heartbeat_timeout_s (10 here)
+    plus a margin, its last line names the lost process and the step to resume from; a restart
+    of both resumes there."""
+    workdir = tmp_path / "run"
+
+    def start(num_steps):
+        toy = os.path.join(H.REPO, "tests", "_toy_task.py")
+        port = _free_port()
+        return [subprocess.Popen(
+            [sys.executable, "-m", "seaweed_jax.train", f"--config={toy}", f"--workdir={workdir}",
+             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+             f"--config.num_steps={num_steps}", "--config.log_every=10", "--config.eval_every=0",
+             "--config.ckpt_every=20", "--config.heartbeat_timeout_s=10"], cwd=H.REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=H.env(str(tmp_path / "jax_cache"))) for i in range(2)]
+
+    procs = start(100000)
+    deadline = time.time() + 300
+    while ckpt_lib.latest_step(str(workdir)) is None if (workdir / "checkpoints").exists() else True:
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.5)
+    procs[1].kill()
+    killed_at = time.time()
+    out = procs[0].communicate(timeout=120)[0]
+    took = time.time() - killed_at
+    procs[1].communicate(timeout=60)
+    assert took < 10 + 30, (took, out[-3000:])
+    # Who reports it is a race: the failed collective raises in Python (the train CLI prints
+    # one line and exits 1), or JAX's error-polling thread aborts the process first (SIGABRT,
+    # its own "another task died" message). Either way the survivor does not hang.
+    ours = "error: process 0 of 2 lost another process of the job"
+    theirs = "Terminating process because the JAX distributed service detected fatal errors"
+    assert (procs[0].returncode == 1 and ours in out) or \
+        (procs[0].returncode == -signal.SIGABRT and theirs in out), out[-3000:]
+    step = ckpt_lib.latest_step(str(workdir))
+    code = procs[0].returncode
+    procs = start(step + 5)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outs]
+    assert f"checkpoints step {step}" in outs[0], outs[0][-3000:]
+    print(f"survivor exited {took:.1f} s after its peer was killed (code {code}, "
+          f"{'our line' if ours in out else 'JAX abort'}); restart resumed from step {step}")

@@ -17,6 +17,7 @@ JAX's preemption service sees SIGTERM and the trainer saves at a step all proces
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 
@@ -75,3 +76,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=timeout_s,
                                heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+
+
+# What a collective or the coordination service reports when another process is gone.
+_PEER_LOST = ("Gloo", "Connection reset by peer", "heartbeat", "UNAVAILABLE", "unhealthy")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether `error` (raised in a multi-process job) means another process died."""
+    return jax.process_count() > 1 and isinstance(error, jax.errors.JaxRuntimeError) and any(
+        s in str(error) for s in _PEER_LOST)
+
+
+def exit_lost_peer(error: BaseException, resume_hint: str) -> None:
+    """One line about the lost process, then exit at once (code 1): a normal exit would wait
+    in JAX's shutdown barrier for the dead process and end in a C++ abort."""
+    first = str(error).strip().splitlines()[0][:200]
+    print(f"error: process {jax.process_index()} of {jax.process_count()} lost another process "
+          f"of the job ({first}); {resume_hint}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
