@@ -7,8 +7,9 @@ seaweed_jax itself need not be installed there. Standard library only.
     python3 launch/tpu_vm.py create dit7b --zone=us-east5-a --accelerator=v5p-64
     python3 launch/tpu_vm.py copy   dit7b --zone=us-east5-a   # this repository -> every worker
     python3 launch/tpu_vm.py run    dit7b --zone=us-east5-a --log=stage1 -- \\
-        python -m seaweed_jax.train --config=configs/dit/seaweed_7b.py:stage1 \\
-        --workdir=gs://BUCKET/runs/dit7b
+        python -m seaweed_jax.train \\
+        --config=configs/dit/seaweed_7b.py:stage1,root=gs://BUCKET/sw7b,vae=gs://BUCKET/vae_48x \\
+        --workdir=gs://BUCKET/sw7b/stage1
     python3 launch/tpu_vm.py logs   dit7b --zone=us-east5-a --log=stage1   # reattach
     python3 launch/tpu_vm.py delete dit7b --zone=us-east5-a
 
@@ -308,8 +309,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             "to ~/seaweed_jax_logs/RUN.log; then follow worker 0's log until the run ends there. "
             "Ctrl-C or a dropped connection stops following, not the run.\n\n"
             "example:\n  tpu_vm.py run dit7b --zone=us-east5-a --log=stage1 -- \\\n"
-            "    python -m seaweed_jax.train --config=configs/dit/seaweed_7b.py:stage1 "
-            "--workdir=gs://BUCKET/runs/dit7b")
+            "    python -m seaweed_jax.train --config=configs/dit/seaweed_7b.py:stage1,"
+            "root=gs://BUCKET/sw7b,vae=gs://BUCKET/vae_48x --workdir=gs://BUCKET/sw7b/stage1")
     p.add_argument("--log", type=_run_name, help="run name, the log is ~/seaweed_jax_logs/RUN.log "
                    "(default: run-<UTC timestamp>)")
     p.add_argument("--detach", action="store_true", help="start and return, do not follow the log")

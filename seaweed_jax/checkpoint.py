@@ -195,8 +195,13 @@ def latest_step(workdir: str) -> int | None:
 
 # What a workdir holds: a run of `task` with this model. A run resumes only with the same
 # values here; every other field may change between restarts (num_steps, the optimizer's lr
-# and schedule, log / eval / checkpoint cadence, data loading, the mesh, ...).
-IDENTITY_FIELDS = ("task", "model", "text_encoder", "vae_workdir")
+# and schedule, log / eval / checkpoint cadence, the mesh, ...). Fields that only change how
+# the same parameters are computed (RUNTIME_FIELDS) may change too, and a field that one of the
+# two configs lacks (a run recorded before the field existed) is not compared.
+IDENTITY_FIELDS = ("task", "model", "text_encoder")
+RUNTIME_FIELDS = ("model.remat", "model.dtype", "model.attention_backend",
+                  "model.attention_block_sizes", "model.chunk_frames", "model.chunk_latent_frames",
+                  "text_encoder.path", "text_encoder.dtype")
 UNREADABLE_DIR = "unreadable_checkpoints"
 
 
@@ -210,9 +215,24 @@ def _flat(tree, prefix: str = "") -> dict:
 
 
 def run_identity(config) -> dict:
-    """The IDENTITY_FIELDS of a config, flattened ('model.width': 64, ...), JSON-normalized."""
+    """The IDENTITY_FIELDS of a config, flattened ('model.width': 64, ...), JSON-normalized,
+    without RUNTIME_FIELDS."""
     d = json.loads(json.dumps(config_to_dict(config)))
-    return _flat({k: d[k] for k in IDENTITY_FIELDS if k in d})
+    flat = _flat({k: d[k] for k in IDENTITY_FIELDS if k in d})
+    return {k: v for k, v in flat.items() if k not in RUNTIME_FIELDS}
+
+
+def _recorded_config(workdir: str):
+    """The config a workdir last accepted: W/config.json (written at every start), else the
+    newest checkpoint's; None if neither reads (the restore then decides)."""
+    try:
+        return config_from_dict(paths.read_json(paths.run_path(workdir) / "config.json"))
+    except (OSError, ValueError):
+        pass
+    try:
+        return load_config(workdir)
+    except Exception:  # noqa: BLE001 - a damaged checkpoint config: leave it to the restore
+        return None
 
 
 def refuse_foreign(workdir: str, config) -> None:
@@ -221,36 +241,50 @@ def refuse_foreign(workdir: str, config) -> None:
     root = paths.run_path(workdir)
     if not (root / "config.json").exists() and not checkpoint_dir(workdir).is_dir():
         return
-    try:
-        recorded = load_config(workdir)
-    except FileNotFoundError:
+    recorded = _recorded_config(workdir)
+    if recorded is None:
         return
     old, new = run_identity(recorded), run_identity(config)
     shown = paths.display(workdir)
     if old.get("task") != new.get("task"):
         raise ValueError(f"{shown} holds a {old.get('task')!r} run; this config trains "
                          f"{new.get('task')!r}: pass another --workdir (or delete that run)")
-    missing = "<unset>"
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+    changed = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
     if changed:
-        diff = "; ".join(f"{k}: {old.get(k, missing)} -> {new.get(k, missing)}" for k in changed[:6])
+        diff = "; ".join(f"{k}: {old[k]} -> {new[k]}" for k in changed[:6])
         more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
         raise ValueError(
-            f"{shown} holds a run with another model ({diff}{more}); the fields "
-            f"{', '.join(IDENTITY_FIELDS)} cannot change on resume: pass another --workdir, or "
-            f"start a new run from its params with --config.init_from={shown}")
+            f"{shown} holds a run with another model ({diff}{more}); model and text-encoder "
+            f"fields cannot change on resume (checkpoint.IDENTITY_FIELDS): pass another "
+            f"--workdir, or start a new run from its params with --config.init_from={shown}")
+
+
+def _move_tree(src, dst) -> None:
+    """Move a folder; object stores have no folder rename, so there it is copy + delete."""
+    if not paths.is_url(src):
+        src.rename(dst)
+        return
+    for item in src.iterdir():
+        if item.is_dir():
+            _move_tree(item, dst / item.name)
+        else:
+            (dst / item.name).write_bytes(item.read_bytes())
+    src.rmtree()
 
 
 def set_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
-    """Move checkpoint `step` out of the manager's sight (W/unreadable_checkpoints/<step>), so
-    the run continues from an older step and can save `step` again. Returns where it went."""
+    """Move checkpoint `step` out of the manager's sight (W/unreadable_checkpoints/<step>, or
+    <step>.2, ... if that exists), so the run continues from an older step and can save `step`
+    again. Nothing is deleted. Returns where it went."""
     src = checkpoint_dir(workdir) / str(step)
-    dst = paths.run_path(workdir) / UNREADABLE_DIR / str(step)
+    parent = paths.run_path(workdir) / UNREADABLE_DIR
+    dst, n = parent / str(step), 1
+    while dst.exists():
+        n += 1
+        dst = parent / f"{step}.{n}"
     if jax.process_index() == 0:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
-            dst.rmtree()
-        src.rename(dst)
+        parent.mkdir(parents=True, exist_ok=True)
+        _move_tree(src, dst)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # lazy: only multi-process runs sync here
         multihost_utils.sync_global_devices(f"set_aside_{step}")

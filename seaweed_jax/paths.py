@@ -16,20 +16,25 @@ Orbax's arrays through TensorStore.
     MirroredDir(p)                   a temporary local folder whose files are copied to p on
                                      sync() (TensorBoard's writer thread appends to files)
 
-`tests/test_paths.py` keeps run-path code from using `open()` / `os.path` directly.
+`tests/test_gcs_workdir.py` keeps run-path code from using `open()` / `os.path` directly.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Iterator
 
 from etils import epath
 
+# Remote logs are rewritten whole: at most this often (an object store throttles updates of
+# one object to about one per second), and always when closed.
+REMOTE_UPLOAD_INTERVAL_S = 30.0
 # The client each URL scheme needs, and the extra that installs it.
 _CLIENTS = {"gs": ("gcsfs", "gcs")}
 
@@ -71,10 +76,22 @@ def write_text(path, text: str) -> epath.Path:
         path.write_text(text)  # one PUT: an object appears whole or not at all
         return path
     fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.fspath(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())   # what open() would give (mkstemp makes it 0600)
+        os.replace(tmp, os.fspath(path))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path) -> Any:
@@ -124,7 +141,8 @@ class AppendLog:
     `keep(line) -> bool`, if given, first drops the existing lines it rejects (a resumed run
     forgets the records of steps after its checkpoint)."""
 
-    def __init__(self, path, keep=None):
+    def __init__(self, path, keep=None, min_upload_interval_s: float = REMOTE_UPLOAD_INTERVAL_S):
+        self._interval, self._uploaded = min_upload_interval_s, -math.inf
         self.path = run_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remote = is_url(self.path)
@@ -146,16 +164,21 @@ class AppendLog:
         else:
             self._file.write(line)
 
-    def flush(self) -> None:
-        if self._remote:
-            self.path.write_text(self._text)
-        else:
+    def flush(self, force: bool = False) -> None:
+        """Local: flush. Remote: upload the whole log, at most every `min_upload_interval_s`
+        unless forced (object stores throttle rewrites of one object)."""
+        if not self._remote:
             self._file.flush()
+        elif force or time.monotonic() - self._uploaded >= self._interval:
+            self.path.write_text(self._text)
+            self._uploaded = time.monotonic()
 
     def close(self) -> None:
-        self.flush()
-        if self._file is not None:
-            self._file.close()
+        try:
+            self.flush(force=True)
+        finally:
+            if self._file is not None:
+                self._file.close()
 
 
 class MirroredDir:
@@ -164,13 +187,20 @@ class MirroredDir:
     `path`. Local or remote alike, so a full or read-only workdir fails in `sync()`, where the
     trainer reports it, not in the writer's thread."""
 
-    def __init__(self, path):
+    def __init__(self, path, min_upload_interval_s: float = REMOTE_UPLOAD_INTERVAL_S):
         self.path = run_path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.local = tempfile.mkdtemp(prefix="seaweed_mirror_")
         self._sizes: dict[str, int] = {}
+        self._interval = min_upload_interval_s if is_url(self.path) else 0.0
+        self._synced = -math.inf
 
-    def sync(self) -> None:
+    def sync(self, force: bool = False) -> None:
+        """Copy changed files to `path` (remote: at most every `min_upload_interval_s`
+        unless forced)."""
+        if not force and time.monotonic() - self._synced < self._interval:
+            return
+        self._synced = time.monotonic()
         for root, _, files in os.walk(self.local):
             for name in files:
                 src = os.path.join(root, name)
@@ -184,6 +214,6 @@ class MirroredDir:
 
     def close(self) -> None:
         try:
-            self.sync()
+            self.sync(force=True)
         finally:
             shutil.rmtree(self.local, ignore_errors=True)

@@ -115,6 +115,12 @@ def test_run_paths_round_trip_on_gcs(gcs, tmp_path, monkeypatch):
     mirror.sync()
     assert paths.read_text(f"{root}/tb/events") == "abc"
     mirror.close()
+    from seaweed_jax import checkpoint
+    paths.write_text(f"{root}/ckpt/7/state/a", "x")     # object stores have no folder rename
+    paths.write_text(f"{root}/ckpt/7/b", "y")
+    checkpoint._move_tree(paths.run_path(f"{root}/ckpt/7"), paths.run_path(f"{root}/aside/7"))
+    assert paths.read_text(f"{root}/aside/7/state/a") == "x" and paths.read_text(f"{root}/aside/7/b") == "y"
+    assert not paths.run_path(f"{root}/ckpt/7/b").exists()
     assert os.listdir(tmp_path) == []                  # nothing written under the cwd
 
 
@@ -191,7 +197,8 @@ LOCAL_FS_ALLOWED = {
     "moving_shapes/": "the synthetic dataset builder",
 }
 _LOCAL_FS = re.compile(r"(?<![\w.])open\(|\bos\.path\.|\bos\.(makedirs|listdir|walk|replace|remove|"
-                       r"rename|stat)\(|\bshutil\.|\bglob\.glob\(|\bpathlib\b")
+                       r"rename|stat)\(|\bshutil\.|\bglob\.glob\(|\bpathlib\b|"
+                       r"\b(Image|av|np|numpy)\.(open|load|save)\(")
 
 
 def test_run_path_code_uses_the_path_layer():

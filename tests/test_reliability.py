@@ -99,6 +99,8 @@ def test_changed_model_is_named_and_resume_may_change_the_schedule(tmp_path):
     same_model = config_lib.base_config()
     same_model.update(task="vae", num_steps=99, model={"width": 32, "levels": [1, 2]})
     same_model.optimizer.lr = 0.5
+    same_model.model.remat = "full"                   # how it is computed may change too,
+    same_model.model.added_later = 3                  # and a field the old run lacks is skipped
     ckpt_lib.refuse_foreign(wd, same_model)           # schedule fields may change: no error
     wider = config_lib.base_config()
     wider.update(task="vae", num_steps=10, model={"width": 64, "levels": [1, 2]})
@@ -126,7 +128,9 @@ def test_resume_truncates_metrics_and_purges_tensorboard_steps(tmp_path):
 
 
 def _corrupt(step_dir, how):
-    files = sorted(p for p in step_dir.rglob("*") if p.is_file() and "state" in p.parts)
+    """truncate: every state file cut to half; delete: every file of the step (config too)."""
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file() and
+                   (how == "delete" or "state" in p.parts))
     if how == "truncate":
         for p in files:
             if p.stat().st_size > 0:

@@ -253,7 +253,8 @@ def find_inputs(path: str) -> tuple[list[str], str | None]:
 def read_image(path: str, height: int, width: int) -> np.ndarray:
     """uint8 (H, W, 3) from an image file, resized (bilinear) to height x width if needed."""
     try:
-        img = Image.open(path).convert("RGB")
+        with paths.local_copy(path) as local:   # a gs:// image is downloaded first
+            img = Image.open(local).convert("RGB")
     except (OSError, ValueError) as e:
         raise ValueError(f"image {path!r} cannot be read: {e}") from None
     if img.size != (width, height):

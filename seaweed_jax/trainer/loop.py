@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -279,13 +280,17 @@ def _restore_readable(manager, workdir: str, abstract, iterator):
     steps = sorted(manager.all_steps(), reverse=True)
     failed = []
     for step in steps:
+        error = None
         try:
             state = ckpt_lib.restore(manager, step, abstract, iterator)
         except Exception as e:  # noqa: BLE001 - any read error: try the previous step
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            _print(f"checkpoint step {step} cannot be restored ({type(e).__name__}: {first}); "
-                   f"trying the previous one")
-            failed.append((step, e))
+            error = e
+        if not _all_processes(error is None):  # every process restores the same step
+            error = error or RuntimeError("another process could not restore it")
+        if error is not None:
+            _print(f"checkpoint step {step} cannot be restored ({_summary(error)}); trying the "
+                   f"previous one")
+            failed.append((step, error))
             continue
         for bad, _ in failed:
             _print(f"checkpoint step {bad} set aside in {ckpt_lib.set_aside(manager, workdir, bad)}")
@@ -294,10 +299,23 @@ def _restore_readable(manager, workdir: str, abstract, iterator):
         step, e = failed[0]
         raise ValueError(
             f"no checkpoint in {ckpt_lib.checkpoint_dir(workdir)} restores onto this config (newest: "
-            f"step {step}, {type(e).__name__}); if the optimizer or EMA settings changed, resume "
-            f"with the run's own config ({workdir}/config.json) or start another run with "
-            f"--config.init_from={workdir}") from e
+            f"step {step}: {_summary(e)}); if settings that shape the train state changed "
+            f"(optimizer, EMA, data.worker_count), resume with the run's own config "
+            f"({workdir}/config.json) or start another run with --config.init_from={workdir}") from e
     return None, None
+
+
+def _summary(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
+
+def _all_processes(ok: bool) -> bool:
+    """True when `ok` holds on every process (one all-gather; trivially `ok` with one)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils  # lazy: multi-process runs only
+    return bool(multihost_utils.process_allgather(np.int32(ok)).min())
 
 
 def _should_stop(flag: _StopFlag, manager, step: int) -> bool:
@@ -389,9 +407,14 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     last_saved = latest
     flag = _StopFlag()
     flag.install()
-    logger = MetricsLogger(workdir, num_steps=num_steps, resume_step=latest or 0,
-                           global_batch_size=config.data.global_batch_size,
-                           nonfinite_steps=int(state.nonfinite_steps))
+    try:
+        logger = MetricsLogger(workdir, num_steps=num_steps, resume_step=latest or 0,
+                               global_batch_size=config.data.global_batch_size,
+                               nonfinite_steps=int(state.nonfinite_steps))
+    except OSError as e:  # e.g. truncating metrics.jsonl on a full disk
+        flag.uninstall()
+        manager.close()
+        raise _write_error(workdir, "metrics", e) from e
     patience = int(config.get("max_nonfinite_in_a_row", 20) or 0)
     eval_every = config.get("eval_every", 0) or 0
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
