@@ -14,6 +14,9 @@ checkpoint, waits for it and exits 0. The task comes from `config.task`.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -34,6 +37,9 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 (else $JAX_COORDINATOR_ADDRESS, or "
     "auto-detected on TPU pods).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (else $JAX_NUM_PROCESSES).")
+_SUPERVISE = flags.DEFINE_bool(
+    "supervise", True, "Multi-process jobs: run training in a child process, so a job that loses "
+    "a process ends with one line saying so (JAX aborts the survivors from C++).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (else $JAX_PROCESS_ID).")
 
 
@@ -55,6 +61,12 @@ def main(argv) -> None:
         join = distributed.wanted(_MULTIHOST.value, explicit)
     except ValueError as e:
         raise cli.UserError(str(e)) from None
+    def resume_hint() -> str:
+        return (f"restart every process with the same command to resume from the last complete "
+                f"checkpoint (step {checkpoint.latest_step(_WORKDIR.value)})")
+
+    if join and _SUPERVISE.value and not os.environ.get(distributed.SUPERVISED_ENV):
+        sys.exit(distributed.supervise(resume_hint))   # see distributed.supervise
     if join:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                heartbeat_timeout_s=_CONFIG.value.get("heartbeat_timeout_s", 100))
@@ -63,9 +75,7 @@ def main(argv) -> None:
         loop.train(_CONFIG.value, _WORKDIR.value, data_dir=_DATA_DIR.value)
     except Exception as e:
         if distributed.peer_lost(e):
-            step = checkpoint.latest_step(_WORKDIR.value)
-            distributed.exit_lost_peer(e, f"restart every process with the same command to resume "
-                                          f"from the last complete checkpoint (step {step})")
+            distributed.exit_lost_peer(e, resume_hint())
         raise
 
 

@@ -189,18 +189,19 @@ def test_a_killed_process_ends_its_peer_with_one_line_and_both_resume(tmp_path):
     took = time.time() - killed_at
     procs[1].communicate(timeout=60)
     assert took < 10 + 30, (took, out[-3000:])
-    # Who reports it is a race: the failed collective raises in Python (the train CLI prints
-    # one line and exits 1), or JAX's error-polling thread aborts the process first (SIGABRT,
-    # its own "another task died" message). Either way the survivor does not hang.
-    ours = "error: process 0 of 2 lost another process of the job"
-    theirs = "Terminating process because the JAX distributed service detected fatal errors"
-    assert (procs[0].returncode == 1 and ours in out) or \
-        (procs[0].returncode == -signal.SIGABRT and theirs in out), out[-3000:]
+    # JAX's error poller usually aborts the training process from C++ (SIGABRT) before Python
+    # sees the failed collective; the train CLI's supervisor (distributed.supervise) then
+    # prints the line. If Python sees it first, the training process prints its own line.
+    last = [line for line in out.splitlines() if line.strip()][-1]
+    assert procs[0].returncode == 1, out[-3000:]
+    assert last.startswith(("error: this process of the multi-process job ended because another "
+                            "process died", "error: process 0 of 2 lost another process")), out[-3000:]
     step = ckpt_lib.latest_step(str(workdir))
+    assert last.endswith(f"resume from the last complete checkpoint (step {step})"), last
     code = procs[0].returncode
     procs = start(step + 5)
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outs]
     assert f"checkpoints step {step}" in outs[0], outs[0][-3000:]
-    print(f"survivor exited {took:.1f} s after its peer was killed (code {code}, "
-          f"{'our line' if ours in out else 'JAX abort'}); restart resumed from step {step}")
+    print(f"survivor exited {took:.1f} s after its peer was killed (code {code}): {last}; "
+          f"restart resumed from step {step}")

@@ -17,7 +17,10 @@ JAX's preemption service sees SIGTERM and the trainer saves at a step all proces
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+from typing import Callable
 
 import jax
 
@@ -96,3 +99,36 @@ def exit_lost_peer(error: BaseException, resume_hint: str) -> None:
           f"of the job ({first}); {resume_hint}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)
+
+
+SUPERVISED_ENV = "SEAWEED_SUPERVISED"
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes  # lazy: Linux prctl, only in the forked child
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def supervise(lost_peer_hint: Callable[[], str]) -> int:
+    """Run this very command again as a child process and wait for it; returns its exit code.
+
+    Why: when another process of the job dies, JAX's C++ error poller aborts this one
+    (SIGABRT) before Python can say anything. The supervisor outlives that abort and prints
+    one line naming what happened and how to resume (`lost_peer_hint()`). The child runs in
+    its own session, so a terminal Ctrl-C reaches only the supervisor, which forwards SIGINT
+    and SIGTERM to it once; the child dies with the supervisor (PR_SET_PDEATHSIG)."""
+    env = dict(os.environ, **{SUPERVISED_ENV: "1"})
+    child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env,
+                             start_new_session=True, preexec_fn=_die_with_parent)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+    code = child.wait()
+    if code == -signal.SIGABRT:
+        print(f"error: this process of the multi-process job ended because another process died "
+              f"or stopped answering (JAX's heartbeat check); {lost_peer_hint()}",
+              file=sys.stderr, flush=True)
+        return 1
+    return code if code >= 0 else 128 - code
