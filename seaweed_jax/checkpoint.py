@@ -7,6 +7,8 @@ the trainer: callers pass the abstract tree (shapes, dtypes, shardings) they wan
     load_config(W)                         the run's config
     params_key(config, use_ema)            'ema_params' when asked for and kept, else 'params'
     restore_params(W, abstract, key=...)   ONLY state.<key> (no optimizer / discriminator state)
+    restore_params_over(W, params, key=...) the same onto existing params: leaves the run lacks
+                                           (e.g. a new embedding) keep their values
     save / restore                         the whole TrainState (+ iterator), for the trainer
 
 Layout of a workdir (self-describing: the config travels with every checkpoint):
@@ -317,3 +319,46 @@ def restore_params(workdir: str, abstract_params: Any, *, key: str = "params",
         out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
             item={key: abstract_params}, restore_args={key: restore_args}, partial_restore=True))
     return out[key], step
+
+
+def _split_present(abstract, saved, prefix: str = ""):
+    """(the part of the nested-dict `abstract` that `saved` (checkpoint metadata) holds, the
+    '/'-joined paths of the rest)."""
+    if not isinstance(abstract, dict):
+        return abstract, []
+    present, missing = {}, []
+    for k, v in abstract.items():
+        name = f"{prefix}{k}"
+        if hasattr(saved, "keys") and k in saved:
+            sub, miss = _split_present(v, saved[k], name + "/")
+            present[k] = sub
+            missing += miss
+        else:
+            missing.append(name)
+    return present, missing
+
+
+def _merge(base, update):
+    if not isinstance(update, dict):
+        return update
+    return {k: _merge(v, update[k]) if k in update else v for k, v in base.items()}
+
+
+def restore_params_over(workdir: str, params: Any, *, key: str = "params", step: int | None = None):
+    """(params, step, missing): `restore_params` onto the current `params` (arrays with
+    shardings); leaves the run does not have keep their current values and are listed in
+    `missing` ('/'-joined paths). For starting a model with extra modules (a distilled
+    model's guidance embeddings) from a run without them."""
+    step = latest_step(workdir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir!r} has no finalized checkpoint under "
+                                f"{checkpoint_dir(workdir)}; train it first or check the path")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(checkpoint_dir(workdir) / str(step) / "state").item_metadata
+    saved = getattr(meta, "tree", meta)
+    if not (hasattr(saved, "keys") and key in saved):
+        raise ValueError(f"{workdir} step {step} has no {key!r} in its state")
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params)
+    present, missing = _split_present(abstract, saved[key])
+    restored, step = restore_params(workdir, present, key=key, step=step)
+    return _merge(params, restored), step, missing

@@ -57,7 +57,7 @@ TRAIN_HINT = {
     "dit": "train one with `python -m seaweed_jax.train "
            "--config=configs/dit/moving_shapes.py:vae=runs/vae_tiny --workdir=runs/dit`",
 }
-TASK_NAME = {"vae": "VAE", "dit": "DiT"}
+TASK_NAME = {"vae": "VAE", "dit": "DiT", "distill": "distilled DiT"}
 
 
 class UserError(ValueError):
@@ -289,12 +289,15 @@ def check_range(name: str, value, *, minimum=None, above=None, hint: str = "") -
         raise UserError(f"--{name}={value} must be > {above}{hint}")
 
 
-def require_run(workdir: str | None, *, flag: str = "workdir", task: str | None = None,
+def require_run(workdir: str | None, *, flag: str = "workdir", task: str | tuple | None = None,
                 verb: str = "this verb"):
     """The config of the run at `workdir` after checking, before any work, that it exists, is
-    a run (a checkpoint or config.json), has a finalized checkpoint and, with `task`, is a
-    run of that task. Raises UserError naming the fix."""
-    need = f"a {TASK_NAME.get(task, task)} run directory" if task else "a run directory"
+    a run (a checkpoint or config.json), has a finalized checkpoint and, with `task` (a name
+    or a tuple of names), is a run of that task. Raises UserError naming the fix."""
+    tasks = (task,) if isinstance(task, str) else tuple(task or ())
+    task = tasks[0] if tasks else None
+    need = (f"a {' or '.join(TASK_NAME.get(t, t) for t in tasks)} run directory" if tasks
+            else "a run directory")
     workdir = require(workdir, flag, f"{need} (what `python -m seaweed_jax.train` wrote)")
     path = paths.run_path(workdir)
     shown = paths.display(workdir)
@@ -315,7 +318,7 @@ def require_run(workdir: str | None, *, flag: str = "workdir", task: str | None 
                         f"save one (config.ckpt_every) or train it longer")
     config = checkpoint.load_config(workdir)
     got = config.get("task")
-    if task and got != task:
+    if tasks and got not in tasks:
         extra = ""
         if got == "dit" and config.get("vae_workdir"):
             extra = f" (this DiT's VAE run is {config.vae_workdir})"

@@ -7,7 +7,11 @@
     --latent_stats      VAE only: (re)compute W/latent_stats.json over the training split
                         (--num_examples clips, default loss.latent_stats_examples)
 
+    --prompt_seed=S     distilled runs: label seed of the canonical prompts (default 31337)
+
 VAE runs: reconstruct the validation split exactly as `reconstruct` does, uint8 PSNR / SSIM.
+Distilled runs: --num_examples (default 64) held-out canonical prompts sampled by the student
+and by the chain's base teacher: NFE, seconds per sample, prompt checker with 95% intervals.
 Other runs: the task's own evaluation (the DiT's: validation loss at fixed t and noise).
 See `inference/evaluate.py`. Prints ONE JSON line.
 """
@@ -26,6 +30,8 @@ _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None,
                                      "Clips to score (default: data.val_examples).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Datasets root directory.")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Use the EMA params when present.")
+_PROMPT_SEED = flags.DEFINE_integer("prompt_seed", None, "Distilled runs: label seed of the "
+                                    "held-out canonical prompts (default 31337).")
 _LATENT_STATS = flags.DEFINE_bool("latent_stats", False,
                                   "VAE: compute W/latent_stats.json instead of scoring.")
 
@@ -39,7 +45,7 @@ def main(argv) -> None:
     cli.require_run(_WORKDIR.value, verb="evaluate")
     out = evaluate(_WORKDIR.value, step=_STEP.value, num_examples=_NUM_EXAMPLES.value,
                    data_dir=_DATA_DIR.value, use_ema=_USE_EMA.value,
-                   latent_stats=_LATENT_STATS.value)
+                   latent_stats=_LATENT_STATS.value, prompt_seed=_PROMPT_SEED.value)
     print(json.dumps(out), flush=True)
 
 

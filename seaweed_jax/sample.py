@@ -4,9 +4,11 @@
     --prompt=TEXT | --prompts_file=F   one prompt, or one per line (blank lines skipped)
     --num_frames=17 --resolution=HxW   default: the model's training size (config.sample /
                              the first video source); checked against the VAE's factors
-    --steps=50               ODE solver steps
-    --cfg_scale=S            default: the value the model was tuned for (config.sample.cfg_scale)
-    --negative_prompt=TEXT   the unconditional branch of CFG (default: the empty prompt)
+    --steps=50               ODE solver steps (a distilled run: its config.sample.steps, e.g. 4)
+    --cfg_scale=S            default: the value the model was tuned for (config.sample.cfg_scale);
+                             a CFG-distilled run takes it as an input (one model call per step)
+    --negative_prompt=TEXT   the unconditional branch of CFG (default: the empty prompt); a
+                             CFG-distilled run feeds its pooled embedding to the model
     --seed=K                 prompt i uses seed K + i (its noise does not depend on batching)
     --image=first_frame.png  image-to-video: the first frame is this image (resized to HxW);
                              the conditioned latent frame is kept on its exact flow path, so
@@ -23,7 +25,8 @@
                              captions with random labels drawn with seed S
 
 NFE (model evaluations per sample) = steps for Euler, 2 x steps - 1 for Heun, doubled with CFG
-(two branches per step): 50 Euler steps with CFG = 100. Progress goes to stderr; stdout ends
+(two branches per step): 50 Euler steps with CFG = 100; a CFG-distilled run makes one call per
+step (4 steps = 4 NFE). Progress goes to stderr; stdout ends
 with one JSON line {files, contact_sheet, nfe, ...}.
 """
 from __future__ import annotations
@@ -120,7 +123,7 @@ def main(argv) -> None:
     start = time.perf_counter()
     check_flags()
     prompts = _prompts()
-    cli.require_run(workdir, task="dit", verb="sample")
+    cli.require_run(workdir, task=("dit", "distill"), verb="sample")
     sampler = DiTSampler(workdir, step=_STEP.value, use_ema=_USE_EMA.value)
     d_t, d_h, d_w = sampler.default_size()
     height, width = parse_resolution(_RESOLUTION.value) if _RESOLUTION.value else (d_h, d_w)
@@ -137,7 +140,8 @@ def main(argv) -> None:
         batch_size=_BATCH_SIZE.value)
     out_dir = paths.display(_OUTPUT_DIR.value or paths.run_path(_WORKDIR.value) / "samples")
     written = write_outputs(out_dir, videos, prompts, fps=float(sampler.sample_cfg.fps))
-    cfg = " with CFG (2 branches per step)" if info["cfg_scale"] != 1.0 else ""
+    cfg = (" with embedded guidance (1 call per step)" if info["guidance"] == "embedded"
+           else " with CFG (2 branches per step)" if info["cfg_scale"] != 1.0 else "")
     print(f"NFE per sample: {info['nfe']} ({info['steps']} {info['sampler']} steps{cfg})",
           file=sys.stderr)
     result = dict(info, files=[f["mp4"] for f in written["files"]],

@@ -8,7 +8,10 @@ Everything comes from the run's workdir: the DiT params (EMA by default; read al
 `checkpoint.restore_params`, no optimizer state), the text encoder its config names, and the
 VAE run it recorded (`VAECodec.load`). Sampling solves the flow ODE with
 `diffusion.samplers` (Euler / Heun, CFG, timestep shift); image-to-video keeps the
-conditioned latent frame on its exact path.
+conditioned latent frame on its exact path. A distilled run (`config.task == "distill"`, or
+any model with `model.cfg_scale_embed`) takes the guidance scale and the negative prompt as
+inputs: one model call per step instead of two, and its config's sample.steps (= its
+segments after TSCD) is the default.
 """
 from __future__ import annotations
 
@@ -25,24 +28,28 @@ from tqdm import tqdm
 
 from seaweed_jax import checkpoint, paths
 from seaweed_jax.data import video_io
-from seaweed_jax.diffusion import samplers
+from seaweed_jax.diffusion import distill, samplers
 from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.parallel import make_mesh
 from seaweed_jax.parallel.sharding import unbox
 from seaweed_jax.trainer import dit_task
 from seaweed_jax.trainer.loop import init_rng
+from seaweed_jax.trainer.task import get_task
+
+SAMPLED_TASKS = ("dit", "distill")
 
 
 def load_params(workdir: str, *, step: int | None = None, use_ema: bool = True, mesh=None):
     """(config, task, params, step) of a DiT run: only the params (EMA if asked and kept) are
     read, replicated on the local devices of `mesh` (default: a 1-device mesh)."""
     config = checkpoint.load_config(workdir, step)
-    if config.task != "dit":
-        raise ValueError(f"{workdir} is a {config.task!r} run, not a DiT ('dit') run")
+    if config.task not in SAMPLED_TASKS:
+        raise ValueError(f"{workdir} is a {config.task!r} run, not a DiT ('dit') or distilled "
+                         "('distill') run")
     if mesh is None:
         mesh = make_mesh(mc.ConfigDict({"shape": {"data": 1, "fsdp": 1, "tensor": 1, "context": 1}}),
                          devices=jax.local_devices()[:1])
-    task = dit_task.DiTTask(config, mesh)
+    task = get_task(config.task)(config, mesh)
     abstract = jax.eval_shape(task.init, init_rng(config.seed), task.example_batch())
     key = checkpoint.params_key(config, use_ema)
     target = checkpoint.abstract_on(unbox(abstract.params), NamedSharding(mesh, P()))
@@ -64,10 +71,14 @@ class DiTSampler:
             raise ValueError(f"the VAE at {self.vae.workdir} has {self.vae.latent_channels} latent "
                              f"channels but the DiT expects {self.config.model.latent_channels}")
         self.sample_cfg = dit_task.sample_config(self.config)
+        # Guidance embedded in the model (CFG-distilled): one call per step, w is an input.
+        self.embedded_guidance = bool(self.config.model.get("cfg_scale_embed", False))
+        self._pooled_negative = bool(self.config.model.get("negative_embed", False))
         task = self.task
 
         def velocity_fn(params, x, t, inputs):
-            v = task.velocity(params, x, t, inputs["emb"], inputs["mask"], inputs.get("cond"))
+            v = task.velocity(params, x, t, inputs["emb"], inputs["mask"], inputs.get("cond"),
+                              inputs.get("w"), inputs.get("negative"))
             if "cond" in inputs:
                 # Conditioned frames move along their exact path (1 - t) c + t noise, whose
                 # velocity is noise - c: they end at c exactly and stay in-distribution.
@@ -159,6 +170,11 @@ class DiTSampler:
             inputs = {"emb": emb, "mask": mask}
             uncond = {"emb": jnp.broadcast_to(neg_emb, emb.shape),
                       "mask": jnp.broadcast_to(neg_mask, mask.shape)}
+            if self.embedded_guidance:
+                inputs["w"] = jnp.full((bsz,), cfg_scale, jnp.float32)
+                if self._pooled_negative:
+                    inputs["negative"] = jnp.broadcast_to(distill.mean_pool(neg_emb, neg_mask),
+                                                          (bsz, neg_emb.shape[-1]))
             if cond is not None:
                 c = jnp.broadcast_to(jnp.asarray(cond), (bsz,) + cond.shape)
                 inputs.update(cond=c, noise=noise)
@@ -167,9 +183,10 @@ class DiTSampler:
             # the first solver step compiles the same executable as the later ones.
             noise, inputs, uncond = jax.device_put((noise, inputs, uncond), self._sharding)
             callback = (lambda i, total, t, x: bar.update(1)) if bar is not None else None
+            two_pass = cfg_scale != 1.0 and not self.embedded_guidance
             res = samplers.sample(
                 fn, noise, inputs,
-                uncond if cfg_scale != 1.0 else None, num_steps=steps, method=sampler,
+                uncond if two_pass else None, num_steps=steps, method=sampler,
                 cfg_scale=cfg_scale, shift=shift, callback=callback)
             nfe = res.nfe
             z = np.asarray(res.x)[:real]
@@ -179,6 +196,7 @@ class DiTSampler:
             bar.close()
         videos = np.concatenate(out)
         info = dict(nfe=nfe, steps=steps, cfg_scale=cfg_scale, sampler=sampler, shift=shift,
+                    guidance="embedded" if self.embedded_guidance else "two-pass",
                     num_frames=num_frames, resolution=f"{height}x{width}",
                     latent_shape=list(lshape), i2v=image is not None, dit_step=self.step,
                     vae_step=self.vae.step)

@@ -359,9 +359,10 @@ class DiTTask(Task):
     def encode_text(self, params, ids, mask):
         return self.text.apply(params["text"], ids, mask.astype(bool))
 
-    def velocity(self, params, x_t, t, emb, mask, cond=None):
-        """The DiT's velocity prediction (float32)."""
-        return self.model.apply({"params": params["dit"]}, x_t, t, emb, mask, cond)
+    def velocity(self, params, x_t, t, emb, mask, cond=None, cfg_scale=None, negative=None):
+        """The DiT's velocity prediction (float32); cfg_scale / negative feed a CFG-distilled
+        model's guidance and negative-prompt embeddings."""
+        return self.model.apply({"params": params["dit"]}, x_t, t, emb, mask, cond, cfg_scale, negative)
 
     def timestep_shift(self, latent_shape) -> float:
         """The training shift for latents (t, h, w) (static per bucket)."""

@@ -181,8 +181,11 @@ class Setup:
         the source's `params` or `ema_params`. Optimizer state stays fresh."""
         if key not in ("params", "ema_params"):
             raise ValueError(f"config.init_from_key={key!r}; use 'params' or 'ema_params'")
-        params, step = ckpt_lib.restore_params(workdir, self.abstract.params, key=key)
+        params, step, missing = ckpt_lib.restore_params_over(workdir, state.params, key=key)
         _print(f"init_from: {key} of {workdir} step {step}")
+        if missing:  # modules the source run does not have (e.g. guidance embeddings)
+            _print(f"init_from: {len(missing)} params not in {workdir} keep their init: "
+                   f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
         return state.replace(params=params, ema_params=ema)
 
@@ -391,6 +394,7 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
         if config.get("init_from"):
             state = setup.apply_init_from(state, config.init_from,
                                           config.get("init_from_key", "params") or "params")
+        state = task.on_fresh_start(state)   # e.g. a distillation teacher's frozen params
     del setup.batch  # the example batch is no longer needed
 
     num_steps = config.num_steps

@@ -1,4 +1,4 @@
-"""The `Task` interface: one subclass per trainable thing (today: vae, dit).
+"""The `Task` interface: one subclass per trainable thing (today: vae, dit, distill).
 
 The harness (`trainer/loop.py`) owns everything generic — mesh, sharded init, jit,
 non-finite rejection, step counter, RNG, EMA bookkeeping hooks, checkpoints, metrics,
@@ -64,6 +64,11 @@ Contract, method by method
 `on_train_end(state, *, workdir, data_dir)`: host-side, once after the last step's checkpoint
   when the run reached `num_steps` (not after a SIGTERM stop). Default: nothing.
 
+`on_fresh_start(state) -> state`: host-side, once when a run starts from scratch (after init
+  and `config.init_from`; never on resume, where the checkpoint holds everything): put frozen
+  weights into the state, e.g. a distillation teacher's params into `state.extra`. Default:
+  the state unchanged.
+
 `flops_per_step(batch) -> float | None`: FLOPs of one training step for the GLOBAL batch
   (forward + backward, all devices). `None` = unknown; the loop then falls back to XLA's cost
   analysis of the compiled step (per-device FLOPs × device count) when available.
@@ -90,6 +95,7 @@ from seaweed_jax.trainer.state import TrainState
 TASKS: dict[str, Any] = {
     "vae": "seaweed_jax.trainer.vae_task:VAETask",
     "dit": "seaweed_jax.trainer.dit_task:DiTTask",
+    "distill": "seaweed_jax.trainer.distill_task:DistillTask",
 }
 
 
@@ -137,6 +143,11 @@ class Task(abc.ABC):
         """Host-side, once after the final step (and its checkpoint) when training ran to
         `num_steps` (not on SIGTERM), e.g. the VAE's latent statistics. Default: nothing."""
         del state, workdir, data_dir
+
+    def on_fresh_start(self, state: TrainState) -> TrainState:
+        """Host-side, once on a fresh start (after init / init_from, not on resume): load
+        frozen weights into the state. Default: unchanged."""
+        return state
 
     def flops_per_step(self, batch) -> float | None:
         """FLOPs of one train step on the global batch, or None (loop uses XLA cost analysis)."""

@@ -1,12 +1,14 @@
 """The hybrid-stream diffusion transformer (Seaweed-7B style).
 
-    DiT(config)(x, t, text, text_mask, cond=None, cfg_scale=None) -> velocity
+    DiT(config)(x, t, text, text_mask, cond=None, cfg_scale=None, negative=None) -> velocity
 
 x (B, T, H, W, C) latents; t (B,) float in [0, 1]; text (B, L, Dt) encoder embeddings with
 text_mask (B, L) bool (True = real token), L <= max_text_len; cond (B, T, H, W, C + 1) =
 condition latents + a binary mask channel (1 = conditioned frame) for I2V / extension, used
 when `in_channels == 2 * latent_channels + 1` (zeros when omitted = plain T2V). Returns
-the predicted velocity (B, T, H, W, C) in float32.
+the predicted velocity (B, T, H, W, C) in float32. A CFG-distilled model (`cfg_scale_embed`,
+`negative_embed`) also takes the guidance scale cfg_scale (B,) and the negative prompt's
+mean-pooled text embedding negative (B, Dt); both embeddings start at zero.
 
 Pipeline: [x; cond] -> patchify (pt, ph, pw) -> linear -> video tokens; text -> 2-layer MLP
 -> text tokens; t -> sinusoidal MLP -> AdaSingle t0; num_layers hybrid-stream blocks (the
@@ -63,7 +65,8 @@ def default_config() -> mc.ConfigDict:
     c.norm_eps = 1e-6
     c.timestep_freq_dim = 256
     c.timestep_scale = 1000.0       # t in [0, 1] is embedded as t * 1000
-    c.cfg_scale_embed = False       # hook for CFG distillation: embed a CFG scale into t_emb
+    c.cfg_scale_embed = False       # CFG distillation: embed the guidance scale into t_emb
+    c.negative_embed = False        # CFG distillation: add a pooled negative-prompt embedding to t_emb
     c.dtype = "bfloat16"            # compute dtype; params are always float32
     c.remat = "none"                # parallel.remat policy name for each block
     return c
@@ -71,7 +74,7 @@ def default_config() -> mc.ConfigDict:
 
 # Fields newer than some saved runs, with the value those runs behaved as: their config.json
 # lacks them, and they still load.
-ADDED_FIELDS = {"attention_block_sizes": (512, 512)}
+ADDED_FIELDS = {"attention_block_sizes": (512, 512), "negative_embed": False}
 
 
 def tiny_config(**overrides) -> mc.ConfigDict:
@@ -270,7 +273,8 @@ class DiT(nn.Module):
     config: Any  # the model section (ConfigDict / FrozenConfigDict)
 
     @nn.compact
-    def __call__(self, x, t, text, text_mask, cond=None, cfg_scale=None, packing: Packing | None = None):
+    def __call__(self, x, t, text, text_mask, cond=None, cfg_scale=None, negative=None,
+                 packing: Packing | None = None):
         cfg = self.config
         validate_config(cfg)
         packed = packing is not None
@@ -311,6 +315,16 @@ class DiT(nn.Module):
             # Zero-initialized output: a model fine-tuned from one without this hook starts unchanged.
             t_emb = t_emb + ScalarEmbedder(d, cfg.timestep_freq_dim, 1.0, zero_init_out=True, dtype=dtype,
                                            name="cfg_scale_embed")(s.reshape(-1)).reshape(*t.shape, d)
+        if cfg.get("negative_embed", False) and negative is not None:
+            # The negative prompt's pooled text (B, Dt), one vector per example; zero-initialized
+            # output, so the model starts as the one it was distilled from.
+            if negative.shape != (b, cfg.text_dim):
+                raise ValueError(f"negative must be the pooled negative-prompt embedding (B, text_dim)="
+                                 f"{(b, cfg.text_dim)}, got {negative.shape}")
+            h_n = nn.silu(Linear((d,), ("embed",), ("mlp",), dtype=dtype, name="negative_embed_fc1")(negative))
+            e_n = Linear((d,), ("mlp",), ("embed",), zero_init=True, dtype=dtype,
+                         name="negative_embed_fc2")(h_n).astype(jnp.float32)
+            t_emb = t_emb + e_n.reshape((b,) + (1,) * (t.ndim - 1) + (d,))
         t0 = AdaSingle(d, dtype=dtype, name="adasingle")(t_emb)
 
         # MM-RoPE tables and the key validity of the joint [video; text] sequence.
