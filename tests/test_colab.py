@@ -1,4 +1,5 @@
-"""colabs/quickstart.ipynb runs top to bottom (nbclient) and writes its samples.
+"""The notebooks in colabs/ run top to bottom (nbclient): quickstart writes its samples,
+distill compares a teacher and its 4-step student.
 
 The kernel is this interpreter (sys.executable) through a kernelspec written to a temp
 JUPYTER_PATH, so the notebook sees the same installed package as the tests.
@@ -63,3 +64,28 @@ def test_quickstart_notebook_runs_and_writes_samples(tmp_path, monkeypatch):
     # The last cell printed the checker's scores over the 4 prompts.
     last = "".join(o.get("text", "") for o in code_cells[-1].outputs)
     assert "'n': 4" in last, last
+
+
+def test_distill_notebook_runs_and_compares_nfe(tmp_path, monkeypatch):
+    """colabs/distill.ipynb: a tiny teacher, CFG distillation, TSCD into 4 steps, side by side."""
+    pytest.importorskip("ipykernel", reason="needs the [dev] extra (ipykernel)")
+    monkeypatch.setenv("JUPYTER_PATH", _kernelspec(tmp_path / "jupyter"))
+    work = tmp_path / "distill"
+    monkeypatch.setenv("DISTILL_DIR", os.fspath(work))
+    monkeypatch.delenv("DISTILL_TEACHER", raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+
+    nb = nbformat.read(os.path.join(REPO, "colabs", "distill.ipynb"), as_version=4)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") for c in code_cells), "commit the notebook with its outputs cleared"
+    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=900,
+                                     resources={"metadata": {"path": os.fspath(tmp_path)}})
+    client.execute()
+    assert _errors(nb) == []
+    for run in ("teacher", "distill/cfg", "distill/tscd4"):
+        assert (work / run / "config.json").exists(), run
+    assert (work / "side_by_side.png").stat().st_size > 0
+    last = "".join(o.get("text", "") for o in code_cells[-1].outputs)
+    # the teacher's 8 two-pass steps = 16 NFE; the student's 4 one-pass steps = 4 NFE
+    assert "'teacher': {'nfe': 16, 'guidance': 'two-pass'" in last, last
+    assert "'student': {'nfe': 4, 'guidance': 'embedded'" in last, last

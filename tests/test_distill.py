@@ -3,7 +3,6 @@ hand computations, the zero-initialized guidance embeddings, one-pass sampling o
 run, and exact resume of each distillation kind after SIGKILL. Tiny sizes: tests/_dit_helpers.py."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 
@@ -15,7 +14,7 @@ import pytest
 import _dit_helpers as H
 from seaweed_jax import checkpoint as ckpt_lib
 from seaweed_jax import config_lib
-from seaweed_jax.diffusion import distill, flow
+from seaweed_jax.diffusion import distill
 from seaweed_jax.inference import compare
 from seaweed_jax.trainer import loop
 from seaweed_jax.trainer.distill_task import DistillTask, default_distill_config
@@ -310,3 +309,16 @@ def test_distilled_run_samples_with_one_call_per_step(shared, teacher, runs_root
     base = DiTSampler(ckpt_lib.load_config(run).distill.base_teacher)
     _, tinfo = base.generate(["a red circle"], steps=2, progress=False)
     assert tinfo["guidance"] == "two-pass" and tinfo["nfe"] == 4
+
+
+def test_evaluate_reports_the_student_next_to_its_base_teacher(shared, teacher, runs_root):
+    from seaweed_jax.inference.evaluate import evaluate
+    run = _kind_runs("tscd", shared, teacher, runs_root)["straight"]
+    out = evaluate(run, num_examples=3, prompt_seed=5)
+    assert out["task"] == "distill" and out["kind"] == "tscd" and out["prompts"] == 3
+    assert out["student"]["nfe"] == 2 and out["student"]["guidance"] == "embedded"
+    assert out["teacher"]["nfe"] == 8 and out["teacher"]["guidance"] == "two-pass"  # 4 steps x 2
+    assert out["teacher"]["workdir"] == teacher
+    for side in ("student", "teacher"):
+        lo, hi = out[side]["all_ci95"]
+        assert 0.0 <= lo <= out[side]["all"] <= hi <= 1.0 and out[side]["seconds_per_sample"] > 0

@@ -36,7 +36,7 @@ from seaweed_jax.trainer.distill_task import default_distill_config
 
 STAGES = ("cfg", "tscd16", "tscd8", "tscd4", "tscd2")
 PREVIOUS = {"tscd16": "cfg", "tscd8": "tscd16", "tscd4": "tscd8", "tscd2": "tscd4"}
-STEPS = {"cfg": 1000, "tscd16": 500, "tscd8": 500, "tscd4": 500, "tscd2": 500}
+STEPS = {"cfg": 800, "tscd16": 400, "tscd8": 400, "tscd4": 400, "tscd2": 400}
 
 
 def get_config(arg: str | None = None):
