@@ -133,6 +133,7 @@ def distill_config(teacher_dir, kind="cfg", **fields):
     c.seed = 0
     c.num_steps = 12
     c.model = None
+    c.init_from_key = "auto"
     c.distill = default_distill_config(kind=kind, teacher_workdir=teacher_dir, segments=2,
                                        steps_per_segment=2, cfg_scale_range=(1.0, 5.0))
     c.data.sources = [{"name": H.DATASET, "split": "train", "weight": 1.0}]
@@ -168,6 +169,10 @@ def test_resolve_config_takes_the_teacher_and_adds_the_embeddings(shared, teache
     assert config.sample.steps == 2 and config.sample.sampler == "euler"   # the segments
     assert config.distill.base_teacher == teacher
     assert dict(config.distill.teacher_model) == dict(t.model)
+    assert config.init_from_key == "ema_params"          # 'auto': what the teacher samples with
+    fixed = _resolved(distill_config(teacher, "tscd", distill=default_distill_config(
+        kind="tscd", teacher_workdir=teacher, cfg_scale_range=None)), shared["data_dir"])
+    assert tuple(fixed.distill.cfg_scale_range) == (3.0, 3.0)   # the teacher's sample.cfg_scale
 
 
 def test_new_embeddings_start_at_zero_so_the_student_is_the_teachers_conditional_branch(shared, teacher):
@@ -178,7 +183,7 @@ def test_new_embeddings_start_at_zero_so_the_student_is_the_teachers_conditional
     it = task.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1)
     batch = {k: jnp.asarray(v) for k, v in next(it).items() if np.asarray(v).dtype.kind in "biuf"}
     setup = loop.Setup(config, mesh=task.mesh, task=task, batch=batch)
-    state = setup.apply_init_from(setup.init_state(), config.init_from)
+    state = setup.apply_init_from(setup.init_state(), config.init_from, config.init_from_key)
     state = task.on_fresh_start(state)
     teacher_params = ckpt_lib.restore_params(teacher, setup.abstract.extra["teacher"])[0]
     for a, b in zip(jax.tree.leaves(state.extra["teacher"]), jax.tree.leaves(teacher_params)):
@@ -205,7 +210,8 @@ def test_one_step_of_each_kind_moves_only_the_students_dit(shared, teacher, kind
     it = task.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1)
     batch = {k: jnp.asarray(v) for k, v in next(it).items() if np.asarray(v).dtype.kind in "biuf"}
     setup = loop.Setup(config, mesh=task.mesh, task=task, batch=batch)
-    state = task.on_fresh_start(setup.apply_init_from(setup.init_state(), config.init_from))
+    state = task.on_fresh_start(setup.apply_init_from(setup.init_state(), config.init_from,
+                                                      config.init_from_key))
     new, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1))
     # at init the student is the teacher's conditional branch, not its guided velocity (w > 1)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
@@ -214,6 +220,15 @@ def test_one_step_of_each_kind_moves_only_the_students_dit(shared, teacher, kind
                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert same(new.params["text"], state.params["text"]) and same(new.extra, state.extra)
     assert not same(new.params["dit"], state.params["dit"])
+
+
+def test_init_from_refuses_a_source_missing_params_the_task_does_not_add(shared, teacher):
+    config = _resolved(distill_config(teacher), shared["data_dir"])
+    task = DistillTask(config, H_mesh())
+    setup = loop.Setup(config, mesh=task.mesh, task=task, batch=task.example_batch())
+    task.new_params = ("dit/cfg_scale_embed",)        # negative_embed_* no longer expected
+    with pytest.raises(ValueError, match="lacks 2 params of this model"):
+        setup.apply_init_from(setup.init_state(), config.init_from, config.init_from_key)
 
 
 def H_mesh():

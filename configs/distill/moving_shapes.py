@@ -54,12 +54,14 @@ def get_config(arg: str | None = None):
         c.init_from = ""                                  # the teacher
     else:
         k = int(args.stage[len("tscd"):])
-        # Teacher: the CFG-distilled model at the teacher's tuned scale (one pass per teacher
+        # Teacher: the CFG-distilled model at the base teacher's tuned scale (cfg_scale_range
+        # None = that scale, fixed; one pass per teacher
         # step); the chain's grid is 48 teacher steps (16 x 3 = 8 x 6 = 4 x 12 = 2 x 24).
         c.distill = default_distill_config(
             kind="tscd", teacher_workdir=os.path.join(root, "cfg"), segments=k,
-            steps_per_segment=48 // k, cfg_scale_range=(4.0, 4.0), target="ema", loss="pseudo_huber")
+            steps_per_segment=48 // k, cfg_scale_range=None, target="ema", loss="pseudo_huber")
         c.init_from = os.path.join(root, args["from"] or PREVIOUS[args.stage])
+    c.init_from_key = "auto"      # the source's EMA params (what its samples used) when kept
     c.num_steps = int(args.steps) or STEPS[args.stage]
     # From the teacher (None = take the teacher's): model, text_encoder, vae, diffusion, sample.
     c.model = None

@@ -8,8 +8,8 @@ Everything comes from the run's workdir: the DiT params (EMA by default; read al
 `checkpoint.restore_params`, no optimizer state), the text encoder its config names, and the
 VAE run it recorded (`VAECodec.load`). Sampling solves the flow ODE with
 `diffusion.samplers` (Euler / Heun, CFG, timestep shift); image-to-video keeps the
-conditioned latent frame on its exact path. A distilled run (`config.task == "distill"`, or
-any model with `model.cfg_scale_embed`) takes the guidance scale and the negative prompt as
+conditioned latent frame on its exact path. A CFG-distilled run (`model.cfg_scale_embed`
+and `model.negative_embed`) takes the guidance scale and the negative prompt as
 inputs: one model call per step instead of two, and its config's sample.steps (= its
 segments after TSCD) is the default.
 """
@@ -32,7 +32,7 @@ from seaweed_jax.diffusion import distill, samplers
 from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.parallel import make_mesh
 from seaweed_jax.parallel.sharding import unbox
-from seaweed_jax.trainer import dit_task
+from seaweed_jax.trainer import dit_task, distill_task
 from seaweed_jax.trainer.loop import init_rng
 from seaweed_jax.trainer.task import get_task
 
@@ -72,8 +72,7 @@ class DiTSampler:
                              f"channels but the DiT expects {self.config.model.latent_channels}")
         self.sample_cfg = dit_task.sample_config(self.config)
         # Guidance embedded in the model (CFG-distilled): one call per step, w is an input.
-        self.embedded_guidance = bool(self.config.model.get("cfg_scale_embed", False))
-        self._pooled_negative = bool(self.config.model.get("negative_embed", False))
+        self.embedded_guidance = distill_task.embedded_guidance(self.config.model)
         task = self.task
 
         def velocity_fn(params, x, t, inputs):
@@ -172,9 +171,8 @@ class DiTSampler:
                       "mask": jnp.broadcast_to(neg_mask, mask.shape)}
             if self.embedded_guidance:
                 inputs["w"] = jnp.full((bsz,), cfg_scale, jnp.float32)
-                if self._pooled_negative:
-                    inputs["negative"] = jnp.broadcast_to(distill.mean_pool(neg_emb, neg_mask),
-                                                          (bsz, neg_emb.shape[-1]))
+                inputs["negative"] = jnp.broadcast_to(distill.mean_pool(neg_emb, neg_mask),
+                                                      (bsz, neg_emb.shape[-1]))
             if cond is not None:
                 c = jnp.broadcast_to(jnp.asarray(cond), (bsz,) + cond.shape)
                 inputs.update(cond=c, noise=noise)

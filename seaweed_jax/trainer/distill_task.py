@@ -17,13 +17,16 @@ drives the stages.
 What a run holds: params {"dit", "text"} like a DiT run (so `sample` and `evaluate` load it
 the same way), and the frozen teacher's params in `state.extra["teacher"]` (loaded by
 `on_fresh_start` from `distill.teacher_workdir`; checkpointed with the state, so a resumed
-run never reads the teacher run again). The text encoder stays frozen (the teacher's) unless
+run reads only the teacher's config.json, never its params). The text encoder stays frozen
+(the teacher's: no gradient reaches it, so it does not enter gradient clipping) unless
 `distill.train_text_encoder`. Batches: the teacher's latent cache and captions (T2V; the
 condition channels stay empty).
 
 `resolve_config` fills from the teacher run what the distill config leaves unset (None):
 model (+ the two embeddings), text_encoder, vae_workdir/step/use_ema, diffusion, sample (for
-tscd: `segments` Euler steps), init_from; it records the teacher's model and text encoder in
+tscd: `segments` Euler steps), init_from (init_from_key 'auto': the EMA params when the source
+run keeps them, which is what its samples used), cfg_scale_range None (the teacher's tuned
+scale, fixed); it records the teacher's model and text encoder in
 `distill.teacher_model` / `teacher_text_encoder` and the chain's first teacher in
 `distill.base_teacher` (what `evaluate` compares against).
 """
@@ -43,6 +46,12 @@ from seaweed_jax.trainer import dit_task, optimizers
 from seaweed_jax.trainer.state import TrainState
 
 TARGETS = ("ema", "online")
+
+
+def embedded_guidance(model_cfg) -> bool:
+    """A CFG-distilled model: the guidance scale and the pooled negative prompt are inputs (one
+    call per step). The bare `cfg_scale_embed` hook alone does not make one."""
+    return bool(model_cfg.get("cfg_scale_embed", False) and model_cfg.get("negative_embed", False))
 
 
 def default_distill_config(**overrides) -> mc.ConfigDict:
@@ -94,9 +103,10 @@ def validate_distill_config(config) -> None:
         raise ValueError(f"distill.cfg_scale_range=({low}, {high}) must satisfy 0 <= low <= high")
     if not 0 <= float(d.negative_prompt_prob) <= 1:
         raise ValueError(f"distill.negative_prompt_prob={d.negative_prompt_prob} must be in [0, 1]")
-    if not config.model.get("cfg_scale_embed", False):
-        raise ValueError("a distilled student takes the guidance scale as input: set "
-                         "model.cfg_scale_embed=True (resolve_config does when model is None)")
+    if not (config.model.get("cfg_scale_embed", False) and config.model.get("negative_embed", False)):
+        raise ValueError("a distilled student takes the guidance scale and the negative prompt as "
+                         "inputs: set model.cfg_scale_embed=True and model.negative_embed=True "
+                         "(resolve_config does when model is None)")
     if d.teacher_model is None or d.teacher_text_encoder is None:
         raise ValueError("distill.teacher_model / teacher_text_encoder are unset: they are recorded "
                          "from distill.teacher_workdir when training starts (DistillTask.resolve_config)")
@@ -123,6 +133,8 @@ def _teacher_dir(config) -> str:
 
 class DistillTask(dit_task.DiTTask):
     """See the module docstring."""
+
+    new_params = ("dit/cfg_scale_embed", "dit/negative_embed_fc1", "dit/negative_embed_fc2")
 
     @classmethod
     def resolve_config(cls, config) -> None:
@@ -155,6 +167,11 @@ class DistillTask(dit_task.DiTTask):
             config.sample = sample
         if not config.get("init_from"):
             config.init_from = teacher_dir
+        if config.get("init_from_key") == "auto":   # the params the source run is sampled with
+            config.init_from_key = checkpoint.params_key(checkpoint.load_config(config.init_from), True)
+        if config.distill.get("cfg_scale_range") is None:   # the teacher's tuned scale, fixed
+            w = float(dit_task.sample_config(teacher).cfg_scale)
+            config.distill.cfg_scale_range = (w, w)
         d = config.distill
         d.teacher_workdir = paths.display(teacher_dir)
         d.teacher_model = config_lib.thaw(teacher.model)
@@ -169,8 +186,7 @@ class DistillTask(dit_task.DiTTask):
         self.dcfg = distill_config(config)
         self.teacher_model = DiT(self.dcfg.teacher_model)
         self.teacher_text = build_text_encoder(self.dcfg.teacher_text_encoder)
-        self.teacher_one_pass = bool(self.dcfg.teacher_model.get("cfg_scale_embed", False))
-        self.teacher_negative = bool(self.dcfg.teacher_model.get("negative_embed", False))
+        self.teacher_one_pass = embedded_guidance(self.dcfg.teacher_model)
 
     # ------------------------------------------------------------------ state
     def init(self, rng, batch):
@@ -210,9 +226,6 @@ class DistillTask(dit_task.DiTTask):
         return state.replace(extra={**state.extra, "teacher": params})
 
     # ------------------------------------------------------------------ models
-    def _pooled(self, emb, mask):
-        return distill.mean_pool(emb, mask) if self.model_cfg.get("negative_embed", False) else None
-
     def student_velocity(self, params, x, t, text, w):
         """The student's velocity at guidance scale w (B,), text = (emb, mask, pooled negative)."""
         emb, mask, neg = text
@@ -224,8 +237,7 @@ class DistillTask(dit_task.DiTTask):
         emb, mask, neg_emb, neg_mask = text
         apply = lambda *a: self.teacher_model.apply({"params": teacher["dit"]}, *a)
         if self.teacher_one_pass:
-            pooled = distill.mean_pool(neg_emb, neg_mask) if self.teacher_negative else None
-            return apply(x, t, emb, mask, None, w, pooled)
+            return apply(x, t, emb, mask, None, w, distill.mean_pool(neg_emb, neg_mask))
         v = apply(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([emb, neg_emb]),
                   jnp.concatenate([mask, neg_mask]))
         v_pos, v_neg = jnp.split(v, 2)
@@ -242,12 +254,13 @@ class DistillTask(dit_task.DiTTask):
         null_mask = jnp.broadcast_to(jnp.asarray(self.null_mask, bool), mask.shape)
         neg_ids = jnp.where(other[:, None], jnp.roll(ids, 1, axis=0), null_ids)
         neg_mask = jnp.where(other[:, None], jnp.roll(mask, 1, axis=0), null_mask)
-        s_emb, s_mask = self.encode_text(params, ids, mask)
-        s_neg, s_neg_mask = self.encode_text(params, neg_ids, neg_mask)
+        text_params = params if self.dcfg.train_text_encoder else jax.lax.stop_gradient(params)
+        s_emb, s_mask = self.encode_text(text_params, ids, mask)
+        s_neg, s_neg_mask = self.encode_text(text_params, neg_ids, neg_mask)
         t_enc = lambda i, m: self.teacher_text.apply(teacher["text"], i, m)
         t_emb, t_mask = t_enc(ids, mask)
         t_neg, t_neg_mask = t_enc(neg_ids, neg_mask)
-        student = (s_emb, s_mask, self._pooled(s_neg, s_neg_mask))
+        student = (s_emb, s_mask, distill.mean_pool(s_neg, s_neg_mask))
         return student, (t_emb, t_mask, t_neg, t_neg_mask), other
 
     # ------------------------------------------------------------------ losses

@@ -183,7 +183,13 @@ class Setup:
             raise ValueError(f"config.init_from_key={key!r}; use 'params' or 'ema_params'")
         params, step, missing = ckpt_lib.restore_params_over(workdir, state.params, key=key)
         _print(f"init_from: {key} of {workdir} step {step}")
-        if missing:  # modules the source run does not have (e.g. guidance embeddings)
+        allowed = tuple(self.task.new_params)
+        unexpected = [m for m in missing if not m.startswith(allowed) or not allowed]
+        if unexpected:
+            raise ValueError(f"config.init_from={workdir} lacks {len(unexpected)} params of this model, "
+                             f"e.g. {unexpected[:4]}; start from a run of the same model (or of the "
+                             f"model this task extends), or clear config.init_from")
+        if missing:  # modules the task adds to its source's model (e.g. guidance embeddings)
             _print(f"init_from: {len(missing)} params not in {workdir} keep their init: "
                    f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)

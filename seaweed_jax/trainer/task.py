@@ -64,6 +64,10 @@ Contract, method by method
 `on_train_end(state, *, workdir, data_dir)`: host-side, once after the last step's checkpoint
   when the run reached `num_steps` (not after a SIGTERM stop). Default: nothing.
 
+`new_params` (class attribute): param path prefixes an `init_from` source may lack (they keep
+  their init, e.g. a distilled student's guidance embeddings); any other missing param is an
+  error. Default: none.
+
 `on_fresh_start(state) -> state`: host-side, once when a run starts from scratch (after init
   and `config.init_from`; never on resume, where the checkpoint holds everything): put frozen
   weights into the state, e.g. a distillation teacher's params into `state.extra`. Default:
@@ -143,6 +147,10 @@ class Task(abc.ABC):
         """Host-side, once after the final step (and its checkpoint) when training ran to
         `num_steps` (not on SIGTERM), e.g. the VAE's latent statistics. Default: nothing."""
         del state, workdir, data_dir
+
+    # Params ('/'-joined path prefixes, e.g. "dit/cfg_scale_embed") that a `config.init_from`
+    # source may lack: they keep their init. Anything else missing there is an error.
+    new_params: tuple[str, ...] = ()
 
     def on_fresh_start(self, state: TrainState) -> TrainState:
         """Host-side, once on a fresh start (after init / init_from, not on resume): load
