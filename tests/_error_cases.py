@@ -94,7 +94,7 @@ CASES: list[Case] = [
     C("sample-empty-workdir", "sample", "--workdir={empty} --prompt=x", "is not a run",
       slow=True),
     C("sample-vae-workdir", "sample", "--workdir={vae} --prompt=x",
-      "is a VAE run (task 'vae'); sample needs a DiT run"),
+      "is a VAE run (task 'vae'); sample needs a DiT or distilled DiT run directory"),
     C("sample-no-checkpoint", "sample", "--workdir={nockpt} --prompt=x",
       "has no finalized checkpoint"),
     C("sample-batch-size-0", "sample", "--workdir={dit} --prompt=x --batch_size=0",
