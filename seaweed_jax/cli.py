@@ -56,8 +56,10 @@ TRAIN_HINT = {
            "--workdir=runs/vae_tiny`",
     "dit": "train one with `python -m seaweed_jax.train "
            "--config=configs/dit/moving_shapes.py:vae=runs/vae_tiny --workdir=runs/dit`",
+    "refine": "train one with `python -m seaweed_jax.train "
+              "--config=configs/refine/moving_shapes.py:vae=runs/vae_small --workdir=runs/refine`",
 }
-TASK_NAME = {"vae": "VAE", "dit": "DiT", "distill": "distilled DiT"}
+TASK_NAME = {"vae": "VAE", "dit": "DiT", "distill": "distilled DiT", "refine": "refiner"}
 
 
 class UserError(ValueError):

@@ -39,13 +39,14 @@ from seaweed_jax.trainer.task import get_task
 SAMPLED_TASKS = ("dit", "distill")
 
 
-def load_params(workdir: str, *, step: int | None = None, use_ema: bool = True, mesh=None):
-    """(config, task, params, step) of a DiT run: only the params (EMA if asked and kept) are
-    read, replicated on the local devices of `mesh` (default: a 1-device mesh)."""
+def load_params(workdir: str, *, step: int | None = None, use_ema: bool = True, mesh=None,
+                tasks: tuple[str, ...] = SAMPLED_TASKS):
+    """(config, task, params, step) of a DiT-family run (a task of `tasks`): only the params
+    (EMA if asked and kept) are read, replicated on the local devices of `mesh` (default: a
+    1-device mesh)."""
     config = checkpoint.load_config(workdir, step)
-    if config.task not in SAMPLED_TASKS:
-        raise ValueError(f"{workdir} is a {config.task!r} run, not a DiT ('dit') or distilled "
-                         "('distill') run")
+    if config.task not in tasks:
+        raise ValueError(f"{workdir} is a {config.task!r} run, not a run of {tasks}")
     if mesh is None:
         mesh = make_mesh(mc.ConfigDict({"shape": {"data": 1, "fsdp": 1, "tensor": 1, "context": 1}}),
                          devices=jax.local_devices()[:1])

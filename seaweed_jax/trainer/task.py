@@ -100,6 +100,7 @@ TASKS: dict[str, Any] = {
     "vae": "seaweed_jax.trainer.vae_task:VAETask",
     "dit": "seaweed_jax.trainer.dit_task:DiTTask",
     "distill": "seaweed_jax.trainer.distill_task:DistillTask",
+    "refine": "seaweed_jax.trainer.refine_task:RefineTask",
 }
 
 

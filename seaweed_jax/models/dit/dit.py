@@ -8,7 +8,9 @@ condition latents + a binary mask channel (1 = conditioned frame) for I2V / exte
 when `in_channels == 2 * latent_channels + 1` (zeros when omitted = plain T2V). Returns
 the predicted velocity (B, T, H, W, C) in float32. A CFG-distilled model (`cfg_scale_embed`,
 `negative_embed`) also takes the guidance scale cfg_scale (B,) and the negative prompt's
-mean-pooled text embedding negative (B, Dt); both embeddings start at zero.
+mean-pooled text embedding negative (B, Dt); both embeddings start at zero. A refiner
+(`level_embed`) also takes its input's degradation level (B,) as a fraction of the DDPM
+schedule (k / 1000), through a zero-initialized embedding.
 
 Pipeline: [x; cond] -> patchify (pt, ph, pw) -> linear -> video tokens; text -> 2-layer MLP
 -> text tokens; t -> sinusoidal MLP -> AdaSingle t0; num_layers hybrid-stream blocks (the
@@ -67,6 +69,7 @@ def default_config() -> mc.ConfigDict:
     c.timestep_scale = 1000.0       # t in [0, 1] is embedded as t * 1000
     c.cfg_scale_embed = False       # CFG distillation: embed the guidance scale into t_emb
     c.negative_embed = False        # CFG distillation: add a pooled negative-prompt embedding to t_emb
+    c.level_embed = False           # FlashVideo refiner: embed the latent degradation level into t_emb
     c.dtype = "bfloat16"            # compute dtype; params are always float32
     c.remat = "none"                # parallel.remat policy name for each block
     return c
@@ -74,7 +77,7 @@ def default_config() -> mc.ConfigDict:
 
 # Fields newer than some saved runs, with the value those runs behaved as: their config.json
 # lacks them, and they still load.
-ADDED_FIELDS = {"attention_block_sizes": (512, 512), "negative_embed": False}
+ADDED_FIELDS = {"attention_block_sizes": (512, 512), "negative_embed": False, "level_embed": False}
 
 
 def tiny_config(**overrides) -> mc.ConfigDict:
@@ -274,7 +277,7 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x, t, text, text_mask, cond=None, cfg_scale=None, negative=None,
-                 packing: Packing | None = None):
+                 packing: Packing | None = None, level=None):
         cfg = self.config
         validate_config(cfg)
         packed = packing is not None
@@ -325,6 +328,11 @@ class DiT(nn.Module):
             e_n = Linear((d,), ("mlp",), ("embed",), zero_init=True, dtype=dtype,
                          name="negative_embed_fc2")(h_n).astype(jnp.float32)
             t_emb = t_emb + e_n.reshape((b,) + (1,) * (t.ndim - 1) + (d,))
+        if cfg.get("level_embed", False):
+            # The refiner's degradation level k / 1000 (0 when not given); zero-initialized.
+            lv = jnp.zeros(t.shape, jnp.float32) if level is None else jnp.broadcast_to(level, t.shape)
+            t_emb = t_emb + ScalarEmbedder(d, cfg.timestep_freq_dim, 1000.0, zero_init_out=True, dtype=dtype,
+                                           name="level_embed")(lv.reshape(-1)).reshape(*t.shape, d)
         t0 = AdaSingle(d, dtype=dtype, name="adasingle")(t_emb)
 
         # MM-RoPE tables and the key validity of the joint [video; text] sequence.
