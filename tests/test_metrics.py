@@ -73,3 +73,32 @@ def test_ssim_against_reference_and_hand_values():
                                [np.mean(ref), 1.0], rtol=1e-9)
     with pytest.raises(ValueError, match="smaller than"):
         metrics.ssim(x[:, :8], y[:, :8])
+
+
+def test_edge_sharpness_by_hand():
+    """A vertical step of 100 grey levels: central differences give |grad| = 50 on the two
+    columns beside the step, 0 elsewhere; with a mid-grey column in the step they become
+    25, 50, 25."""
+    from seaweed_jax.eval import metrics as m
+    step = np.zeros((1, 6, 8, 3), np.uint8)
+    step[..., 4:, :] = 100
+    g = m.gradient_magnitude(step)
+    assert g.shape == (1, 4, 6)
+    np.testing.assert_allclose(g[0, 0], [0, 0, 50, 50, 0, 0])
+    ramp = step.copy()
+    ramp[..., 4, :] = 50
+    np.testing.assert_allclose(m.gradient_magnitude(ramp)[0, 0], [0, 0, 25, 50, 25, 0])
+    assert m.sharpness_ratio(step, step) == 1.0 and m.gradient_error(step, step) == 0.0
+    flat = np.zeros_like(step)
+    assert m.sharpness_ratio(flat, step) == 0.0
+    np.testing.assert_allclose(m.gradient_error(flat, step), 100 / 6)    # mean of g over 4x6 = 100 * 4 / 24
+
+
+def test_mean_frame_psnr_averages_frames_not_pixels():
+    from seaweed_jax.eval import metrics as m
+    ref = np.zeros((1, 2, 4, 4, 3), np.uint8)
+    x = ref.copy()
+    x[0, 0] = 1                      # frame 0: MSE 1 -> 48.13 dB; frame 1: identical (capped)
+    want = (10 * np.log10(255.0 ** 2 / 1.0) + 60.0) / 2
+    assert abs(m.mean_frame_psnr(x, ref, max_db=60.0) - want) < 1e-9
+    assert abs(m.mean_psnr(x, ref) - 10 * np.log10(255.0 ** 2 / 0.5)) < 1e-9   # per video: MSE 0.5

@@ -144,3 +144,26 @@ def test_seaweed_7b_stages_train_in_order_on_video_folders(shared, data_dir, tmp
         assert int(state.step) == 3 and len(losses) == 3 and np.isfinite(losses).all(), (stage, losses)
         recorded = config_lib.config_from_dict(json.loads((workdir / "config.json").read_text()))
         assert recorded.init_from == (None if stage == "stage0" else str(root / mod.STAGES[mod.STAGES.index(stage) - 1]))
+
+
+def test_flashvideo_refiner_config_is_about_2b_and_trains_3_steps(shared, data_dir, tmp_path):
+    """configs/refine/flashvideo_2b.py: 2B +- 10% by jax.eval_shape; with shrunk widths it
+    trains 3 steps on a tiny video_folder build (the refiner's pair cache included)."""
+    from seaweed_jax.models.dit import count_params
+    from seaweed_jax.models.text import text_config
+    mod = _config_module("configs/refine/flashvideo_2b.py")
+    config = mod.get_config(f"vae={shared['vae']},data={PREFIX}")
+    assert abs(count_params(config.model) / 2e9 - 1) < 0.1
+    assert config.model.level_embed and config.refine.sample_steps == 4
+    config.model.update(DIT_MODEL)
+    config.model.update(in_channels=DIT_MODEL.get("latent_channels", 4), attention="full",
+                        attention_backend="xla")
+    config.text_encoder = text_config(width=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=12)
+    config.data.global_batch_size = 8
+    config.data.sources = [{"name": f"video_folder/{PREFIX}_vid256x256", "split": "train", "weight": 1.0}]
+    config.refine.pixel = dict(scale=(2.0, 2.0), blur=(0.0, 1.0), noise=(0.0, 0.05), jpeg=(40, 95))
+    for k, v in RUN.items():
+        _set(config, k, v)
+    state = loop.train(config, str(tmp_path / "run"), data_dir=data_dir)
+    losses = _losses(tmp_path / "run")
+    assert int(state.step) == 3 and len(losses) == 3 and np.isfinite(losses).all(), losses

@@ -10,6 +10,11 @@ accepted); a video is (T, H, W, C) and an image (H, W, C).
   L = 255, statistics weighted by the window, mean over the 'valid' positions (the window
   fully inside the frame), per channel; a frame's SSIM is the mean over channels and a
   video's the mean over its frames.
+* Edge sharpness (the refiner's second measure): per frame, the gradient magnitude
+  |grad| = sqrt(gx^2 + gy^2) of the luma (the channel mean) with central differences in the
+  interior. `sharpness_ratio(x, ref)` = mean |grad x| / mean |grad ref| over a video (1 = as much
+  edge energy as the reference; blurry < 1, noisy > 1); `gradient_error(x, ref)` = mean
+  | |grad x| - |grad ref| | (lower is better: edges of the right strength in the right place).
 """
 from __future__ import annotations
 
@@ -41,6 +46,12 @@ def psnr(x, y, data_range: float = DATA_RANGE, max_db: Optional[float] = None) -
     mse = float(np.mean((x - y) ** 2))
     value = float("inf") if mse == 0 else 10.0 * np.log10(data_range ** 2 / mse)
     return min(value, max_db) if max_db is not None else float(value)
+
+
+def mean_frame_psnr(x, y, data_range: float = DATA_RANGE, max_db: Optional[float] = None) -> float:
+    """The papers' convention: PSNR of every frame of every video (B, T, H, W, C), averaged."""
+    x, y = _check_pair(x, y)
+    return float(np.mean([psnr(a, b, data_range, max_db) for v, w in zip(x, y) for a, b in zip(v, w)]))
 
 
 def psnr_per_video(x, y, data_range: float = DATA_RANGE,
@@ -107,3 +118,23 @@ def ssim_per_video(x, y, data_range: float = DATA_RANGE) -> np.ndarray:
 
 def mean_ssim(x, y, data_range: float = DATA_RANGE) -> float:
     return float(np.mean(ssim_per_video(x, y, data_range)))
+
+
+def gradient_magnitude(video) -> np.ndarray:
+    """(..., H, W, C) -> (..., H - 2, W - 2): |grad| of the channel mean, central differences."""
+    y = _as_float(video).mean(axis=-1)
+    gx = (y[..., 1:-1, 2:] - y[..., 1:-1, :-2]) / 2.0
+    gy = (y[..., 2:, 1:-1] - y[..., :-2, 1:-1]) / 2.0
+    return np.sqrt(gx ** 2 + gy ** 2)
+
+
+def sharpness_ratio(x, ref) -> float:
+    """mean |grad x| / mean |grad ref| (see the module docstring)."""
+    x, ref = _check_pair(x, ref)
+    return float(gradient_magnitude(x).mean() / max(gradient_magnitude(ref).mean(), 1e-12))
+
+
+def gradient_error(x, ref) -> float:
+    """mean | |grad x| - |grad ref| | in data units (see the module docstring)."""
+    x, ref = _check_pair(x, ref)
+    return float(np.abs(gradient_magnitude(x) - gradient_magnitude(ref)).mean())

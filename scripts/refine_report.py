@@ -1,0 +1,173 @@
+"""Score FlashVideo refiner runs; one JSON line per measurement.
+
+    python scripts/refine_report.py --refiners=full=runs/refine,pixel=runs/refine_pixel \
+        --stage1=runs/dit_long --out=runs/refine_report.jsonl
+
+Measurements (every refiner at its own defaults unless --steps / --level):
+  heldout      the first --num_clips validation clips of the refiner's dataset (64x64): each is
+               down-sampled 2x (area) to its "Stage I size" (32x32) and brought back by bicubic
+               up-sampling (the baseline) and by the refiner; per-frame PSNR, the sharpness
+               ratio and gradient error (eval/metrics.py) against the ground truth, plus the
+               VAE's own reconstruction of the ground truth (the ceiling for anything decoded)
+  extrapolate  the same at --extrapolate (default moving_shapes/96x96_f17, 48x48 -> 96x96), a
+               size the refiner never saw; plus the prompt checker on the refined clips
+  cascade      (--stage1) Stage I samples for the held-out prompts (64 canonical prompts, label
+               seed 31337, noise seed 1000 + i), refined to the refiner's training size; the
+               checker on Stage I (its size) and on Stage II; seconds per sample (after a warm-up
+               batch) for the cascade and for a single-stage DiT of Stage I's width at Stage II's
+               size, 50 Euler steps with two-pass CFG (random weights: timing only)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import jax
+import ml_collections as mc
+import numpy as np
+from absl import app, flags
+from flax import linen as nn
+
+from seaweed_jax import checkpoint, config_lib, paths
+from seaweed_jax.data import datasets, degrade, video_io
+from seaweed_jax.eval import metrics
+from seaweed_jax.inference.checks import check_prompts
+from seaweed_jax.inference.dit_sampler import DiTSampler
+from seaweed_jax.inference.refiner import Refiner, cascade
+from seaweed_jax.moving_shapes.labels import canonical_prompts
+from seaweed_jax.parallel import make_mesh
+from seaweed_jax.trainer.task import get_task
+
+_REFINERS = flags.DEFINE_list("refiners", [], "NAME=RUN refiner runs (the first is the main one).")
+_STAGE1 = flags.DEFINE_string("stage1", None, "A DiT run for the cascade (Stage I).")
+_NUM_CLIPS = flags.DEFINE_integer("num_clips", 64, "Held-out clips.")
+_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 64, "Cascade prompts.")
+_PROMPT_SEED = flags.DEFINE_integer("prompt_seed", 31337, "Label seed of the cascade prompts.")
+_STEPS = flags.DEFINE_integer("steps", None, "Refiner Euler steps (default: each run's).")
+_LEVEL = flags.DEFINE_integer("level", None, "Latent degradation level (default: each run's).")
+_EXTRAPOLATE = flags.DEFINE_string("extrapolate", "moving_shapes/96x96_f17", "Dataset at an unseen size.")
+_OUT = flags.DEFINE_string("out", None, "Also append the lines to this file.")
+_MAX_DB = 60.0
+
+
+def emit(line: dict) -> None:
+    text = json.dumps(line)
+    print(text, flush=True)
+    if _OUT.value:
+        with open(_OUT.value, "a") as f:
+            f.write(text + "\n")
+
+
+def heldout_clips(config, name: str | None = None, n: int = 64, **kw):
+    """(uint8 videos (n, T, H, W, 3), captions) of the validation split."""
+    data_dir = config_lib.data_dir_for(config)
+    name = name or config.data.sources[0]["name"]
+    d = config.data
+    kwargs = dict(seed=int(d.get("dataset_seed", 0)), num_train=d.get("num_train"),
+                  num_validation=d.get("num_validation"))
+    kwargs.update(kw)
+    datasets.ensure_built(name, data_dir, kwargs["seed"], kwargs["num_train"], kwargs["num_validation"],
+                          verbose=True)
+    src = datasets.data_source(name, "validation", data_dir, **kwargs)
+    recs = [src[i] for i in range(min(n, len(src)))]
+    caption = lambda c: c.decode() if isinstance(c, bytes) else str(c)   # noqa: E731
+    return np.stack([np.asarray(r["video"], np.uint8) for r in recs]), [caption(r["caption"]) for r in recs]
+
+
+def scores(out, truth) -> dict:
+    return {"psnr_frame": round(metrics.mean_frame_psnr(out, truth, max_db=_MAX_DB), 3),
+            "sharpness": round(metrics.sharpness_ratio(out, truth), 4),
+            "gradient_error": round(metrics.gradient_error(out, truth), 4)}
+
+
+def compare_on(refiner: Refiner, truth, captions, factor: int = 2) -> dict:
+    """Refiner vs bicubic from the 1/factor-size versions of `truth`; VAE ceiling."""
+    n, t, h, w, _ = truth.shape
+    low = np.stack([video_io.to_uint8(degrade.downsample(video_io.to_float(v), h // factor, w // factor))
+                    for v in truth])
+    bicubic = np.stack([video_io.to_uint8(degrade.upsample(video_io.to_float(v), h, w)) for v in low])
+    refined, info = refiner.refine(low, captions, height=h, width=w, steps=_STEPS.value, level=_LEVEL.value,
+                                   progress=False)
+    ceiling = video_io.to_uint8(refiner.vae.reconstruct(video_io.to_float(truth)))
+    out = {"clips": n, "size": f"{h}x{w}", "from": f"{h // factor}x{w // factor}",
+           "refined": scores(refined, truth), "bicubic": scores(bicubic, truth),
+           "vae_ceiling": scores(ceiling, truth), "nfe": info["refine_nfe"], "level": info["refine_level"]}
+    return out, refined
+
+
+def random_single_stage(stage1: DiTSampler, vae_workdir: str, height: int, width: int, root: str) -> DiTSampler:
+    """A DiT run with Stage I's model config in the refiner's VAE at height x width, random weights."""
+    c = config_lib.thaw(stage1.config)
+    c.vae_workdir = vae_workdir
+    c.vae_step = None
+    c.sample.height, c.sample.width = height, width
+    config = config_lib.freeze(c)
+    mesh = make_mesh(mc.ConfigDict({"shape": {"data": 1}}), devices=jax.devices()[:1])
+    task = get_task(config.task)(config, mesh)
+    state = nn.meta.unbox(jax.jit(task.init)(jax.random.key(0), task.example_batch()))
+    paths.write_json(paths.run_path(root) / "config.json", checkpoint.config_to_dict(config))
+    manager = checkpoint.make_manager(root, async_save=False)
+    checkpoint.save(manager, 0, state, config=config)
+    manager.wait_until_finished()
+    manager.close()
+    return DiTSampler(root)
+
+
+def timed(fn, warm):
+    warm()
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main(argv) -> None:
+    del argv
+    runs = [entry.split("=", 1) for entry in _REFINERS.value]
+    refiners = {}
+    for name, run in runs:
+        refiner = Refiner(run)
+        refiners[name] = refiner
+        truth, captions = heldout_clips(refiner.config, n=_NUM_CLIPS.value)
+        res, _ = compare_on(refiner, truth, captions)
+        emit({"measure": "heldout", "refiner": name, "run": run, "arm": refiner.config.get("arm"),
+              "num_steps": int(refiner.config.num_steps), **res})
+    if not refiners:
+        return
+    main_name, main_refiner = next(iter(refiners.items()))
+    if _EXTRAPOLATE.value:
+        truth, captions = heldout_clips(main_refiner.config, _EXTRAPOLATE.value, n=_NUM_CLIPS.value,
+                                        num_train=16, num_validation=max(64, _NUM_CLIPS.value))
+        res, refined = compare_on(main_refiner, truth, captions)
+        res["check_refined"] = check_prompts(refined, captions)
+        res["check_truth"] = check_prompts(truth, captions)
+        emit({"measure": "extrapolate", "refiner": main_name, **res})
+    if _STAGE1.value:
+        stage1 = DiTSampler(_STAGE1.value)
+        _, height, width = main_refiner.training_size()
+        prompts = canonical_prompts(_NUM_PROMPTS.value, _PROMPT_SEED.value)
+        warm_prompts = prompts[:8]
+        (low, high, info), seconds = timed(
+            lambda: cascade(stage1, main_refiner, prompts, height=height, width=width, seed=1000,
+                            progress=False),
+            lambda: cascade(stage1, main_refiner, warm_prompts, height=height, width=width, progress=False))
+        emit({"measure": "cascade", "refiner": main_name, "stage1": _STAGE1.value, "prompts": len(prompts),
+              "stage1_size": info["resolution"], "stage2_size": f"{height}x{width}",
+              "nfe_stage1": info["nfe"], "nfe_stage2": info["refine_nfe"],
+              "check_stage1": check_prompts(low, prompts), "check_stage2": check_prompts(high, prompts),
+              "seconds_per_sample": round(seconds / len(prompts), 4)})
+        with tempfile.TemporaryDirectory() as tmp:
+            single = random_single_stage(stage1, main_refiner.vae.workdir, height, width,
+                                         os.path.join(tmp, "single"))
+            (videos, sinfo), s_seconds = timed(
+                lambda: single.generate(prompts, seed=1000, progress=False),
+                lambda: single.generate(warm_prompts, progress=False))
+        emit({"measure": "single_stage_timing", "size": f"{height}x{width}", "nfe": sinfo["nfe"],
+              "weights": "random", "seconds_per_sample": round(s_seconds / len(prompts), 4),
+              "cascade_seconds_per_sample": round(seconds / len(prompts), 4),
+              "cascade_speedup": round(s_seconds / seconds, 3)})
+
+
+if __name__ == "__main__":
+    app.run(main)
