@@ -98,11 +98,19 @@ def compare_on(refiner: Refiner, truth, captions, factor: int = 2) -> dict:
 
 
 def random_single_stage(stage1: DiTSampler, vae_workdir: str, height: int, width: int, root: str) -> DiTSampler:
-    """A DiT run with Stage I's model config in the refiner's VAE at height x width, random weights."""
+    """A DiT run with Stage I's widths in the refiner's VAE at height x width, sampling with 50
+    Euler steps and two-pass CFG (Stage I's tuned scale), random weights: timing only."""
     c = config_lib.thaw(stage1.config)
+    latent = int(checkpoint.load_config(vae_workdir).model.latent_channels)
+    conditioned = int(c.model.in_channels) == 2 * int(c.model.latent_channels) + 1
+    c.model.latent_channels = latent
+    c.model.in_channels = 2 * latent + 1 if conditioned else latent
     c.vae_workdir = vae_workdir
     c.vae_step = None
     c.sample.height, c.sample.width = height, width
+    c.sample.steps, c.sample.sampler = 50, "euler"
+    if float(c.sample.cfg_scale) == 1.0:
+        c.sample.cfg_scale = 4.0
     config = config_lib.freeze(c)
     mesh = make_mesh(mc.ConfigDict({"shape": {"data": 1}}), devices=jax.devices()[:1])
     task = get_task(config.task)(config, mesh)

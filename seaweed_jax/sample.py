@@ -151,18 +151,41 @@ def check_flags() -> None:
         raise cli.UserError("--input refines given videos and takes no --workdir (Stage I); drop one")
     if _INPUT.value and not _OUTPUT_DIR.value:
         raise cli.UserError("--input needs --output_dir=O (where <stem>.npy / <stem>.mp4 go)")
+    if _INPUT.value:
+        stage1_only = [name for name, given in (
+            ("--check", _CHECK.value), ("--canonical_prompts", _CANONICAL.value > 0),
+            ("--image", bool(_IMAGE.value)), ("--num_frames", _NUM_FRAMES.value is not None),
+            ("--resolution", _RESOLUTION.value is not None)) if given]
+        if stage1_only:
+            raise cli.UserError(f"{', '.join(stage1_only)} belong to Stage I sampling (--workdir); "
+                                "--input refines given videos: drop them")
+        if _PROMPT.value and _PROMPTS_FILE.value:
+            raise cli.UserError("give --prompt (every input) or --prompts_file (one line per input), not both")
+    if _REFINER.value and not _WORKDIR.value and not _INPUT.value:
+        raise cli.UserError("--refiner_workdir refines Stage I samples (--workdir=DIT) or given videos "
+                            "(--input=FILE|DIR); give one of them")
     if _IMAGE.value and not paths.run_path(_IMAGE.value).exists():
         raise cli.UserError(f"--image={_IMAGE.value} does not exist; pass the first frame's "
                             f"image file (.png / .jpg)")
 
 
 def _refine_kwargs() -> dict:
-    return dict(level=_REFINE_LEVEL.value, steps=_REFINE_STEPS.value)
+    return dict(level=_REFINE_LEVEL.value, steps=_REFINE_STEPS.value, batch_size=_BATCH_SIZE.value)
 
 
 def _load_refiner() -> Refiner:
     cli.require_run(_REFINER.value, flag="refiner_workdir", task="refine", verb="--refiner_workdir")
     return Refiner(_REFINER.value, use_ema=_USE_EMA.value)
+
+
+def _check_refine_settings(refiner: Refiner, num_frames: int | None = None, height: int = 0,
+                           width: int = 0) -> None:
+    try:
+        refiner.settings(_REFINE_LEVEL.value, _REFINE_STEPS.value)
+        if num_frames is not None:
+            refiner.check_size(num_frames, height, width)
+    except ValueError as e:
+        raise cli.UserError(f"--refiner_workdir={_REFINER.value}: {e}") from None
 
 
 def refine_inputs(start: float) -> None:
@@ -182,15 +205,16 @@ def refine_inputs(start: float) -> None:
     stems = video_io.output_stems(files, root)
     out = paths.run_path(_OUTPUT_DIR.value)
     written, skipped, info = [], [], {}
-    for path, prompt in zip(files, prompts):
+    _check_refine_settings(refiner)                                # before any work
+    for index, (path, prompt) in enumerate(zip(files, prompts)):
         try:
             video = video_io.read_video(path)
         except video_io.VideoReadError as e:
             skipped.append(path)
             print(f"warning: skipping {path}: {e}", file=sys.stderr)
             continue
-        high, info = refiner.refine(video[None], [prompt], height=height, width=width, seed=_SEED.value,
-                                    progress=False, **_refine_kwargs())
+        high, info = refiner.refine(video[None], [prompt], height=height, width=width,
+                                    seed=_SEED.value + index, progress=False, **_refine_kwargs())
         stem = stems[path]
         npy = video_io.write_npy(out / f"{stem}.npy", high[0])
         video_io.write_mp4(out / f"{stem}.mp4", high[0], fps=float(refiner.config.sample.get("fps", 8.0)))
@@ -251,7 +275,7 @@ def _cascade(sampler, prompts, stage1_kwargs, out_dir, start) -> None:
     """--workdir + --refiner_workdir: Stage I, then the refiner (FlashVideo's cascade)."""
     refiner = _load_refiner()
     height, width = parse_resolution(_REFINE_RESOLUTION.value)
-    refiner.check_size(stage1_kwargs["num_frames"], height, width)     # before any sampling
+    _check_refine_settings(refiner, stage1_kwargs["num_frames"], height, width)   # before any sampling
     low, high, info = cascade(sampler, refiner, prompts, height=height, width=width, seed=_SEED.value,
                               stage1_kwargs=stage1_kwargs, refine_kwargs=_refine_kwargs())
     out = paths.run_path(out_dir)

@@ -89,3 +89,38 @@ def test_distill_notebook_runs_and_compares_nfe(tmp_path, monkeypatch):
     # the teacher's 8 two-pass steps = 16 NFE; the student's 4 one-pass steps = 4 NFE
     assert "'teacher': {'nfe': 16, 'guidance': 'two-pass'" in last, last
     assert "'student': {'nfe': 4, 'guidance': 'embedded'" in last, last
+
+
+def test_cascade_notebook_runs_stage1_then_the_refiner(tmp_path, monkeypatch):
+    """colabs/cascade.ipynb: a tiny VAE, a 16x16 Stage I DiT and a 32x32 refiner; the cascade
+    from the command line and from Python, and `sample --input` on a low-resolution file."""
+    pytest.importorskip("ipykernel", reason="needs the [dev] extra (ipykernel)")
+    monkeypatch.setenv("JUPYTER_PATH", _kernelspec(tmp_path / "jupyter"))
+    work = tmp_path / "cascade"
+    monkeypatch.setenv("CASCADE_DIR", os.fspath(work))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+
+    nb = nbformat.read(os.path.join(REPO, "colabs", "cascade.ipynb"), as_version=4)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") for c in code_cells), "commit the notebook with its outputs cleared"
+    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=900,
+                                     resources={"metadata": {"path": os.fspath(tmp_path)}})
+    client.execute()
+    assert _errors(nb) == []
+    assert (work / "vae" / "latent_stats.json").exists()
+    for run in ("dit", "refine"):
+        assert (work / run / "config.json").exists(), run
+    # `sample --workdir --refiner_workdir`: Stage I at 16x16, Stage II at 2x that
+    cli = work / "cascade_cli"
+    stage1, stage2 = np.load(cli / "stage1" / "000.npy"), np.load(cli / "stage2" / "000.npy")
+    assert stage1.dtype == stage2.dtype == np.uint8
+    assert stage1.shape == (5, 16, 16, 3) and stage2.shape == (5, 32, 32, 3)
+    assert (cli / "side_by_side.png").stat().st_size > 0
+    # `sample --refiner_workdir --input=low_res/clip.mp4`: <stem>.npy / .mp4
+    refined = np.load(work / "refined" / "clip.npy")
+    assert refined.dtype == np.uint8 and refined.shape == (5, 32, 32, 3)
+    assert (work / "refined" / "clip.mp4").stat().st_size > 0
+    last = "".join(o.get("text", "") for o in code_cells[-1].outputs)
+    assert "'stage1': (5, 16, 16, 3), 'stage2': (5, 32, 32, 3), 'refined_input': (5, 32, 32, 3)" in last, last
+    # Stage I: 4 Euler steps with two-pass CFG = 8 NFE; the refiner: 4 one-call steps
+    assert "'stage1_nfe': 8, 'refine_nfe': 4, 'total_nfe': 12" in last, last

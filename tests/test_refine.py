@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import _dit_helpers as H
-from seaweed_jax import checkpoint as ckpt_lib
 from seaweed_jax import config_lib
 from seaweed_jax.data import degrade, video_io
 from seaweed_jax.diffusion import refine
@@ -177,7 +176,9 @@ def _task(config, data_dir):
 
 
 def test_pairs_and_the_zero_initialized_level_embedding(shared):
-    task = _task(refine_config(shared["vae"]), shared["data_dir"])
+    c = refine_config(shared["vae"])
+    c.optimizer.warmup_steps = 0          # a learning rate > 0 on the first update
+    task = _task(c, shared["data_dir"])
     assert task.config.model.in_channels == task.config.model.latent_channels == 4
     it = task.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1)
     batch = {k: jnp.asarray(v) for k, v in next(it).items() if np.asarray(v).dtype.kind in "biuf"}
@@ -195,11 +196,19 @@ def test_pairs_and_the_zero_initialized_level_embedding(shared):
     params["dit"]["level_embed"]["fc2"] = state.params["dit"]["level_embed"]["fc2"]
     emb, mask = task.encode_text(params, batch["text_ids"], batch["text_mask"])
     t = jnp.linspace(0.1, 0.9, 8)
-    v600 = task.refiner_velocity(params, x1, t, emb, mask, jnp.full((8,), 600))
-    v0 = task.refiner_velocity(params, x1, t, emb, mask, jnp.full((8,), -1))
+    velocity = jax.jit(task.refiner_velocity)
+    v600 = velocity(params, x1, t, emb, mask, jnp.full((8,), 600))
+    v0 = velocity(params, x1, t, emb, mask, jnp.full((8,), -1))
     np.testing.assert_allclose(np.asarray(v600), np.asarray(v0), atol=1e-6)
+    # ... and once its output layer is trained, the level is an input the model reads
+    params["dit"]["level_embed"]["fc2"] = jax.tree.map(lambda x: x + 0.05, params["dit"]["level_embed"]["fc2"])
+    v600 = velocity(params, x1, t, emb, mask, jnp.full((8,), 600))
+    v0 = velocity(params, x1, t, emb, mask, jnp.full((8,), -1))
+    assert float(jnp.abs(v600 - v0).max()) > 1e-4
     new, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1))
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    moved = jax.tree.leaves(new.params["dit"]["level_embed"]["fc2"])   # training reaches the embedding
+    assert any(np.any(np.asarray(x)) for x in moved)
 
 
 def test_refine_config_errors_name_the_field(shared):
@@ -273,8 +282,11 @@ def test_refiner_refines_videos_and_a_cascade(shared, runs, tmp_path):
     other, _ = refiner.refine(low, ["a red circle", ""], height=16, width=16, seed=5, progress=False)
     assert not np.array_equal(high, other)
     # beyond the training size (RoPE): 32x32 output
-    big, _ = refiner.refine(low, None, height=32, width=32, level=-1, progress=False)
+    big, _ = refiner.refine(low, None, height=32, width=32, level=-1, batch_size=1, progress=False)
     assert big.shape == (2, 5, 32, 32, 3)
+    # batching and padding change nothing: video i depends on seed + i only
+    one, _ = refiner.refine(low[1:], ["", ""][1:], height=16, width=16, seed=1, progress=False)
+    assert np.abs(one[0].astype(int) - high[1].astype(int)).max() <= 1
     with pytest.raises(ValueError, match="level"):
         refiner.refine(low, None, height=16, width=16, level=1000, progress=False)
     dit = H.write_dit_run(str(tmp_path / "dit"), shared["vae"])

@@ -28,6 +28,11 @@ from seaweed_jax.trainer import dit_task, refine_task
 from seaweed_jax.inference.dit_sampler import load_params
 
 
+# Folded into key(seed + i): the refiner's latent noise must not repeat Stage I's noise of the
+# same seed (with partitionable threefry a smaller draw is a prefix of a larger one).
+NOISE_STREAM = 2
+
+
 class Refiner:
     """A refiner run: params, text encoder, its VAE and DDPM schedule."""
 
@@ -58,23 +63,34 @@ class Refiner:
                                  f"(÷{f}) is a multiple of {p}")
         return (t, h, w, c)
 
-    def refine(self, videos, prompts: Sequence[str] | None = None, *, height: int, width: int,
-               level: int | None = None, steps: int | None = None, shift: float | None = None,
-               seed: int = 0, batch_size: int = 8, progress: bool = True):
-        """uint8 (N, T, height, width, 3) refined from `videos` (N, T, h, w, 3), uint8 or float
-        in [-1, 1]; prompt i (default: empty) conditions video i. `level` -1 = no latent
-        degradation. Returns (videos, info)."""
+    def settings(self, level: int | None = None, steps: int | None = None,
+                 shift: float | None = None) -> tuple[int, int, float]:
+        """(level, steps, shift) with the run's defaults filled in, checked. The default level is
+        refine.sample_level, or -1 (none) for a run trained without latent degradation."""
         r = self.rcfg
-        level = int(r.sample_level if level is None else level)
+        if level is None:
+            level = int(r.sample_level) if bool(r.latent_degradation) else -1
         steps = int(r.sample_steps if steps is None else steps)
         shift = float(r.sample_shift if shift is None else shift)
         if steps < 1:
             raise ValueError(f"refine steps={steps} must be >= 1")
-        if not -1 <= level < int(r.schedule_steps):
+        if not -1 <= int(level) < int(r.schedule_steps):
             raise ValueError(f"refine level={level} must be in [0, {int(r.schedule_steps) - 1}] "
                              "(or -1 for no latent degradation)")
         if shift <= 0:
             raise ValueError(f"refine shift={shift} must be > 0")
+        return int(level), steps, shift
+
+    def refine(self, videos, prompts: Sequence[str] | None = None, *, height: int, width: int,
+               level: int | None = None, steps: int | None = None, shift: float | None = None,
+               seed: int = 0, batch_size: int = 8, progress: bool = True):
+        """uint8 (N, T, height, width, 3) refined from `videos` (N, T, h, w, 3), uint8 or float
+        in [-1, 1]; prompt i (default: empty) conditions video i; video i's latent noise comes
+        from seed + i (a stream apart from Stage I's noise of the same seed). `level` -1 = no
+        latent degradation. Returns (videos, info)."""
+        level, steps, shift = self.settings(level, steps, shift)
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
         videos = np.asarray(videos)
         if videos.ndim != 5 or videos.shape[-1] != 3:
             raise ValueError(f"videos must be (N, T, h, w, 3), got {videos.shape}")
@@ -89,10 +105,13 @@ class Refiner:
                    dynamic_ncols=True, mininterval=0.5, disable=not progress)
         out, start = [], time.perf_counter()
         for b0 in range(0, n, batch_size):
-            idx = list(range(b0, min(n, b0 + batch_size)))
+            real = list(range(b0, min(n, b0 + batch_size)))
+            # one shape for every batch (the last one padded) when there are several
+            idx = real + [real[-1]] * (batch_size - len(real)) if n > batch_size else real
             up = np.stack([degrade.upsample(as_float[i], height, width) for i in idx])
             z_ref = jnp.asarray(self.vae.encode(up))
-            eps = jnp.stack([jax.random.normal(jax.random.key(seed + i), lshape, jnp.float32) for i in idx])
+            eps = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed + i), NOISE_STREAM),
+                                               lshape, jnp.float32) for i in idx])
             levels = jnp.full((len(idx),), level, jnp.int32)
             x0 = refine_math.degrade_latent(z_ref, levels, alpha_bar, eps) if level >= 0 else z_ref
             ids, mask = self.task.text.tokenize([prompts[i] for i in idx])
@@ -100,7 +119,7 @@ class Refiner:
             x1 = refine_math.euler(
                 lambda x, t: self._velocity(self.params, x, t, emb, mask, levels), x0, steps, shift,
                 callback=lambda i, total: bar.update(1))
-            out.append(video_io.to_uint8(self.vae.decode(np.asarray(x1))))
+            out.append(video_io.to_uint8(self.vae.decode(np.asarray(x1)[:len(real)])))
         bar.close()
         info = dict(refine_nfe=steps, refine_steps=steps, refine_level=level, refine_shift=shift,
                     refine_resolution=f"{height}x{width}", refiner_step=self.step,

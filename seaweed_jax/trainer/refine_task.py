@@ -78,8 +78,9 @@ def validate_refine_config(config) -> None:
             raise ValueError(f"refine.{name}=({lo}, {hi}) must satisfy 0 <= low <= high < "
                              f"refine.schedule_steps={r.schedule_steps}")
     for name in ("eval_level", "sample_level"):
-        if not 0 <= int(r[name]) < int(r.schedule_steps):
-            raise ValueError(f"refine.{name}={r[name]} must be in [0, {int(r.schedule_steps) - 1}]")
+        if not -1 <= int(r[name]) < int(r.schedule_steps):
+            raise ValueError(f"refine.{name}={r[name]} must be in [0, {int(r.schedule_steps) - 1}] "
+                             "(-1: no latent degradation)")
     if r.timesteps not in TIMESTEPS:
         raise ValueError(f"refine.timesteps={r.timesteps!r}; use one of {TIMESTEPS}")
     if float(r.shift) <= 0 or float(r.sample_shift) <= 0:
@@ -107,6 +108,11 @@ def level_input(levels: jax.Array, schedule_steps: int) -> jax.Array:
 
 class RefineTask(DiTTask):
     """See the module docstring."""
+
+    # A refiner may start from a DiT run (`init_from`) without a level embedding. (A base DiT
+    # has in_channels 2C + 1 and the opposite t direction: its patch embedding does not fit,
+    # so such a start needs model.in_channels = C in the source too.)
+    new_params = ("dit/level_embed",)
 
     @classmethod
     def resolve_config(cls, config) -> None:
