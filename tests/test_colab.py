@@ -1,5 +1,5 @@
 """The notebooks in colabs/ run top to bottom (nbclient): quickstart writes its samples,
-distill compares a teacher and its 4-step student.
+distill compares a teacher and its 4-step student, cascade runs Stage I and the refiner.
 
 The kernel is this interpreter (sys.executable) through a kernelspec written to a temp
 JUPYTER_PATH, so the notebook sees the same installed package as the tests.
