@@ -5,10 +5,12 @@
 
 Measurements (every refiner at its own defaults unless --steps / --level):
   heldout      the first --num_clips validation clips of the refiner's dataset (64x64): each is
-               down-sampled 2x (area) to its "Stage I size" (32x32) and brought back by bicubic
-               up-sampling (the baseline) and by the refiner; per-frame PSNR, the sharpness
-               ratio and gradient error (eval/metrics.py) against the ground truth, plus the
-               VAE's own reconstruction of the ground truth (the ceiling for anything decoded)
+               brought to its "Stage I size" (32x32) twice, "clean" (2x area down-sampling) and
+               "degraded" (blur 0.6, 2x down, noise 0.02, JPEG 75: the kind of artifacts the
+               refiner trains on), and back by bicubic up-sampling (the baseline) and by the
+               refiner; per-frame PSNR, the sharpness ratio and gradient error (eval/metrics.py)
+               against the ground truth, plus the VAE's own reconstruction of the ground truth
+               (the ceiling for anything decoded)
   extrapolate  the same at --extrapolate (default moving_shapes/96x96_f17, 48x48 -> 96x96), a
                size the refiner never saw; plus the prompt checker on the refined clips
   cascade      (--stage1) Stage I samples for the held-out prompts (64 canonical prompts, label
@@ -49,6 +51,7 @@ _STEPS = flags.DEFINE_integer("steps", None, "Refiner Euler steps (default: each
 _LEVEL = flags.DEFINE_integer("level", None, "Latent degradation level (default: each run's).")
 _EXTRAPOLATE = flags.DEFINE_string("extrapolate", "moving_shapes/96x96_f17", "Dataset at an unseen size.")
 _OUT = flags.DEFINE_string("out", None, "Also append the lines to this file.")
+_MAIN_LEVELS = flags.DEFINE_list("main_levels", [], "Extra levels for the main refiner (e.g. 600,-1).")
 _MAX_DB = 60.0
 
 
@@ -82,18 +85,38 @@ def scores(out, truth) -> dict:
             "gradient_error": round(metrics.gradient_error(out, truth), 4)}
 
 
-def compare_on(refiner: Refiner, truth, captions, factor: int = 2) -> dict:
-    """Refiner vs bicubic from the 1/factor-size versions of `truth`; VAE ceiling."""
+# The 32x32 inputs: "clean" = area down-sampling only; "degraded" = one fixed draw of the
+# training degradation's kind (blur 0.6, 2x area down-sampling, noise 0.02, JPEG 75).
+INPUTS = {"clean": dict(scale=(2.0, 2.0)),
+          "degraded": dict(scale=(2.0, 2.0), blur=(0.6, 0.6), noise=(0.02, 0.02), jpeg=(75, 75))}
+
+
+def low_versions(truth, kind: str):
+    """uint8 half-size versions of `truth` (clip i's noise seeded by i)."""
+    return np.stack([video_io.to_uint8(degrade.degrade_low(video_io.to_float(v), np.random.default_rng(i),
+                                                           INPUTS[kind]))
+                     for i, v in enumerate(truth)])
+
+
+def compare_on(refiner: Refiner, truth, captions, levels=(None,), kinds=("clean", "degraded")):
+    """Refiner (at each level; None = the run's default) vs bicubic from the half-size versions
+    of `truth`, per input kind; the VAE ceiling."""
     n, t, h, w, _ = truth.shape
-    low = np.stack([video_io.to_uint8(degrade.downsample(video_io.to_float(v), h // factor, w // factor))
-                    for v in truth])
-    bicubic = np.stack([video_io.to_uint8(degrade.upsample(video_io.to_float(v), h, w)) for v in low])
-    refined, info = refiner.refine(low, captions, height=h, width=w, steps=_STEPS.value, level=_LEVEL.value,
-                                   progress=False)
     ceiling = video_io.to_uint8(refiner.vae.reconstruct(video_io.to_float(truth)))
-    out = {"clips": n, "size": f"{h}x{w}", "from": f"{h // factor}x{w // factor}",
-           "refined": scores(refined, truth), "bicubic": scores(bicubic, truth),
-           "vae_ceiling": scores(ceiling, truth), "nfe": info["refine_nfe"], "level": info["refine_level"]}
+    out = {"clips": n, "size": f"{h}x{w}", "from": f"{h // 2}x{w // 2}", "vae_ceiling": scores(ceiling, truth)}
+    refined = None
+    for kind in kinds:
+        low = low_versions(truth, kind)
+        bicubic = np.stack([video_io.to_uint8(degrade.upsample(video_io.to_float(v), h, w)) for v in low])
+        row = {"bicubic": scores(bicubic, truth)}
+        for level in levels:
+            video, info = refiner.refine(low, captions, height=h, width=w, steps=_STEPS.value, level=level,
+                                         progress=False)
+            row[f"refined_level{info['refine_level']}"] = scores(video, truth)
+            row["nfe"] = info["refine_nfe"]
+            if refined is None:
+                refined = video
+        out[kind] = row
     return out, refined
 
 
@@ -134,11 +157,12 @@ def main(argv) -> None:
     del argv
     runs = [entry.split("=", 1) for entry in _REFINERS.value]
     refiners = {}
-    for name, run in runs:
+    for i, (name, run) in enumerate(runs):
         refiner = Refiner(run)
         refiners[name] = refiner
         truth, captions = heldout_clips(refiner.config, n=_NUM_CLIPS.value)
-        res, _ = compare_on(refiner, truth, captions)
+        levels = (None,) + (tuple(int(v) for v in _MAIN_LEVELS.value) if i == 0 else ())
+        res, _ = compare_on(refiner, truth, captions, levels)
         emit({"measure": "heldout", "refiner": name, "run": run, "arm": refiner.config.get("arm"),
               "num_steps": int(refiner.config.num_steps), **res})
     if not refiners:
@@ -147,7 +171,7 @@ def main(argv) -> None:
     if _EXTRAPOLATE.value:
         truth, captions = heldout_clips(main_refiner.config, _EXTRAPOLATE.value, n=_NUM_CLIPS.value,
                                         num_train=16, num_validation=max(64, _NUM_CLIPS.value))
-        res, refined = compare_on(main_refiner, truth, captions)
+        res, refined = compare_on(main_refiner, truth, captions, kinds=("clean",))
         res["check_refined"] = check_prompts(refined, captions)
         res["check_truth"] = check_prompts(truth, captions)
         emit({"measure": "extrapolate", "refiner": main_name, **res})

@@ -6,7 +6,7 @@ Arguments (`--config=configs/refine/moving_shapes.py:ARM,vae=W,steps=N`):
          pixel  the same pixel degradation, no latent noise (x0 = the degraded latent)
          resize only the down/up-sampling (no blur / noise / JPEG), no latent noise
   vae    the VAE run the refiner works in: configs/vae/small.py (64x64), default runs/vae_small
-  steps  override num_steps (0 = 900)
+  steps  override num_steps (0 = 500)
 
 Commands (Stage I: any DiT run, e.g. configs/dit/moving_shapes.py:t2v on the tiny VAE):
 
@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     c.data.val_examples = 64
     c.data.prefetch = 2
     c.cpu_devices = 2
-    c.num_steps = int(args.steps) or 900
+    c.num_steps = int(args.steps) or 500
 
     c.model = common.model(
         hidden_size=128, num_layers=4, num_heads=4, rope_axes_dim=(8, 12, 12),

@@ -93,9 +93,9 @@ def _jpeg(video: np.ndarray, quality: int) -> np.ndarray:
     return out
 
 
-def degrade_video(video: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
-    """One degradation of a [-1, 1] video (T, H, W, 3) drawn from `rng` (see the module
-    docstring); same shape, float32 in [-1, 1]."""
+def degrade_low(video: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
+    """The low-resolution half of `degrade_video`: blur, down-sample by f ~ U[scale], noise,
+    JPEG; returns the small video (T, H/f, W/f, 3) in [-1, 1]."""
     cfg = dict(cfg)
     video = np.asarray(video, np.float32)
     _, h, w, _ = video.shape
@@ -113,7 +113,14 @@ def degrade_video(video: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarra
     x = np.clip(x, -1.0, 1.0)
     if cfg.get("jpeg") is not None:
         x = _jpeg(x, int(rng.integers(int(cfg["jpeg"][0]), int(cfg["jpeg"][1]) + 1)))
-    return upsample(x, h, w)
+    return x
+
+
+def degrade_video(video: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
+    """One degradation of a [-1, 1] video (T, H, W, 3) drawn from `rng` (see the module
+    docstring); same shape, float32 in [-1, 1]."""
+    _, h, w, _ = np.shape(video)
+    return upsample(degrade_low(video, rng, cfg), h, w)
 
 
 def clip_hash(video: np.ndarray) -> int:
