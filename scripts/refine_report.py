@@ -171,7 +171,7 @@ def main(argv) -> None:
     if _EXTRAPOLATE.value:
         truth, captions = heldout_clips(main_refiner.config, _EXTRAPOLATE.value, n=_NUM_CLIPS.value,
                                         num_train=16, num_validation=max(64, _NUM_CLIPS.value))
-        res, refined = compare_on(main_refiner, truth, captions, kinds=("clean",))
+        res, refined = compare_on(main_refiner, truth, captions)
         res["check_refined"] = check_prompts(refined, captions)
         res["check_truth"] = check_prompts(truth, captions)
         emit({"measure": "extrapolate", "refiner": main_name, **res})
