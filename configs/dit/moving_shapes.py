@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     c.vae_workdir = os.path.abspath(args.vae)
     c.vae_step = None            # latest
     c.vae_use_ema = True
-    c.init_from = None
+    c.init_from = ""            # "" = none (a str, so --config.init_from=W overrides it)
 
     c.data.latent_cache = True
     c.cpu_devices = 2            # the data axis over both cores (train CLI, CPU only)

@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
     c.vae_workdir = os.path.abspath(args.vae)
     c.vae_step = None
     c.vae_use_ema = True
-    c.init_from = None
+    c.init_from = ""            # "" = none (a str, so --config.init_from=W overrides it)
 
     c.data.sources = [{"name": DATASET, "split": "train", "weight": 1.0}]
     c.data.num_train = 4000
