@@ -221,15 +221,16 @@ class Tokenize(grain.transforms.Map):
 
 
 class EncodeVideo(grain.transforms.Map):
-    """Host batch with `video` in [-1, 1] -> `latents` (normalized) via the frozen VAE.
-    Runs in the consuming process (after prefetch), so JAX stays out of grain workers."""
+    """Host batch with `video` in [-1, 1] -> `latents` via an encoder (the frozen VAE, or any
+    object with `encode`, e.g. a `LatentEncoder`). Runs in the consuming process (after
+    prefetch), so JAX stays out of grain workers."""
 
     def __init__(self, vae):
         self.vae = vae
 
     def map(self, batch: dict) -> dict:
         batch = dict(batch)
-        batch["latents"] = self.vae.encode(batch.pop("video"))
+        batch["latents"] = np.asarray(self.vae.encode(batch.pop("video")))
         return batch
 
 
@@ -308,25 +309,30 @@ class DiTTask(Task):
                                        text_len=int(self.text_cfg.max_len),
                                        min_text_tokens=self.null_text_tokens)
 
+    def latent_encoder(self):
+        """What this task's batches carry as `latents` (cached or encoded on the fly)."""
+        return self.vae.latent_encoder()
+
     def make_train_iterator(self, *, data_dir, process_index, process_count):
         tok = Tokenize(self.text_cfg)
+        encoder = self.latent_encoder()
         if self._use_cache():
             return latent_cache.make_latent_iterator(
-                self.config.data, data_dir=data_dir, encoder=self.vae.latent_encoder(),
+                self.config.data, data_dir=data_dir, encoder=encoder,
                 process_index=process_index, process_count=process_count, example_fn=tok,
                 pack=self.pack_spec(process_count))
         ds = pipe.make_dataset(self.config.data, data_dir=data_dir, process_index=process_index,
                                process_count=process_count, example_fn=tok)
-        return iter(ds.map(EncodeVideo(self.vae)))
+        return iter(ds.map(EncodeVideo(encoder)))
 
     def make_eval_iterator(self, *, data_dir, source: int, num_examples=None, batch_size=None):
         tok = Tokenize(self.text_cfg)
         kw = dict(data_dir=data_dir, source=source, num_examples=num_examples,
                   batch_size=batch_size, example_fn=tok)
+        encoder = self.latent_encoder()
         if self._use_cache():
-            return latent_cache.make_latent_eval_iterator(self.config.data,
-                                                          encoder=self.vae.latent_encoder(), **kw)
-        encode = EncodeVideo(self.vae)   # one pass, never checkpointed: a plain generator
+            return latent_cache.make_latent_eval_iterator(self.config.data, encoder=encoder, **kw)
+        encode = EncodeVideo(encoder)   # one pass, never checkpointed: a plain generator
         return (encode.map(b) for b in pipe.make_eval_iterator(self.config.data, **kw))
 
     def example_batch(self, latent_shape=(1, 1, 1), batch_size: int = 1) -> dict:

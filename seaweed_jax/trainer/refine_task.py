@@ -25,10 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
-import numpy as np
 
-from seaweed_jax.data import degrade, latent_cache
-from seaweed_jax.data import pipeline as pipe
+from seaweed_jax.data import degrade
 from seaweed_jax.diffusion import flow, refine
 from seaweed_jax.trainer import dit_task, optimizers
 from seaweed_jax.trainer.dit_task import DiTTask
@@ -138,30 +136,10 @@ class RefineTask(DiTTask):
         return ()     # one task; no per-task loss metrics
 
     # ------------------------------------------------------------------ data
-    def pair_encoder(self) -> degrade.PairEncoder:
+    def latent_encoder(self):
+        """[clean | variants] latents per clip (data/degrade.PairEncoder over the VAE)."""
         return degrade.PairEncoder(self.vae.latent_encoder(), dict(self.rcfg.pixel),
-                                   int(self.rcfg.variants), int(self.rcfg.pixel_seed))
-
-    def make_train_iterator(self, *, data_dir, process_index, process_count):
-        tok = dit_task.Tokenize(self.text_cfg)
-        encoder = self.pair_encoder().latent_encoder()
-        if self._use_cache():
-            return latent_cache.make_latent_iterator(
-                self.config.data, data_dir=data_dir, encoder=encoder, process_index=process_index,
-                process_count=process_count, example_fn=tok)
-        ds = pipe.make_dataset(self.config.data, data_dir=data_dir, process_index=process_index,
-                               process_count=process_count, example_fn=tok)
-        return iter(ds.map(EncodePairs(encoder)))
-
-    def make_eval_iterator(self, *, data_dir, source: int, num_examples=None, batch_size=None):
-        tok = dit_task.Tokenize(self.text_cfg)
-        encoder = self.pair_encoder().latent_encoder()
-        kw = dict(data_dir=data_dir, source=source, num_examples=num_examples,
-                  batch_size=batch_size, example_fn=tok)
-        if self._use_cache():
-            return latent_cache.make_latent_eval_iterator(self.config.data, encoder=encoder, **kw)
-        encode = EncodePairs(encoder)
-        return (encode.map(b) for b in pipe.make_eval_iterator(self.config.data, **kw))
+                                   int(self.rcfg.variants), int(self.rcfg.pixel_seed)).latent_encoder()
 
     # ------------------------------------------------------------------ model
     def init(self, rng, batch):
@@ -233,16 +211,3 @@ class RefineTask(DiTTask):
 
             self._eval_jit = jax.jit(per_example_loss)
         return self._eval_jit
-
-
-class EncodePairs(dit_task.EncodeVideo):
-    """Host batch `video` -> `latents` = [clean | variants] (no latent cache)."""
-
-    def __init__(self, encoder):
-        super().__init__(None)
-        self.encoder = encoder
-
-    def map(self, batch: dict) -> dict:
-        batch = dict(batch)
-        batch["latents"] = np.asarray(self.encoder.encode(batch.pop("video")))
-        return batch
