@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all demo clean tpu-env tpu-aot
+.PHONY: venv test test-all mutate demo clean tpu-env tpu-aot
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ test: $(STAMP)
 # Everything, including the slow matrices.
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Mutation testing of the core math and the resume path (not part of `make test`; about an hour
+# on 2 cores from scratch, minutes when rerun). Scope and tests: mutmut_config.py; scores: docs/testing.md.
+MUTATE_ARGS ?=
+mutate: $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,mutate]"
+	$(PY) scripts/mutate.py $(MUTATE_ARGS)
 
 demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh

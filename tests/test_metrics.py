@@ -102,3 +102,109 @@ def test_mean_frame_psnr_averages_frames_not_pixels():
     want = (10 * np.log10(255.0 ** 2 / 1.0) + 60.0) / 2
     assert abs(m.mean_frame_psnr(x, ref, max_db=60.0) - want) < 1e-9
     assert abs(m.mean_psnr(x, ref) - 10 * np.log10(255.0 ** 2 / 0.5)) < 1e-9   # per video: MSE 0.5
+
+
+# ----------------------------------------------------------------------------- added: every
+# default, clip, epsilon and reduction axis of the module against hand values / the loop
+# reference above
+
+
+def test_gaussian_window_by_hand():
+    # size 3, sigma 1.5: exp(-r^2 / 4.5) at r = -1, 0, 1, normalized
+    e = math.exp(-1 / 4.5)
+    np.testing.assert_allclose(metrics.gaussian_window_1d(3, 1.5), [e / (1 + 2 * e), 1 / (1 + 2 * e), e / (1 + 2 * e)],
+                               rtol=1e-12)
+    # an even size is centred between taps: r = -1.5, -0.5, 0.5, 1.5 (sigma 1)
+    w = np.exp(-np.array([2.25, 0.25, 0.25, 2.25]) / 2)
+    np.testing.assert_allclose(metrics.gaussian_window_1d(4, 1.0), w / w.sum(), rtol=1e-12)
+    # defaults: 11 taps, sigma 1.5 (the SSIM paper's window)
+    r = np.arange(-5, 6)
+    w = np.exp(-r ** 2 / 4.5)
+    np.testing.assert_allclose(metrics.gaussian_window_1d(), w / w.sum(), rtol=1e-12)
+
+
+def test_filter_valid_is_a_separable_valid_correlation_over_the_last_two_axes():
+    a = np.arange(20, dtype=np.float64).reshape(4, 5) ** 2
+    g = np.array([0.2, 0.5, 0.3])               # asymmetric: catches flipped or swapped axes
+    w2 = np.outer(g, g)
+    want = np.array([[(w2 * a[i:i + 3, j:j + 3]).sum() for j in range(3)] for i in range(2)])
+    np.testing.assert_allclose(metrics._filter_valid(a, g), want, rtol=1e-12)
+    # leading axes are batch axes
+    np.testing.assert_allclose(metrics._filter_valid(np.stack([a, 2 * a])[None], g)[0],
+                               np.stack([want, 2 * want]), rtol=1e-12)
+
+
+def test_psnr_data_range_and_cap():
+    a = np.zeros((2, 3, 4, 4, 1))
+    b = np.full_like(a, 0.1)                     # float images in [0, 1]: MSE 0.01 -> 20 dB
+    assert metrics.psnr(a, b, data_range=1.0) == pytest.approx(20.0, abs=1e-9)
+    # a cap above the value leaves it; below, it caps
+    assert metrics.psnr(a, b, data_range=1.0, max_db=30.0) == pytest.approx(20.0, abs=1e-9)
+    assert metrics.psnr(a, b, data_range=1.0, max_db=15.0) == 15.0
+    # MSE exactly 1 is an ordinary value (only 0 is infinite)
+    assert metrics.psnr(a, a + 1.0) == pytest.approx(20 * math.log10(255.0), abs=1e-9)
+    # per video / per frame with data_range and without max_db
+    c = b.copy()
+    c[1] = 0.01                                  # video 1: MSE 1e-4 -> 40 dB
+    np.testing.assert_allclose(metrics.psnr_per_video(a, c, 1.0), [20.0, 40.0], atol=1e-9)
+    assert metrics.mean_psnr(a, c, 1.0) == pytest.approx(30.0, abs=1e-9)
+    assert metrics.mean_psnr(a, c, 1.0, 25.0) == pytest.approx(22.5, abs=1e-9)
+    c[0, 0] = 0.0                                # one identical frame: +inf unless capped
+    assert metrics.mean_frame_psnr(a, c, 1.0) == math.inf
+    assert metrics.mean_frame_psnr(a, c, 1.0, 50.0) == pytest.approx((50 + 20 + 20 + 3 * 40) / 6, abs=1e-9)
+    d = c.copy()
+    d[0, 0] = 0.1
+    assert metrics.mean_frame_psnr(a, d, 1.0) == pytest.approx(30.0, abs=1e-9)
+    assert metrics.mean_frame_psnr(a * 255, d * 255) == pytest.approx(30.0, abs=1e-9)   # default 255
+
+
+def test_ssim_window_boundary_custom_window_and_data_range():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (2, 11, 11, 2), dtype=np.uint8)
+    y = np.clip(x + rng.normal(0, 25, x.shape), 0, 255).astype(np.uint8)
+    # frames exactly the window's size: one valid position, still an SSIM
+    np.testing.assert_allclose(metrics.ssim_frames(x, y), [reference_ssim_frame(x[t], y[t]) for t in range(2)],
+                               rtol=1e-9)
+    for h, w in ((10, 12), (12, 10)):           # either side below the window: refused
+        with pytest.raises(ValueError, match="smaller than"):
+            metrics.ssim_frames(np.zeros((1, h, w, 1)), np.zeros((1, h, w, 1)))
+    for shape in ((12, 12), (1, 1, 12, 12, 1)):  # neither an image nor a video
+        with pytest.raises(ValueError, match="expected"):
+            metrics.ssim_frames(np.zeros(shape), np.zeros(shape))
+    # another window / sigma and data on a [0, 1] scale
+    xf, yf = x[:, :9, :10] / 255.0, y[:, :9, :10] / 255.0
+    want = [reference_ssim_frame(xf[t], yf[t], window=7, sigma=1.0, L=1.0) for t in range(2)]
+    np.testing.assert_allclose(metrics.ssim_frames(xf, yf, 1.0, 7, 1.0), want, rtol=1e-9)
+    # ssim / per-video / mean over videos pass data_range on (read on the default 255 scale,
+    # [0, 1] data has tiny variances next to C1, C2 and scores ~1)
+    xs, ys = x[:, :, :, :1] / 255.0, y[:, :, :, :1] / 255.0
+    want = [reference_ssim_frame(xs[t], ys[t], L=1.0) for t in range(2)]
+    assert metrics.ssim(xs, ys) > 0.99 > np.mean(want)
+    assert metrics.ssim(xs, ys, 1.0) == pytest.approx(np.mean(want), rel=1e-9)
+    np.testing.assert_allclose(metrics.ssim_per_video(xs[None], ys[None], 1.0), [np.mean(want)], rtol=1e-9)
+    assert metrics.mean_ssim(np.stack([xs, xs]), np.stack([ys, xs]), 1.0) == pytest.approx(
+        (np.mean(want) + 1.0) / 2, rel=1e-9)
+    assert metrics.mean_ssim(np.stack([x, x]), np.stack([y, x])) == pytest.approx(
+        (np.mean([reference_ssim_frame(x[t], y[t]) for t in range(2)]) + 1.0) / 2, rel=1e-9)
+
+
+def test_gradient_magnitude_of_a_plane_and_the_edge_measures():
+    """Luma 3 r + 4 c (r = row, c = column): central differences give gy = 3, gx = 4,
+    |grad| = 5 in every interior pixel; the channels differ but average to that plane."""
+    r, c = np.meshgrid(np.arange(6.0), np.arange(7.0), indexing="ij")
+    plane = 3 * r + 4 * c
+    video = np.stack([plane - 5, plane, plane + 5], axis=-1)[None].repeat(2, axis=0)   # (2, 6, 7, 3)
+    g = metrics.gradient_magnitude(video)
+    assert g.shape == (2, 4, 5)
+    np.testing.assert_allclose(g, 5.0, rtol=1e-12)
+    rows_only = np.repeat((3 * r)[None, ..., None], 3, axis=-1)            # gy alone
+    np.testing.assert_allclose(metrics.gradient_magnitude(rows_only), 3.0, rtol=1e-12)
+    # twice the edges: ratio 2, mean | |grad x| - |grad ref| | = 5
+    assert metrics.sharpness_ratio(2 * video, video) == pytest.approx(2.0, rel=1e-12)
+    assert metrics.sharpness_ratio(video, 2 * video) == pytest.approx(0.5, rel=1e-12)
+    assert metrics.gradient_error(2 * video, video) == pytest.approx(5.0, rel=1e-12)
+    assert metrics.gradient_error(video, 2 * video) == pytest.approx(5.0, rel=1e-12)
+    # a flat reference: the denominator is floored at 1e-12 (finite, not inf / nan)
+    assert metrics.sharpness_ratio(video, np.zeros_like(video)) == pytest.approx(5.0 / 1e-12, rel=1e-9)
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.gradient_error(video, video[:1])

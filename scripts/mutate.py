@@ -1,0 +1,132 @@
+"""Mutation testing of the core math and the resume path (mutmut 2), then the score per module.
+
+    make mutate                                   # everything in mutmut_config.SCOPE
+    make mutate MUTATE_ARGS="--only rope.py"      # one module (a path suffix), e.g. after a fix
+    python scripts/mutate.py --report             # the table from the last run's cache
+
+mutmut mutates one module at a time on disk and runs that module's tests (mutmut_config.py
+picks them); results accumulate in .mutmut-cache, so a rerun only retests survivors and new
+mutants. The score per module is killed / (mutants - skipped - equivalent), where skipped
+means out of scope (see mutmut_config.py) and equivalent mutants are listed in EQUIVALENT below
+with the reason each cannot change behaviour. The table goes to docs/testing.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import mutmut_config  # noqa: E402  (the repository root is not on sys.path for scripts/)
+
+CACHE = os.path.join(ROOT, ".mutmut-cache")
+
+# (module, source line stripped, mutant index on that line) -> why the mutant is equivalent
+EQUIVALENT: dict[tuple[str, str, int], str] = {}
+
+KILLED = ("ok_killed", "ok_suspicious", "bad_timeout")  # a timeout means the tests noticed
+
+
+def _baseline_runner() -> str:
+    tests = sorted({t.split("::")[0] for _, files in mutmut_config.SCOPE.values()
+                    for t in mutmut_config.existing(files)})
+    return mutmut_config._PYTEST + " ".join(tests)
+
+
+def check_test_ids(paths: list[str]) -> None:
+    """Every test id the run will use exists and is collected (pytest exit 4/5 would otherwise
+    make every mutant of that module look like a survivor)."""
+    ids = sorted({t for p in paths for t in mutmut_config.existing(mutmut_config.SCOPE[p][1])})
+    code = subprocess.call([sys.executable, "-m", "pytest", "--co", "-q", "-m", "not slow", *ids],
+                           cwd=ROOT, stdout=subprocess.DEVNULL)
+    if code != 0:
+        raise SystemExit(f"pytest cannot collect the tests of mutmut_config.SCOPE (exit {code}); "
+                         f"run `pytest --co {' '.join(ids)}` to see which id is wrong")
+
+
+def run(paths: list[str]) -> float:
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "mutmut"), "run", "--no-progress",
+           "--simple-output", "--paths-to-mutate", ",".join(paths), "--tests-dir", "tests",
+           "--runner", _baseline_runner()]
+    start = time.time()
+    code = subprocess.call(cmd, cwd=ROOT, env=env)
+    if code & 1:
+        raise SystemExit(f"mutmut failed (exit {code}); see its output above")
+    return time.time() - start
+
+
+def rows() -> list[tuple[str, str, int, int, str]]:
+    if not os.path.exists(CACHE):
+        raise SystemExit(f"no {CACHE}: run `make mutate` first")
+    db = sqlite3.connect(CACHE)
+    return db.execute(
+        "SELECT s.filename, l.line, l.line_number, m.\"index\", m.status FROM mutant m "
+        "JOIN line l ON m.line = l.id JOIN sourcefile s ON l.sourcefile = s.id "
+        "ORDER BY s.filename, l.line_number, m.\"index\"").fetchall()
+
+
+def report(show_survivors: bool = True) -> str:
+    per: dict[str, dict[str, int]] = {}
+    survivors = []
+    for filename, line, line_number, index, status in rows():
+        if filename not in mutmut_config.SCOPE:
+            continue
+        c = per.setdefault(filename, dict(total=0, killed=0, skipped=0, equivalent=0, survived=0,
+                                          untested=0))
+        c["total"] += 1
+        key = (filename, line.strip(), index)
+        if status == "skipped":
+            c["skipped"] += 1
+        elif status in KILLED:
+            c["killed"] += 1
+        elif key in EQUIVALENT:
+            c["equivalent"] += 1
+        elif status == "untested":
+            c["untested"] += 1
+        else:
+            c["survived"] += 1
+            survivors.append(f"{filename}:{line_number + 1} [{index}] {line.strip()}")
+    out = ["| module | mutants | out of scope | equivalent | killed | survived | score |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    tk = tn = 0
+    for filename, c in sorted(per.items()):
+        n = c["total"] - c["skipped"] - c["equivalent"] - c["untested"]
+        tk, tn = tk + c["killed"], tn + n
+        score = f"{100 * c['killed'] / n:.1f}%" if n else "n/a"
+        untested = f" ({c['untested']} untested)" if c["untested"] else ""
+        out.append(f"| `{filename.removeprefix('seaweed_jax/')}` | {c['total']} | {c['skipped']} | "
+                   f"{c['equivalent']} | {c['killed']} | {c['survived']}{untested} | {score} |")
+    if tn:
+        out.append(f"| **all** | | | | {tk} | {tn - tk} | **{100 * tk / tn:.1f}%** |")
+    if show_survivors and survivors:
+        out += ["", "Survivors (see one with `mutmut show <id>` or `mutmut results`):"]
+        out += [f"- {s}" for s in survivors]
+    return "\n".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", action="append", default=[],
+                        help="mutate only modules whose path ends with this (repeatable)")
+    parser.add_argument("--report", action="store_true", help="print the table, run nothing")
+    args = parser.parse_args()
+    os.chdir(ROOT)  # mutmut and mutmut_config work with paths relative to the repository
+    if not args.report:
+        paths = [p for p in mutmut_config.SCOPE if not args.only or any(p.endswith(o) for o in args.only)]
+        if not paths:
+            raise SystemExit(f"--only {args.only} matches no module of mutmut_config.SCOPE: "
+                             f"{sorted(mutmut_config.SCOPE)}")
+        check_test_ids(paths)
+        seconds = run(paths)
+        print(f"mutmut wall time {seconds / 60:.1f} min for {len(paths)} module(s)")
+    print(report())
+
+
+if __name__ == "__main__":
+    main()
