@@ -31,9 +31,10 @@ EQUIVALENT: dict[tuple[str, str, int], str] = {}
 KILLED = ("ok_killed", "ok_suspicious", "bad_timeout")  # a timeout means the tests noticed
 
 
-def _baseline_runner() -> str:
-    tests = sorted({t.split("::")[0] for _, files in mutmut_config.SCOPE.values()
-                    for t in mutmut_config.existing(files)})
+def _baseline_runner(paths: list[str]) -> str:
+    """mutmut's first, unmutated run: every test the chosen modules use (it must pass, and
+    ten times its duration is the timeout of one mutant's run)."""
+    tests = sorted({t for p in paths for t in mutmut_config.existing(mutmut_config.SCOPE[p][1])})
     return mutmut_config._PYTEST + " ".join(tests)
 
 
@@ -53,7 +54,7 @@ def run(paths: list[str]) -> float:
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     cmd = [os.path.join(os.path.dirname(sys.executable), "mutmut"), "run", "--no-progress",
            "--simple-output", "--paths-to-mutate", ",".join(paths), "--tests-dir", "tests",
-           "--runner", _baseline_runner()]
+           "--runner", _baseline_runner(paths)]
     start = time.time()
     code = subprocess.call(cmd, cwd=ROOT, env=env)
     if code & 1:
@@ -61,20 +62,20 @@ def run(paths: list[str]) -> float:
     return time.time() - start
 
 
-def rows() -> list[tuple[str, str, int, int, str]]:
-    if not os.path.exists(CACHE):
-        raise SystemExit(f"no {CACHE}: run `make mutate` first")
-    db = sqlite3.connect(CACHE)
+def rows(cache: str = CACHE) -> list[tuple[str, str, int, int, str]]:
+    if not os.path.exists(cache):
+        raise SystemExit(f"no {cache}: run `make mutate` first")
+    db = sqlite3.connect(cache)
     return db.execute(
         "SELECT s.filename, l.line, l.line_number, m.\"index\", m.status FROM mutant m "
         "JOIN line l ON m.line = l.id JOIN sourcefile s ON l.sourcefile = s.id "
         "ORDER BY s.filename, l.line_number, m.\"index\"").fetchall()
 
 
-def report(show_survivors: bool = True) -> str:
+def report(caches=(CACHE,), show_survivors: bool = True) -> str:
     per: dict[str, dict[str, int]] = {}
     survivors = []
-    for filename, line, line_number, index, status in rows():
+    for filename, line, line_number, index, status in [r for c in caches for r in rows(c)]:
         if filename not in mutmut_config.SCOPE:
             continue
         c = per.setdefault(filename, dict(total=0, killed=0, skipped=0, equivalent=0, survived=0,
@@ -115,6 +116,9 @@ def main():
     parser.add_argument("--only", action="append", default=[],
                         help="mutate only modules whose path ends with this (repeatable)")
     parser.add_argument("--report", action="store_true", help="print the table, run nothing")
+    parser.add_argument("--cache", action="append", default=[],
+                        help="with --report: read these .mutmut-cache files (e.g. of runs split "
+                             "across copies of the tree); default: this tree's")
     args = parser.parse_args()
     os.chdir(ROOT)  # mutmut and mutmut_config work with paths relative to the repository
     if not args.report:
@@ -125,7 +129,7 @@ def main():
         check_test_ids(paths)
         seconds = run(paths)
         print(f"mutmut wall time {seconds / 60:.1f} min for {len(paths)} module(s)")
-    print(report())
+    print(report(args.cache or [CACHE]))
 
 
 if __name__ == "__main__":

@@ -551,14 +551,17 @@ def test_iterator_state_accepts_one_shared_state(tmp_path):
 
 _SHARED = json.dumps({"next_index": 6}, indent=4)
 _PACKED = json.dumps({"per_process": True, "i": 0})     # json.dumps writes `"per_process": true`
+_PACKED_COMPACT = json.dumps({"i": 0, "per_process": True}, separators=(",", ":"))
 
 
 @pytest.mark.parametrize("files", [
     {"process_0-of-2.json": _SHARED, "process_1-of-2.json": json.dumps({"next_index": 7}, indent=4)},
     {"process_0-of-2.json": _PACKED, "process_1-of-2.json": _PACKED},
     {"process_0-of-1.json": _PACKED},
+    {"process_0-of-1.json": _PACKED_COMPACT},
     {},
-], ids=["different-per-process", "packed-2-processes", "packed-1-process", "no-state"])
+], ids=["different-per-process", "packed-2-processes", "packed-1-process", "packed-compact-json",
+        "no-state"])
 def test_iterator_state_refuses_per_process_states(tmp_path, files):
     wd = tmp_path / "run"
     manager = ckpt_lib.make_manager(str(wd), async_save=False)
