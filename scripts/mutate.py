@@ -75,7 +75,15 @@ def rows(cache: str = CACHE) -> list[tuple[str, str, int, int, str]]:
 def report(caches=(CACHE,), show_survivors: bool = True) -> str:
     per: dict[str, dict[str, int]] = {}
     survivors = []
-    for filename, line, line_number, index, status in [r for c in caches for r in rows(c)]:
+    # Several caches (runs split across copies of the tree) may hold the same mutant: a kill
+    # anywhere counts (killed mutants are never retested), then out of scope, then survived.
+    rank = {s: 3 for s in KILLED} | {"skipped": 2, "bad_survived": 1}
+    merged: dict[tuple[str, int, str, int], tuple] = {}
+    for row in (r for c in caches for r in rows(c)):
+        key = (row[0], row[2], row[1], row[3])
+        if key not in merged or rank.get(row[4], 0) > rank.get(merged[key][4], 0):
+            merged[key] = row
+    for filename, line, line_number, index, status in sorted(merged.values(), key=lambda r: (r[0], r[2], r[3])):
         if filename not in mutmut_config.SCOPE:
             continue
         c = per.setdefault(filename, dict(total=0, killed=0, skipped=0, equivalent=0, survived=0,
