@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import functools
 import os
+import re
 
 # The JAX persistent cache lets an unchanged jitted function skip XLA compilation in the next
 # mutant's process; a mutated function traces to different HLO, so it misses the cache.
@@ -100,35 +101,45 @@ def _in_scope(function: str | None, allowed: tuple[str, ...]) -> bool:
     return function is not None and any(function == a or function.startswith(a + ".") for a in allowed)
 
 
-def _is_string_mutant(context) -> bool:
-    """mutmut mutates a string 's' to 'XXsXX'; nothing else it does inserts XX."""
+# a string literal, f-strings included (their {expressions} are part of the message)
+_STRING = re.compile(r"""[rbfuRBFU]*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+
+
+def _changes_only_a_string(old: str, new: str) -> bool:
+    """Whether every character that differs between the two lines lies inside one string literal
+    of the original line."""
+    if old == new:
+        return False
+    first = next(i for i, (a, b) in enumerate(zip(old + "\0", new + "\0")) if a != b)
+    tail = next(i for i, (a, b) in enumerate(zip(old[::-1] + "\0", new[::-1] + "\0")) if a != b)
+    last = len(old) - tail  # one past the last changed character of the original
+    return any(m.start() <= first and last <= m.end() for m in _STRING.finditer(old))
+
+
+def out_of_scope(filename: str, source: str, mutation_id) -> bool:
+    """Whether a mutant is skipped: outside the module's functions in SCOPE, or a change to the
+    text of an error or log message (its literal or the values it formats)."""
     import mutmut  # lazy: only importable where the mutate extra is installed
-    probe = mutmut.Context(mutation_id=context.mutation_id, filename=context.filename,
-                           source=context.source, dict_synonyms=context.dict_synonyms)
-    mutated, _ = mutmut.mutate(probe)
-    line = context.mutation_id.line_number
-    new = mutated.split("\n")[line]
-    old = context.source.split("\n")[line]
-    return new != old and new.replace("XX", "") == old.replace("XX", "")
+    if filename not in SCOPE:
+        return True
+    functions, _ = SCOPE[filename]
+    owner, message = _line_facts(filename)
+    line = mutation_id.line_number + 1
+    if functions is not None and not _in_scope(owner.get(line), functions):
+        return True
+    if line not in message:
+        return False
+    mutated, _ = mutmut.mutate(mutmut.Context(mutation_id=mutation_id, filename=filename, source=source))
+    return _changes_only_a_string(source.split("\n")[line - 1], mutated.split("\n")[line - 1])
 
 
 def pre_mutation(context):
-    scope = SCOPE.get(context.filename)
-    if scope is None:
+    if out_of_scope(context.filename, context.source, context.mutation_id):
         context.skip = True
         return
-    functions, tests = scope
-    owner, message = _line_facts(context.filename)
-    line = context.mutation_id.line_number + 1
-    if functions is not None and not _in_scope(owner.get(line), functions):
-        context.skip = True
-        return
-    if line in message and _is_string_mutant(context):
-        context.skip = True
-        return
-    tests = existing(tests)
+    tests = existing(SCOPE[context.filename][1])
     if not tests:  # never let pytest fall back to the whole tests/ directory
-        raise RuntimeError(f"no test file of {scope[1]} exists for {context.filename}")
+        raise RuntimeError(f"no test file of {SCOPE[context.filename][1]} exists for {context.filename}")
     context.config.test_command = _PYTEST + " ".join(tests)
 
 

@@ -72,9 +72,19 @@ def rows(cache: str = CACHE) -> list[tuple[str, str, int, int, str]]:
         "ORDER BY s.filename, l.line_number, m.\"index\"").fetchall()
 
 
+def _out_of_scope(filename: str, line: str, line_number: int, index: int) -> bool | None:
+    from mutmut import RelativeMutationID  # lazy: the mutate extra
+    source = open(os.path.join(ROOT, filename)).read()
+    if source.split("\n")[line_number] != line:
+        return None  # a line that has changed since: its mutants are stale
+    mutation_id = RelativeMutationID(filename=filename, line=line, index=index, line_number=line_number)
+    return mutmut_config.out_of_scope(filename, source, mutation_id)
+
+
 def report(caches=(CACHE,), show_survivors: bool = True) -> str:
     per: dict[str, dict[str, int]] = {}
     survivors = []
+    stale = 0
     # Several caches (runs split across copies of the tree) may hold the same mutant: a kill
     # anywhere counts (killed mutants are never retested), then out of scope, then survived.
     rank = {s: 3 for s in KILLED} | {"skipped": 2, "bad_survived": 1}
@@ -90,7 +100,14 @@ def report(caches=(CACHE,), show_survivors: bool = True) -> str:
                                           untested=0))
         c["total"] += 1
         key = (filename, line.strip(), index)
-        if status == "skipped":
+        skip = _out_of_scope(filename, line, line_number, index)  # by today's mutmut_config
+        if skip is None:
+            c["total"] -= 1
+            stale += 1
+        elif skip:
+            c["skipped"] += 1
+        elif status == "skipped":
+            c["untested"] += 1
             c["skipped"] += 1
         elif status in KILLED:
             c["killed"] += 1
@@ -113,6 +130,9 @@ def report(caches=(CACHE,), show_survivors: bool = True) -> str:
                    f"{c['equivalent']} | {c['killed']} | {c['survived']}{untested} | {score} |")
     if tn:
         out.append(f"| **all** | | | | {tk} | {tn - tk} | **{100 * tk / tn:.1f}%** |")
+    if stale:
+        out.append(f"\n{stale} cached mutants of lines that have changed since were left out; "
+                   "rerun those modules.")
     if show_survivors and survivors:
         out += ["", "Survivors (see one with `mutmut show <id>` or `mutmut results`):"]
         out += [f"- {s}" for s in survivors]
