@@ -320,7 +320,7 @@ def test_causal_conv3d_rejects_a_later_chunk_off_the_temporal_stride():
 
 
 def test_frame_conv2d_and_pointwise_defaults_by_hand():
-    x = _rand((1, 2, 3, 5, 2), seed=15)
+    x = _rand((1, 3, 3, 5, 2), seed=15)        # T != C: the kernel's in-channels come from axis -1
     conv2 = FrameConv2d(features=3)            # defaults: 3x3, stride 1, bias
     p = jax.eval_shape(conv2.init, jax.random.key(0), x)["params"]
     assert p["kernel"].names == ("conv_k", None, "conv_in", "conv_out")
@@ -336,6 +336,12 @@ def test_frame_conv2d_and_pointwise_defaults_by_hand():
     w = _rand((2, 3), seed=17)
     y = jax.jit(dense.apply)({"params": {"kernel": w, "bias": b}}, x)
     np.testing.assert_allclose(np.asarray(y), x @ w + b, atol=1e-5)
+
+    # a real init with the default initializers: a random kernel, zero bias
+    for module, shape in ((conv2, (3, 3, 2, 3)), (dense, (2, 3))):
+        real = nn.meta.unbox(module.init(jax.random.key(1), x)["params"])
+        assert real["kernel"].shape == shape and float(np.std(real["kernel"])) > 0.1
+        np.testing.assert_array_equal(np.asarray(real["bias"]), 0.0)
 
 
 def test_conv_outputs_are_tagged_conv_out_for_remat():
