@@ -232,8 +232,8 @@ def test_timestep_laws_against_the_raw_draws():
 
 
 def test_flow_matching_loss_unmasked_by_hand():
-    pred = np.zeros((3, 2, 1, 1, 2))
-    target = np.arange(12.0).reshape(3, 2, 1, 1, 2)
+    pred = np.full((3, 2, 1, 1, 2), -1.5, np.float32)              # nonzero: pins pred - target
+    target = pred + np.arange(12, dtype=np.float32).reshape(3, 2, 1, 1, 2)
     sq = np.arange(12.0).reshape(3, 4) ** 2
     loss = flow.flow_matching_loss(pred, target)           # default: the scalar only
     assert np.ndim(loss) == 0
@@ -248,8 +248,8 @@ def test_flow_matching_loss_unmasked_by_hand():
 def test_flow_matching_loss_masked_by_hand():
     # (B, T, h, w, C) = (3, 2, 1, 1, 2); error^2 of example b, frame f, channel c is
     # (b * 4 + f * 2 + c)^2.
-    pred = np.zeros((3, 2, 1, 1, 2))
-    target = np.arange(12.0).reshape(3, 2, 1, 1, 2)
+    pred = np.full((3, 2, 1, 1, 2), -1.5, np.float32)              # nonzero: pins pred - target
+    target = pred + np.arange(12, dtype=np.float32).reshape(3, 2, 1, 1, 2)
     sq = np.arange(12.0).reshape(3, 2, 2) ** 2
     # (B, T) prefix mask: example 0 counts nothing, example 1 one frame, example 2 both
     mask = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -324,6 +324,9 @@ def test_sample_tasks_at_the_exact_cuts():
     np.testing.assert_array_equal(tasks, want)
     assert tasks[lo] == flow.EXTEND and tasks[hi] == flow.T2V     # on a cut: the upper side
     assert {0, 1, 2, 3} - set(tasks) == {0}                     # all video tasks occur
+    # default shares: 20% I2V, 10% extension
+    np.testing.assert_array_equal(flow.sample_tasks(key, N_SMALL, 4),
+                                  np.where(u < 0.2, 2, np.where(u < 0.3, 3, 1)))
     # images are always T2I
     np.testing.assert_array_equal(flow.sample_tasks(key, 5, 1, 1.0, 0.0), np.zeros(5))
     # boundary-valid shares: zero shares, and shares summing to exactly 1
@@ -352,36 +355,37 @@ def test_num_condition_frames_ranges_and_validation():
     assert set(k[ext]) == {1}
     np.asarray(flow.num_condition_frames(key, tasks, 1))              # images: no check
     for bad in [dict(extend_min=0), dict(extend_min=3, extend_max=2), dict(extend_max=4)]:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"T-1=3\b"):      # the message states T - 1
             flow.num_condition_frames(key, tasks, 4, **bad)
     with pytest.raises(ValueError):
         flow.num_condition_frames(key, tasks, 2, extend_min=0)
 
 
 def test_build_apply_and_empty_condition_by_hand():
-    lat = np.arange(24, dtype=np.float32).reshape(2, 3, 1, 2, 2) + 1.0
+    # (B, T, h, w, C) = (2, 3, 1, 3, 2): w != C, so a swapped shape index shows
+    lat = np.arange(36, dtype=np.float32).reshape(2, 3, 1, 3, 2) + 1.0
     cond, loss_mask = flow.build_condition(lat, np.array([0, 2]))
-    assert cond.shape == (2, 3, 1, 2, 3)
+    assert cond.shape == (2, 3, 1, 3, 3)
     given = np.array([[0, 0, 0], [1, 1, 0]], np.float32)[:, :, None, None, None]
     np.testing.assert_array_equal(cond[..., :2], lat * given)
-    np.testing.assert_array_equal(cond[..., 2:], np.broadcast_to(given, (2, 3, 1, 2, 1)))
+    np.testing.assert_array_equal(cond[..., 2:], np.broadcast_to(given, (2, 3, 1, 3, 1)))
     np.testing.assert_array_equal(loss_mask, [[1, 1, 1], [0, 0, 1]])
     assert loss_mask.dtype == jnp.float32
     with pytest.raises(ValueError):
         flow.build_condition(lat[:, :, 0], np.array([0, 2]))
     # paste: conditioned frames come from cond, the rest from x
-    x = -np.ones((2, 3, 1, 2, 2), np.float32)
+    x = -np.ones((2, 3, 1, 3, 2), np.float32)
     np.testing.assert_array_equal(flow.apply_condition(x, cond), np.where(given > 0, lat, -1.0))
     # the mask threshold is strictly above 1/2
-    soft = np.full((1, 3, 1, 2, 3), 7.0, np.float32)
+    soft = np.full((1, 3, 1, 3, 3), 7.0, np.float32)
     soft[..., 2] = np.array([0.5, 0.75, 1.5])[None, :, None, None]
     np.testing.assert_array_equal(flow.apply_condition(x[:1], soft)[0, :, 0, 0, 0], [-1, 7, 7])
-    for bad_cond in [np.zeros((2, 3, 1, 2, 4)), np.zeros((2, 3, 2, 2, 3)),
-                     np.zeros((2, 3, 1, 2, 2))]:
+    for bad_cond in [np.zeros((2, 3, 1, 3, 4)), np.zeros((2, 3, 2, 3, 3)),
+                     np.zeros((2, 3, 1, 3, 2))]:
         with pytest.raises(ValueError):
             flow.apply_condition(x, bad_cond)
-    empty = flow.empty_condition((2, 3, 1, 2, 2))
-    assert empty.shape == (2, 3, 1, 2, 3) and empty.dtype == jnp.float32
+    empty = flow.empty_condition((2, 3, 1, 3, 2))
+    assert empty.shape == (2, 3, 1, 3, 3) and empty.dtype == jnp.float32
     assert not np.any(np.asarray(empty))
     np.testing.assert_array_equal(flow.apply_condition(x, empty), x)
 
@@ -648,8 +652,8 @@ def reference_packed_loss(pred, target, weight, segment, num_samples):
 
 def test_packed_loss_by_hand():
     # (B, N, P, C) = (2, 4, 2, 3), S = 3 samples a row; row 0 has no sample 3, row 1 padding
-    pred = np.zeros((2, 4, 2, 3), np.float32)
-    target = np.arange(48, dtype=np.float32).reshape(2, 4, 2, 3) / 10.0
+    pred = np.full((2, 4, 2, 3), 0.25, np.float32)
+    target = pred + np.arange(48, dtype=np.float32).reshape(2, 4, 2, 3) / 10.0
     segment = np.array([[1, 1, 2, 0], [1, 3, 3, 0]], np.int32)
     weight = np.float32([[[1, 0], [1, 1], [1, 1], [1, 1]],
                          [[0, 0], [1, 0], [1, 1], [1, 1]]])        # row 1 sample 1: nothing
@@ -665,7 +669,7 @@ def test_packed_loss_by_hand():
     w1 = np.zeros((2, 4, 2), np.float32)
     w1[1, 1, 1] = 1.0
     total, per, has = packed_loss(pred[..., :1], target[..., :1], w1, segment, 3)
-    np.testing.assert_allclose(total, float(target[1, 1, 1, 0]) ** 2, rtol=1e-5)
+    np.testing.assert_allclose(total, float(target[1, 1, 1, 0] - pred[1, 1, 1, 0]) ** 2, rtol=1e-5)
     np.testing.assert_array_equal(has, [[False] * 3, [False, False, True]])
     total, per, has = packed_loss(pred, target, np.zeros((2, 4, 2), np.float32), segment, 3)
     assert float(total) == 0.0 and not np.any(has)
@@ -677,8 +681,8 @@ B, D = 2, 5   # batch and width of the sampler tests (D odd and != B on purpose)
 
 
 def affine_velocity(x, t, inputs):
-    """v = a x + t: depends on the per-example input, the state and the time."""
-    return inputs["a"] * x + t[:, None]
+    """v = a x + b + t: depends on the per-example inputs, the state and the time."""
+    return inputs["a"] * x + inputs["b"] + t[:, None]
 
 
 def straight_velocity(x, t, inputs):
@@ -704,20 +708,29 @@ def reference_sample(f, x, grid, method, final_euler=False):
 
 
 NOISE = jnp.asarray(np.linspace(-1.0, 1.5, B * D).reshape(B, D), jnp.float32)
-# per-element coefficients: a batch-1 uncond (1, D) must be broadcast along the batch only
+# inputs of shapes (B, D) and (B, 1): a batch-1 uncond leaf, (1, D) or (1, 1), must be
+# broadcast along the batch axis only, whatever its trailing dims
 A_COND = np.linspace(-0.5, 0.6, B * D).reshape(B, D)
+B_COND = np.array([[0.25], [-0.5]])
 A_UNCOND = np.linspace(0.3, -0.4, D).reshape(1, D)
-COND = {"a": jnp.asarray(A_COND, jnp.float32)}
-UNCOND = {"a": jnp.asarray(A_UNCOND, jnp.float32)}   # batch 1: broadcast to the cond batch
+B_UNCOND = np.array([[0.75]])
 
 
-def affine_np(a):
-    return lambda x, t: a * x + t
+def inputs(a, b):
+    return {"a": jnp.asarray(a, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
 
 
-def guided_np(scale, a_uncond=A_UNCOND):
+COND = inputs(A_COND, B_COND)
+UNCOND = inputs(A_UNCOND, B_UNCOND)   # batch 1: broadcast to the cond batch
+
+
+def affine_np(a, b=B_COND):
+    return lambda x, t: a * x + b + t
+
+
+def guided_np(scale, a_uncond=A_UNCOND, b_uncond=B_UNCOND):
     def f(x, t):
-        c, u = A_COND * x + t, a_uncond * x + t
+        c, u = A_COND * x + B_COND + t, a_uncond * x + b_uncond + t
         return u + scale * (c - u)
     return f
 
@@ -765,12 +778,12 @@ def test_heun_and_guidance_against_the_reference(loop):
         assert res.nfe == samplers.count_nfe(3, method, False, final)
         np.testing.assert_array_equal(res.timesteps, grid)
     # guidance (scale 2), batched and unbatched, with a batch-1 and a full-batch uncond
-    full_uncond = np.linspace(0.7, -0.2, B * D).reshape(B, D)
-    for batch_cfg, uncond in [(True, A_UNCOND), (False, full_uncond)]:
-        res = samplers.sample(affine_velocity, NOISE, COND, {"a": jnp.asarray(uncond, jnp.float32)},
+    full_uncond = (np.linspace(0.7, -0.2, B * D).reshape(B, D), np.array([[1.0], [-1.5]]))
+    for batch_cfg, uncond in [(True, (A_UNCOND, B_UNCOND)), (False, full_uncond)]:
+        res = samplers.sample(affine_velocity, NOISE, COND, inputs(*uncond),
                               num_steps=2, method="heun", cfg_scale=2.0, batch_cfg=batch_cfg,
                               loop=loop)
-        want = reference_sample(guided_np(2.0, uncond), NOISE, [1.0, 0.5, 0.0], "heun")
+        want = reference_sample(guided_np(2.0, *uncond), NOISE, [1.0, 0.5, 0.0], "heun")
         np.testing.assert_allclose(res.x, want, rtol=1e-5, atol=1e-6)
         assert res.nfe == 8
 
