@@ -37,6 +37,11 @@ EQUIVALENT: dict[tuple[str, str, int], str] = {
     (_CC, "padded = jnp.concatenate([pad, x], axis=1) if kt > 1 else x", 1):
         "kt == 1 pads with zero repeated frames, and concatenating an empty pad returns x",
     (_CC, "dtype: jnp.dtype = jnp.float32", 0): _ASTYPE_NONE,
+    ("seaweed_jax/models/dit/modulation.py", "zero_init_out: bool = False", 1):
+        "the field is only tested for truth; None is as false as False",
+    ("seaweed_jax/trainer/optimizers.py", "if warmup_updates <= 0:", 0):
+        "with 0 warmup updates optax.join_schedules([warmup, main], [0]) already uses the main "
+        "schedule from step 0 on, so skipping the join changes no learning rate",
     ("seaweed_jax/models/vae/haar.py", "for bits in itertools.product((0, 1), repeat=ndim):", 1):
         "each bit is only tested for truth (_HIGH if b else _LOW); 2 is as true as 1",
 }
@@ -79,10 +84,14 @@ def rows(cache: str = CACHE) -> list[tuple[str, str, int, int, str]]:
     if not os.path.exists(cache):
         raise SystemExit(f"no {cache}: run `make mutate` first")
     db = sqlite3.connect(cache)
+    # a survivor tested against older tests than this cache's last run is not a result yet
+    current = db.execute("SELECT value FROM miscdata WHERE key = 'hash_of_tests'").fetchone()
     return db.execute(
-        "SELECT s.filename, l.line, l.line_number, m.\"index\", m.status FROM mutant m "
+        "SELECT s.filename, l.line, l.line_number, m.\"index\", "
+        "CASE WHEN m.status = 'bad_survived' AND m.tested_against_hash != ? THEN 'untested' "
+        "ELSE m.status END FROM mutant m "
         "JOIN line l ON m.line = l.id JOIN sourcefile s ON l.sourcefile = s.id "
-        "ORDER BY s.filename, l.line_number, m.\"index\"").fetchall()
+        "ORDER BY s.filename, l.line_number, m.\"index\"", (current[0] if current else "",)).fetchall()
 
 
 def _out_of_scope(filename: str, line: str, line_number: int, index: int) -> bool | None:
