@@ -2,8 +2,9 @@
 
 mutmut imports this file from the working directory. For each mutant, `pre_mutation`
   - skips code outside the scope below (whole modules, or named functions of a module),
-  - skips string mutants inside error and log messages (a changed message is not a silent
-    bug; the error-table test in tests/test_cli_errors.py covers the messages users see),
+  - skips mutants that only change the text of an error or log message, its string literal
+    or the values an f-string formats into it (a changed message is not a silent bug; the
+    error-table test in tests/test_cli_errors.py covers the messages users see),
   - points the test command at the tests that cover that module, fastest killers first.
 Skipped mutants are reported apart and do not count in the score (docs/testing.md).
 """

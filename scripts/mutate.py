@@ -13,6 +13,7 @@ with the reason each cannot change behaviour. The table goes to docs/testing.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sqlite3
 import subprocess
@@ -49,17 +50,21 @@ EQUIVALENT: dict[tuple[str, str, int], str] = {
 KILLED = ("ok_killed", "ok_suspicious", "bad_timeout")  # a timeout means the tests noticed
 
 
+def _test_ids(paths: list[str]) -> list[str]:
+    """Every test id the chosen modules use."""
+    return sorted({t for p in paths for t in mutmut_config.existing(mutmut_config.SCOPE[p][1])})
+
+
 def _baseline_runner(paths: list[str]) -> str:
     """mutmut's first, unmutated run: every test the chosen modules use (it must pass, and
     ten times its duration is the timeout of one mutant's run)."""
-    tests = sorted({t for p in paths for t in mutmut_config.existing(mutmut_config.SCOPE[p][1])})
-    return mutmut_config._PYTEST + " ".join(tests)
+    return mutmut_config._PYTEST + " ".join(_test_ids(paths))
 
 
 def check_test_ids(paths: list[str]) -> None:
     """Every test id the run will use exists and is collected (pytest exit 4/5 would otherwise
     make every mutant of that module look like a survivor)."""
-    ids = sorted({t for p in paths for t in mutmut_config.existing(mutmut_config.SCOPE[p][1])})
+    ids = _test_ids(paths)
     code = subprocess.call([sys.executable, "-m", "pytest", "--co", "-q", "-m", "not slow", *ids],
                            cwd=ROOT, stdout=subprocess.DEVNULL)
     if code != 0:
@@ -94,9 +99,14 @@ def rows(cache: str = CACHE) -> list[tuple[str, str, int, int, str]]:
         "ORDER BY s.filename, l.line_number, m.\"index\"", (current[0] if current else "",)).fetchall()
 
 
+@functools.lru_cache(maxsize=None)
+def _source(filename: str) -> str:
+    return open(os.path.join(ROOT, filename)).read()
+
+
 def _out_of_scope(filename: str, line: str, line_number: int, index: int) -> bool | None:
     from mutmut import RelativeMutationID  # lazy: the mutate extra
-    source = open(os.path.join(ROOT, filename)).read()
+    source = _source(filename)
     if source.split("\n")[line_number] != line:
         return None  # a line that has changed since: its mutants are stale
     mutation_id = RelativeMutationID(filename=filename, line=line, index=index, line_number=line_number)
@@ -128,9 +138,8 @@ def report(caches=(CACHE,), show_survivors: bool = True) -> str:
             stale += 1
         elif skip:
             c["skipped"] += 1
-        elif status == "skipped":
+        elif status == "skipped":  # skipped by an older scope, in scope today
             c["untested"] += 1
-            c["skipped"] += 1
         elif status in KILLED:
             c["killed"] += 1
         elif key in EQUIVALENT:
