@@ -132,14 +132,15 @@ def _iterator_state(manager, step: int) -> dict:
     same in any process count. Per-process states (packed data: each process packs its own
     shard) cannot be split or merged: that is an error naming the way out."""
     states = {f.read_text() for f in _iterator_files(manager, step)}
+    state = json.loads(states.pop()) if len(states) == 1 else None
     # the packed iterator marks its state {"per_process": true, ...} (data/packed.py)
-    if len(states) != 1 or json.loads(next(iter(states))).get("per_process") is True:
+    if state is None or state.get("per_process") is True:
         raise ValueError(
             f"checkpoint step {step} holds a different data-iterator state per process (packed "
             f"data) for {_saved_process_count(manager, step)} processes; resume with that many "
             f"processes, or start a new run with config.init_from=<this workdir> (params only, "
             f"fresh data order)")
-    return json.loads(states.pop())
+    return state
 
 
 def abstract_with_shardings(abstract_tree, shardings):
