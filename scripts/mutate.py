@@ -30,6 +30,8 @@ CACHE = os.path.join(ROOT, ".mutmut-cache")
 _CC = "seaweed_jax/models/vae/causal_conv.py"
 _ASTYPE_NONE = ("x.astype(None) casts to JAX's default float dtype, float32 while x64 is off: "
                 "the same as the default it replaces")
+_GATHER_CLAMPS = ("jnp indexing clamps an out-of-bounds index on retrieval, so clipping to "
+                  "shape[0] + 1 then gathering reads the same last row as clipping to shape[0] - 1")
 EQUIVALENT: dict[tuple[str, str, int], str] = {
     (_CC, "taps = x[:, : (n_out - 1) * st + 1: st]", 0):
         "kt == 1: n_out * st > T - 1 by the definition of n_out, so any slice end past "
@@ -40,12 +42,46 @@ EQUIVALENT: dict[tuple[str, str, int], str] = {
     (_CC, "dtype: jnp.dtype = jnp.float32", 0): _ASTYPE_NONE,
     ("seaweed_jax/models/dit/modulation.py", "zero_init_out: bool = False", 1):
         "the field is only tested for truth; None is as false as False",
+    ("seaweed_jax/models/dit/modulation.py", "dtype: Dtype = jnp.float32", 0):
+        "the field only reaches layers.Linear, which computes in x.astype(dtype) and "
+        "kernel.astype(dtype); " + _ASTYPE_NONE,
     ("seaweed_jax/trainer/optimizers.py", "if warmup_updates <= 0:", 0):
         "with 0 warmup updates optax.join_schedules([warmup, main], [0]) already uses the main "
         "schedule from step 0 on, so skipping the join changes no learning rate",
     ("seaweed_jax/models/vae/haar.py", "for bits in itertools.product((0, 1), repeat=ndim):", 1):
         "each bit is only tested for truth (_HIGH if b else _LOW); 2 is as true as 1",
+    ("seaweed_jax/diffusion/refine.py",
+     "a = jnp.where(levels >= 0, table[jnp.clip(levels, 0, table.shape[0] - 1)], 1.0)", 4):
+        _GATHER_CLAMPS,
 }
+
+_CKPT = "seaweed_jax/checkpoint.py"
+_READ_ONLY_MANAGER = "make_manager(workdir, read_only=True, async_save=False)"
+EQUIVALENT.update({
+    (_CKPT, 'return int(files[0].name.rsplit("-of-", 1)[1].removesuffix(".json")) if files else None', 2):
+        "iterator files are named process_<i>-of-<n>.json: `-of-` occurs once, so any maxsplit "
+        "gives the same last part",
+    (_CKPT, "manager = " + _READ_ONLY_MANAGER, 1):
+        "make_manager ignores async_save when read_only=True (a read-only manager never saves)",
+    (_CKPT, "manager = " + _READ_ONLY_MANAGER, 0):
+        "latest_step opens the manager only on an existing checkpoint directory and only reads "
+        "from it; checked: a writable manager opened on a directory with 5 steps (keep 3) and a "
+        "leftover tmp directory changes no file's size or mtime",
+    ("seaweed_jax/diffusion/packed.py", "sample = jnp.clip(segment - 1, 0, emb.shape[1] - 1)", 4):
+        _GATHER_CLAMPS,
+    ("seaweed_jax/diffusion/packed.py",
+     "weight = weight.astype(jnp.float32) * (segment > 0)[..., None]", 1):
+        "padding tokens (segment 0) sum into segment_sum's bin 0, which [1:] drops: an unmasked "
+        "padding weight changes neither the loss nor its gradient (bin 0's cotangent is 0)",
+    ("seaweed_jax/diffusion/packed.py",
+     "return jax.ops.segment_sum(values.sum(-1), seg, num_segments=num_samples + 1)[1:]", 0):
+        "inside the vmap `values` is (N, P): axis +1 is axis -1",
+    ("seaweed_jax/kernels/options.py", "interpret: bool | None = None", 0):
+        "an annotation only: with `from __future__ import annotations` it is never evaluated",
+    ("seaweed_jax/diffusion/samplers.py", "if u.shape[0] == 1 and c.shape[0] != 1:", 6):
+        "the check above admits only batch 1 or the cond batch; `or` also broadcasts a "
+        "cond-batch uncond to its own shape, a no-op",
+})
 
 KILLED = ("ok_killed", "ok_suspicious", "bad_timeout")  # a timeout means the tests noticed
 
@@ -113,6 +149,18 @@ def _out_of_scope(filename: str, line: str, line_number: int, index: int) -> boo
     return mutmut_config.out_of_scope(filename, source, mutation_id)
 
 
+def _mutated_line(filename: str, line: str, line_number: int, index: int) -> str:
+    """The survivor's line as mutated, computed from the source on disk. (Not `mutmut show`
+    while a run is going: it rereads the module, mutated at that moment, and rewrites the
+    cache's lines, which crashes the run.)"""
+    import mutmut
+    from mutmut import RelativeMutationID
+    source = _source(filename)
+    mutation_id = RelativeMutationID(filename=filename, line=line, index=index, line_number=line_number)
+    mutated, _ = mutmut.mutate(mutmut.Context(mutation_id=mutation_id, filename=filename, source=source))
+    return mutated.split("\n")[line_number].strip()
+
+
 def report(caches=(CACHE,), show_survivors: bool = True) -> str:
     per: dict[str, dict[str, int]] = {}
     survivors = []
@@ -148,7 +196,8 @@ def report(caches=(CACHE,), show_survivors: bool = True) -> str:
             c["untested"] += 1
         else:
             c["survived"] += 1
-            survivors.append(f"{filename}:{line_number + 1} [{index}] {line.strip()}")
+            survivors.append(f"{filename}:{line_number + 1} [{index}] `{line.strip()}` -> "
+                             f"`{_mutated_line(filename, line, line_number, index)}`")
     out = ["| module | mutants | out of scope | equivalent | killed | survived | score |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     tk = tn = 0

@@ -678,6 +678,28 @@ def test_packed_loss_by_hand():
     assert float(total) == 0.0 and not np.any(has)
 
 
+def test_packed_loss_gradient_by_hand_and_zero_on_padding():
+    # d loss / d pred = 2 (pred - target) w / count_k / #samples-with-weight, for the sample k a
+    # token belongs to; padding tokens (segment 0, weight 1 here) get exactly 0, never NaN.
+    pred = np.full((2, 4, 2, 3), 0.25, np.float32)
+    target = pred + np.arange(48, dtype=np.float32).reshape(2, 4, 2, 3) / 10.0
+    segment = np.array([[1, 1, 2, 0], [1, 3, 3, 0]], np.int32)
+    weight = np.float32([[[1, 0], [1, 1], [1, 1], [1, 1]],
+                         [[0, 0], [1, 0], [1, 1], [1, 1]]])
+    grad = jax.jit(jax.grad(lambda p: packed.loss(p, target, weight, segment, 3)[0]))(pred)
+    _, _, has = reference_packed_loss(pred, target, weight, segment, 3)
+    want = np.zeros(pred.shape, np.float64)
+    for i in range(2):
+        for k in range(3):
+            sel = (segment[i] == k + 1)[:, None] * weight[i]                  # (N, P)
+            if has[i, k]:
+                want[i] += (2 * (pred[i] - target[i]) * sel[..., None]
+                            / (sel.sum() * 3) / has.sum())
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_array_equal(np.asarray(grad)[:, 3], 0.0)                # padding
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-8)
+
+
 # ============================================================ samplers.py (jitted steps)
 
 B, D = 2, 5   # batch and width of the sampler tests (D odd and != B on purpose)
@@ -725,6 +747,14 @@ def inputs(a, b):
 
 COND = inputs(A_COND, B_COND)
 UNCOND = inputs(A_UNCOND, B_UNCOND)   # batch 1: broadcast to the cond batch
+
+
+def test_uncond_batch_must_be_one_or_the_cond_batch():
+    noise = np.zeros((3, D), np.float32)
+    cond3 = inputs(np.ones((3, D)), np.ones((3, 1)))
+    with pytest.raises(ValueError, match="unconditional input has batch 2 but the conditional one 3"):
+        samplers.sample(affine_velocity, noise, cond3, inputs(np.ones((2, D)), np.ones((2, 1))),
+                        num_steps=1, cfg_scale=2.0)
 
 
 def affine_np(a, b=B_COND):

@@ -64,9 +64,14 @@ def count_nfe(num_steps: int, method: str = "euler", cfg: bool = False,
 
 
 def _match_batch(uncond, cond):
-    """Broadcast a batch-1 unconditional input (e.g. one negative prompt) to the cond batch."""
+    """Broadcast a batch-1 unconditional input (e.g. one negative prompt) to the cond batch;
+    any other batch must equal the cond batch."""
     def f(u, c):
         u = jnp.asarray(u)
+        if u.shape[0] not in (1, c.shape[0]):
+            raise ValueError(f"the unconditional input has batch {u.shape[0]} but the conditional "
+                             f"one {c.shape[0]}: pass uncond with batch 1 (one negative prompt "
+                             f"for all) or {c.shape[0]}")
         if u.shape[0] == 1 and c.shape[0] != 1:
             u = jnp.broadcast_to(u, (c.shape[0],) + u.shape[1:])
         return u
