@@ -67,6 +67,11 @@ EQUIVALENT.update({
         "latest_step opens the manager only on an existing checkpoint directory and only reads "
         "from it; checked: a writable manager opened on a directory with 5 steps (keep 3) and a "
         "leftover tmp directory changes no file's size or mtime",
+    ("seaweed_jax/trainer/loop.py", "manager = ckpt_lib." + _READ_ONLY_MANAGER, 1):
+        "make_manager ignores async_save when read_only=True (a read-only manager never saves)",
+    (_CKPT, "parent.mkdir(parents=True, exist_ok=True)", 0):
+        "the run directory exists whenever one of its checkpoints is set aside (the checkpoint "
+        "lies inside it), so only the last component is ever created",
     ("seaweed_jax/diffusion/packed.py", "sample = jnp.clip(segment - 1, 0, emb.shape[1] - 1)", 4):
         _GATHER_CLAMPS,
     ("seaweed_jax/diffusion/packed.py",

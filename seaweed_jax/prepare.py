@@ -16,6 +16,10 @@
                                      (normalized latents + captions + labels, ArrayRecord;
                                      see data/latent_cache.py); adds latent_cache,
                                      latent_shape, latent_splits, ... to the JSON line
+      [--vae_temporal_tile_frames=F] [--vae_spatial_tile=P [--vae_spatial_overlap=O]]
+                                     encode tiled (models/vae/tiling.py; lossy, off by
+                                     default): a separate cache, recorded in its meta.json
+                                     and as vae_tiling in the JSON line
 
 Reuses an existing build. Progress goes to stderr; the last stdout line is JSON:
 {"dataset", "config", "path", "splits": {split: examples}, "bytes", "seconds", "built"}
@@ -31,6 +35,8 @@ from absl import flags, logging
 from seaweed_jax import cli, config_lib
 from seaweed_jax.data import datasets
 from seaweed_jax.inference.vae import encode_dataset
+from seaweed_jax.models.vae import autoencoder
+from seaweed_jax.models.vae.tiling import Tiling
 
 _DATASET = flags.DEFINE_string("dataset", "moving_shapes/32x32_f17",
                                "Dataset name '<dataset>/HxW_fT', e.g. moving_shapes/64x64_f17, "
@@ -46,6 +52,15 @@ _VAE_WORKDIR = flags.DEFINE_string(
     "(data/latent_cache.py) that DiT training reads instead of re-running the VAE.")
 _VAE_STEP = flags.DEFINE_integer("vae_step", None, "VAE checkpoint step (default: latest).")
 _VAE_USE_EMA = flags.DEFINE_bool("vae_use_ema", True, "Encode with the VAE's EMA params.")
+_VAE_TEMPORAL_TILE = flags.DEFINE_integer(
+    "vae_temporal_tile_frames", None, "Encode OD-VAE groups of this many frames (1+dt*m, sharing "
+    "one frame; lossy). Default: whole clips.")
+_VAE_SPATIAL_TILE = flags.DEFINE_integer(
+    "vae_spatial_tile", None, "Encode square tiles of this many pixels (a multiple of the VAE's "
+    "spatial factor), blended; lossy. Default: whole frames.")
+_VAE_SPATIAL_OVERLAP = flags.DEFINE_integer(
+    "vae_spatial_overlap", None, "Pixels shared by neighbouring --vae_spatial_tile tiles (a "
+    "multiple of the spatial factor, < the tile). Default: a quarter of the tile.")
 # video_folder/NAME only (None = not given):
 _FOLDER = flags.DEFINE_string("folder", None, "video_folder: directory of your videos/images.")
 _FRAMES = flags.DEFINE_integer("frames", None, "video_folder: clip length T (1+4k; 1 = images).")
@@ -75,6 +90,22 @@ def folder_settings() -> dict | None:
     return {k: f.value for k, f in _FOLDER_FLAGS.items() if f.value is not None} or None
 
 
+def vae_tiling(vae_config) -> Tiling | None:
+    """The --vae_*tile* flags, validated against the VAE's compression (errors name the flag)."""
+    tiling = Tiling(_VAE_TEMPORAL_TILE.value, _VAE_SPATIAL_TILE.value, _VAE_SPATIAL_OVERLAP.value)
+    if vae_config is None:
+        given = [k for k, v in tiling.describe().items() if v is not None]
+        if given:
+            raise cli.UserError(f"--vae_{given[0]} tiles the VAE encoding; it needs "
+                                f"--vae_workdir=<a VAE run>")
+        return None
+    try:
+        tiling = tiling.resolve(autoencoder.compression(vae_config), prefix="--vae_")
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    return tiling if tiling.active else None
+
+
 def main(argv) -> None:
     cli.no_arguments(argv)
     cli.check_range("num_train", _NUM_TRAIN.value, minimum=1,
@@ -83,9 +114,11 @@ def main(argv) -> None:
                     hint="; omit it for the default (512)")
     logging.set_verbosity(logging.WARNING)  # TFDS info lines would drown the progress bars
     data_dir = _DATA_DIR.value or config_lib.default_data_dir()
+    vae_config = None
     if _VAE_WORKDIR.value:   # before the (long) dataset build
-        cli.require_run(_VAE_WORKDIR.value, flag="vae_workdir", task="vae",
-                        verb="prepare --vae_workdir")
+        vae_config = cli.require_run(_VAE_WORKDIR.value, flag="vae_workdir", task="vae",
+                                     verb="prepare --vae_workdir")
+    tiling = vae_tiling(vae_config)
     # bad names / counts / settings raise ValueError in the data layer: one `error:` line
     _, summary = datasets.prepare(_DATASET.value, data_dir, _SEED.value, _NUM_TRAIN.value,
                                   _NUM_VALIDATION.value, folder_settings=folder_settings())
@@ -93,7 +126,7 @@ def main(argv) -> None:
         summary.update(encode_dataset(
             _DATASET.value, data_dir, _VAE_WORKDIR.value, seed=_SEED.value,
             num_train=_NUM_TRAIN.value, num_validation=_NUM_VALIDATION.value,
-            vae_step=_VAE_STEP.value, use_ema=_VAE_USE_EMA.value))
+            vae_step=_VAE_STEP.value, use_ema=_VAE_USE_EMA.value, tiling=tiling))
     print(json.dumps(summary), flush=True)
 
 

@@ -23,7 +23,9 @@ but a TFDS builder per (dataset, VAE) pair buys nothing over 20 lines of ArrayRe
 writing, and the reader is grain's own `ArrayRecordDataSource`.
 
 The encoder's fingerprint names the cache directory, so a retrained VAE never reuses a
-stale cache.
+stale cache. Tiled encoding (`prepare --vae_temporal_tile_frames / --vae_spatial_tile`,
+models/vae/tiling.py; lossy, off by default) changes the fingerprint too: a tiled cache is
+its own directory, and its meta.json records the tiling under `vae.vae_tiling`.
 
 Training reads the cache with `make_latent_iterator`, a grain pipeline with the same
 structure and the same derived seeds as `data.pipeline` (shuffle reseeded every epoch ->

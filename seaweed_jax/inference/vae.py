@@ -15,6 +15,7 @@ from seaweed_jax import paths
 from seaweed_jax.data import latent_cache, video_io
 from seaweed_jax.eval import reconstruction
 from seaweed_jax.models.vae import codec as codec_lib
+from seaweed_jax.models.vae.tiling import Tiling
 from seaweed_jax.trainer.vae_task import compute_latent_stats
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,14 @@ log = logging.getLogger(__name__)
 
 def reconstruct_files(workdir: str, input_path: str, output_dir: str, *, step: int | None = None,
                       use_ema: bool = True, chunk_frames: int | None = None,
-                      chunk_above_frames: int | None = None, fps: float = 8.0) -> dict:
-    """Reconstruct every input video with the VAE of `workdir`; unreadable files are skipped
-    and counted. Returns the summary the CLI prints (see `seaweed_jax.reconstruct`)."""
+                      chunk_above_frames: int | None = None, fps: float = 8.0,
+                      tiling: Tiling | None = None) -> dict:
+    """Reconstruct every input video with the VAE of `workdir` (tiled with `tiling`: see
+    models/vae/tiling.py); unreadable files are skipped and counted. Returns the summary the
+    CLI prints (see `seaweed_jax.reconstruct`)."""
     inputs, root = video_io.find_inputs(input_path)
-    codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)
+    codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True).with_tiling(
+        tiling, prefix="--")
     limit = codec.chunk_above_frames if chunk_above_frames is None else chunk_above_frames
     stems = video_io.output_stems(inputs, root)
     files, skipped, psnrs, ssims = [], [], [], []
@@ -53,24 +57,29 @@ def reconstruct_files(workdir: str, input_path: str, output_dir: str, *, step: i
     summary = reconstruction.summarize(psnrs, ssims)
     summary.update(skipped=len(skipped), skipped_files=skipped, files=files,
                    workdir=paths.display(workdir), step=codec.step,
-                   params="ema" if codec.params_key == "ema_params" else "params")
+                   params="ema" if codec.params_key == "ema_params" else "params",
+                   tiling=None if codec.tiling is None else codec.tiling.describe())
     return summary
 
 
 def encode_dataset(dataset: str, data_dir: str, vae_workdir: str, *, seed: int = 0,
                    num_train: int | None = None, num_validation: int | None = None,
                    vae_step: int | None = None, use_ema: bool = True,
-                   verbose: bool = True) -> dict:
+                   verbose: bool = True, tiling: Tiling | None = None) -> dict:
     """Encode `dataset` with the VAE of `vae_workdir` into its latent cache; returns a summary.
-    Writes the VAE's latent_stats.json first if the run has none (e.g. stopped early)."""
+    Writes the VAE's latent_stats.json first if the run has none (e.g. stopped early).
+    `tiling` encodes tiled (lossy; models/vae/tiling.py): a cache of its own (the codec's
+    fingerprint includes it), recorded in meta.json's `vae.vae_tiling`."""
     stats_path = paths.run_path(vae_workdir) / codec_lib.STATS_FILE
     if not stats_path.exists():   # VAE runs write it at the end of training
         if verbose:
             print(f"[latent_cache] {stats_path} missing: computing it (VAE training data)",
                   file=sys.stderr, flush=True)
         compute_latent_stats(vae_workdir, data_dir=data_dir, step=vae_step, use_ema=use_ema)
-    codec = codec_lib.load(vae_workdir, vae_step, use_ema)
+    codec = codec_lib.load(vae_workdir, vae_step, use_ema).with_tiling(tiling, prefix="--vae_")
     _, summary = latent_cache.build_latent_cache(
         dataset, data_dir, codec.latent_encoder(), seed=seed, num_train=num_train,
         num_validation=num_validation, verbose=verbose)
+    if codec.tiling is not None:
+        summary["vae_tiling"] = codec.tiling.describe()
     return summary

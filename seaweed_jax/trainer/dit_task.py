@@ -42,6 +42,10 @@ Config sections read here (defaults in `default_diffusion_config`, `default_samp
   diffusion    timesteps, shift, text_dropout, i2v_share, extend_share, eval_t, eval_seed
   sample       cfg_scale (> 1, tuned), steps, sampler, shift, num_frames, height, width
   vae_workdir, vae_step, vae_use_ema, data.latent_cache
+  vae_tiling   optional OD-VAE temporal groups / spatial tiles for encoding (models/vae/tiling.py
+               fields; absent or empty = exact). The latent cache of a tiled VAE is its own
+               (its fingerprint includes the tiling), so `prepare --vae_spatial_tile=...` and
+               the same `vae_tiling` here find the same cache.
 """
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ from seaweed_jax.models.dit.attention import layer_attention_types
 from seaweed_jax.models.dit import validate_config as validate_dit_config
 from seaweed_jax.models.text import build_text_encoder, text_config
 from seaweed_jax.models.vae import codec as codec_lib
+from seaweed_jax.models.vae import tiling as tiling_lib
 from seaweed_jax.trainer import optimizers
 from seaweed_jax.trainer.state import TrainState
 from seaweed_jax.trainer.task import Task
@@ -288,9 +293,12 @@ class DiTTask(Task):
     def vae(self):
         """The frozen VAE of config.vae_workdir (loaded on first use)."""
         if self._vae is None:
+            tiling = tiling_lib.from_config(self.config.get("vae_tiling", None))
             self._vae = codec_lib.load(resolve_vae_workdir(self.config),
                                        self.config.get("vae_step", None),
                                        bool(self.config.get("vae_use_ema", True)))
+            if tiling is not None:
+                self._vae = self._vae.with_tiling(tiling, "config.vae_tiling.")
             if self._vae.latent_channels != int(self.model_cfg.latent_channels):
                 raise ValueError(
                     f"model.latent_channels={self.model_cfg.latent_channels} but the VAE at "

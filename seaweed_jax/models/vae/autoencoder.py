@@ -10,6 +10,12 @@ Model config (`config.model`, a FrozenConfigDict) fields:
   base_channels, channel_mults, num_res_blocks
   down               conv arch: per level transition 'spatial' | 'temporal' | 'joint'
   enc_conv, dec_conv conv arch: per level '2d' (per-frame) | '3d' (causal) convs
+  mid_conv           '3d' | '2d': convs of the mid blocks, the encoder's conv_out and the decoder's
+                     conv_in (all '2d' + enc_conv/dec_conv all '2d' = a per-frame image VAE)
+  down_pad           conv arch 'spatial' downsamplers: 'symmetric' (pad 1 each side) | 'end'
+                     (pad 1 after the last row/column only, as diffusers' Downsample2D)
+  quant_conv, post_quant_conv   1x1 convs on the encoder moments / on z before the decoder
+                     (diffusers AutoencoderKL's use_quant_conv / use_post_quant_conv)
   ef_enc_channels, ef_dec_channels, connect_res_blocks   wavelet arch: energy-flow widths
   mid_attention      per-frame spatial attention in the mid block
   res_zero_init      zero-init the last conv of every ResNet block (blocks start as identity)
@@ -37,8 +43,8 @@ import numpy as np
 from flax import linen as nn
 
 from seaweed_jax.models.vae.blocks import (
-    DOWN_KINDS, Downsample, FrameAttention, ResBlock, Upsample, make_norm)
-from seaweed_jax.models.vae.causal_conv import CACHE, CausalConv3d, FrameConv2d, caching, make_conv
+    DOWN_KINDS, DOWN_PADS, Downsample, FrameAttention, ResBlock, Upsample, make_norm)
+from seaweed_jax.models.vae.causal_conv import CACHE, FrameConv2d, PointwiseConv, caching, make_conv
 from seaweed_jax.models.vae.haar import Haar3D, InverseHaar3D, haar2d, inverse_haar2d
 from seaweed_jax.parallel.remat import maybe_remat
 
@@ -73,6 +79,13 @@ def validate_model_config(config) -> None:
         raise ValueError(f"model.arch={cfg.arch!r} must be 'conv' or 'wavelet'")
     if cfg.stem not in ("conv", "haar3d"):
         raise ValueError(f"model.stem={cfg.stem!r} must be 'conv' or 'haar3d'")
+    if cfg.mid_conv not in ("2d", "3d"):
+        raise ValueError(f"model.mid_conv={cfg.mid_conv!r} must be '2d' (per-frame) or '3d' (causal)")
+    if cfg.down_pad not in DOWN_PADS:
+        raise ValueError(f"model.down_pad={cfg.down_pad!r} must be one of {DOWN_PADS}")
+    if cfg.arch != "conv" and cfg.down_pad != "symmetric":
+        raise ValueError(f"model.down_pad={cfg.down_pad!r} applies to the conv arch only; "
+                         f"set model.down_pad='symmetric' for arch={cfg.arch!r}")
     if cfg.arch == "conv":
         n = len(cfg.channel_mults)
         if len(cfg.down) != n - 1:
@@ -139,10 +152,17 @@ class _Common(nn.Module):
                               name=name)
 
     def mid(self, h, inner, out_features, prefix="mid"):
-        h = self.res(inner, name=f"{prefix}_res0")(h)
+        h = self.res(inner, self.cfg.mid_conv, name=f"{prefix}_res0")(h)
         if self.cfg.mid_attention:
             h = self.attn(f"{prefix}_attn")(h)
-        return self.res(out_features, name=f"{prefix}_res1")(h)
+        return self.res(out_features, self.cfg.mid_conv, name=f"{prefix}_res1")(h)
+
+    def latent_in(self, z, features):
+        """Decoder entry: the optional 1x1 post-quant conv, then conv_in."""
+        kw = dict(dtype=_dtype(self.cfg), conv_impl=self.cfg.conv_impl)
+        if self.cfg.post_quant_conv:
+            z = PointwiseConv(z.shape[-1], dtype=kw["dtype"], name="post_quant_conv")(z)
+        return make_conv(self.cfg.mid_conv, features, name="conv_in", **kw)(z)
 
     def head(self, h, features, conv="3d", name="conv_out", bias_init=nn.initializers.zeros):
         h = nn.silu(make_norm(self.cfg.norm, self.cfg.norm_groups, name="norm_out")(h))
@@ -156,7 +176,12 @@ class _Common(nn.Module):
 
         def bias_init(key, shape, dtype=jnp.float32):
             return jnp.concatenate([jnp.zeros((c,), dtype), jnp.full((c,), v, dtype)])
-        return _gaussian(self.cfg, self.head(h, 2 * c, bias_init=bias_init))
+        if not self.cfg.quant_conv:
+            return _gaussian(self.cfg, self.head(h, 2 * c, self.cfg.mid_conv, bias_init=bias_init))
+        # the last layer (the 1x1 quant conv) carries the logvar bias
+        moments = self.head(h, 2 * c, self.cfg.mid_conv)
+        return _gaussian(self.cfg, PointwiseConv(2 * c, dtype=_dtype(self.cfg), name="quant_conv",
+                                                 bias_init=bias_init)(moments))
 
 
 def _gaussian(cfg, moments):
@@ -179,7 +204,7 @@ class ConvEncoder(_Common):
             for j in range(cfg.num_res_blocks):
                 h = self.res(c, cfg.enc_conv[i], name=f"level{i}_res{j}")(h)
             if i < len(chans) - 1:
-                h = Downsample(cfg.down[i], c, name=f"level{i}_down", **kw)(h)
+                h = Downsample(cfg.down[i], c, pad=cfg.down_pad, name=f"level{i}_down", **kw)(h)
         h = self.mid(h, chans[-1], chans[-1])
         return self.moments_head(h), {}
 
@@ -190,7 +215,7 @@ class ConvDecoder(_Common):
         cfg = self.cfg
         kw = dict(dtype=_dtype(cfg), conv_impl=cfg.conv_impl)
         chans = [cfg.base_channels * m for m in cfg.channel_mults]
-        h = CausalConv3d(chans[-1], name="conv_in", **kw)(z)
+        h = self.latent_in(z, chans[-1])
         h = self.mid(h, chans[-1], chans[-1])
         for i in reversed(range(len(chans))):
             for j in range(cfg.num_res_blocks + 1):
@@ -248,7 +273,7 @@ class WaveletDecoder(_Common):
                 feat = self.res(ef, "3d", name=f"{name}_res{j}")(feat)
             return FrameConv2d(n_out, name=f"{name}_conv", dtype=kw["dtype"])(feat).astype(jnp.float32)
 
-        h = CausalConv3d(c2, name="conv_in", **kw)(z)
+        h = self.latent_in(z, c2)
         h = self.mid(h, c2, c2 + ef)
         l2_coeffs = connect(h[..., c2:], 8 * c_out, "connect_l2")   # (1+k, H/8, W/8, 8c)
         l2 = InverseHaar3D(name="ihaar_l2")(l2_coeffs)              # (1+2k, H/4, W/4, c)
@@ -464,6 +489,10 @@ def default_model_config(**overrides) -> mc.ConfigDict:
         down=("spatial", "joint", "joint"),
         enc_conv=("3d", "3d", "3d", "3d"),
         dec_conv=("3d", "3d", "3d", "3d"),
+        mid_conv="3d",          # mid blocks, encoder conv_out, decoder conv_in
+        down_pad="symmetric",   # 'end': diffusers' Downsample2D padding (conv arch 'spatial' levels)
+        quant_conv=False,       # 1x1 conv on the encoder moments (diffusers use_quant_conv)
+        post_quant_conv=False,  # 1x1 conv on z before the decoder (diffusers use_post_quant_conv)
         ef_enc_channels=128,
         ef_dec_channels=128,
         connect_res_blocks=1,

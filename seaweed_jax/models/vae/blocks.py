@@ -8,10 +8,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 from seaweed_jax.models.vae.causal_conv import (
-    CausalConv3d, PointwiseConv, at_sequence_start, default_kernel_init, make_conv)
+    BIAS_AXES, KERNEL_2D_AXES, CausalConv3d, PointwiseConv, at_sequence_start, default_kernel_init,
+    make_conv)
 
 NORM_AXES = ("norm",)
 
@@ -107,21 +109,53 @@ class FrameAttention(nn.Module):
 
 
 DOWN_KINDS = ("spatial", "temporal", "joint")
+DOWN_PADS = ("symmetric", "end")
+
+
+class EndPaddedConv2d(nn.Module):
+    """Per-frame k x k stride-s conv on input zero-padded by (0, 1) in H and W, 'valid' otherwise:
+    the diffusers / LDM `Downsample2D` (its window i covers rows 2i..2i+2, where a symmetric pad
+    covers 2i-1..2i+1). Params are named like `FrameConv2d`'s."""
+    features: int
+    kernel_size: int = 3
+    strides: int = 2
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, t, h, w, c = x.shape
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.with_logical_partitioning(default_kernel_init, KERNEL_2D_AXES),
+                            (k, k, c, self.features), jnp.float32)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, BIAS_AXES),
+                          (self.features,), jnp.float32)
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype).reshape(b * t, h, w, c), kernel.astype(self.dtype),
+            (self.strides, self.strides), ((0, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = y.reshape((b, t) + y.shape[1:]) + bias.astype(self.dtype)
+        return checkpoint_name(y, "conv_out")
 
 
 class Downsample(nn.Module):
     """'spatial' (per-frame k3 s2), 'temporal' (causal k3 s(2,1,1)) or 'joint' (causal k3 s2).
 
     A causal stride-2 conv maps 1+2k frames to 1+k: frame 0 stays its own output frame.
+    `pad` ('spatial' only): 'symmetric' zero-pads 1 on every side; 'end' pads 1 after the last
+    row / column only (diffusers AutoencoderKL weights expect it).
     """
     kind: str
     features: int
     dtype: jnp.dtype = jnp.float32
     conv_impl: str = "fold_time"
+    pad: str = "symmetric"
 
     @nn.compact
     def __call__(self, x):
+        if self.pad not in DOWN_PADS:
+            raise ValueError(f"downsample pad {self.pad!r} must be one of {DOWN_PADS}")
         if self.kind == "spatial":
+            if self.pad == "end":
+                return EndPaddedConv2d(self.features, dtype=self.dtype, name="conv")(x)
             return make_conv("2d", self.features, strides=(1, 2, 2), dtype=self.dtype, name="conv")(x)
         strides = {"temporal": (2, 1, 1), "joint": (2, 2, 2)}.get(self.kind)
         if strides is None:

@@ -18,6 +18,11 @@ built from params). `reconstruct` and `posterior_means` take any size: edge-repl
 padding at the end of time / bottom / right, Causal Cache chunks above
 `model.chunk_above_frames` frames (exactly equal to full inference), output cropped back.
 With a multi-process mesh, inputs are this process's slice and outputs are gathered.
+
+Tiled inference (lossy, bounded memory; off by default): `codec.with_tiling(Tiling(...))` or
+`reconstruct(..., tiling=...)` codes OD-VAE temporal groups and/or blended spatial tiles
+(models/vae/tiling.py), each group / tile still Causal Cache chunked when long. A tiled
+codec's fingerprint and description include its tiling, so its latent cache is its own.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from jax.sharding import SingleDeviceSharding
 from seaweed_jax import checkpoint, paths
 from seaweed_jax.data.latent_cache import LatentEncoder
 from seaweed_jax.models.vae import autoencoder
+from seaweed_jax.models.vae import tiling as tiling_lib
 from seaweed_jax.parallel.sharding import host_to_global, unbox
 
 STATS_FILE = "latent_stats.json"
@@ -89,12 +95,26 @@ class VAECodec:
     step: int = -1
     params_key: str = "params"        # "ema_params" or "params"
     run_config: Any = None            # the whole training config of a loaded run
+    tiling: Any = None                # tiling_lib.Tiling: tiled encode / decode; None = exact
 
     def __post_init__(self):
         self.config = autoencoder.model_section(self.config)   # newer fields: defaults
         c = self.latent_channels
         self.mean = np.zeros((c,), np.float32) if self.mean is None else self.mean
         self.std = np.ones((c,), np.float32) if self.std is None else self.std
+        self.tiling = self._resolve_tiling(self.tiling)
+
+    def _resolve_tiling(self, tiling, prefix: str = "tiling."):
+        """A validated Tiling (default overlap filled in), or None when off."""
+        if tiling is None:
+            return None
+        tiling = tiling.resolve(self.compression, prefix)   # an overlap alone is an error too
+        return tiling if tiling.active else None
+
+    def with_tiling(self, tiling, prefix: str = "tiling.") -> "VAECodec":
+        """This codec with `tiling` (a `tiling_lib.Tiling`; None = exact). Errors name
+        `prefix` + field, e.g. prefix='--' for a CLI's flags."""
+        return dataclasses.replace(self, tiling=self._resolve_tiling(tiling, prefix))
 
     # ----------------------------------------------------------------- shapes
     @property
@@ -160,23 +180,34 @@ class VAECodec:
         return z * self.std + self.mean
 
     def encode(self, video) -> np.ndarray:
-        """Codable [-1, 1] video (B, T, H, W, 3) -> normalized latents (B, t, h, w, C) float32."""
+        """Codable [-1, 1] video (B, T, H, W, 3) -> normalized latents (B, t, h, w, C) float32
+        (tiled when `self.tiling` is set)."""
         chunk = int(self.config.chunk_frames)
+
+        def encode_mean(v):
+            mean, _ = autoencoder.encode(self.params, v, config=self.config,
+                                         chunk_frames=chunk if v.shape[1] > 1 + chunk else None)
+            return mean
+
         with self._placement():
-            video = jnp.asarray(video, jnp.float32)
-            mean, _ = autoencoder.encode(self.params, video, config=self.config,
-                                         chunk_frames=chunk if video.shape[1] > 1 + chunk else None)
-            mean = np.asarray(mean, np.float32)
+            video = np.asarray(video, np.float32)   # on the host: tiles are numpy slices
+            mean = np.asarray(tiling_lib.encode(encode_mean, video, self.tiling, self.compression),
+                              np.float32)
         return np.asarray(self.normalize(mean), np.float32)
 
     def decode(self, latents) -> np.ndarray:
-        """Normalized latents (B, t, h, w, C) -> video in [-1, 1] (float32, unclipped)."""
+        """Normalized latents (B, t, h, w, C) -> video in [-1, 1] (float32, unclipped; tiled
+        when `self.tiling` is set)."""
         chunk = int(self.config.chunk_latent_frames)
+
+        def decode_video(z):
+            return autoencoder.decode(self.params, z, config=self.config,
+                                      chunk_latent_frames=chunk if z.shape[1] > 1 + chunk else None)
+
         with self._placement():
-            z = jnp.asarray(self.denormalize(np.asarray(latents, np.float32)), jnp.float32)
-            return np.asarray(autoencoder.decode(self.params, z, config=self.config,
-                                                 chunk_latent_frames=chunk if z.shape[1] > 1 + chunk
-                                                 else None), np.float32)
+            z = np.asarray(self.denormalize(np.asarray(latents, np.float32)), np.float32)
+            return np.asarray(tiling_lib.decode(decode_video, z, self.tiling, self.compression),
+                              np.float32)
 
     # ----------------------------------------------------------------- any size (evaluation)
     def _to_global(self, x):
@@ -203,42 +234,59 @@ class VAECodec:
             return self._to_host(self._encode_mean(x, chunk))
 
     def reconstruct(self, video, *, chunked: bool | None = None, chunk_frames: int | None = None,
-                    chunk_above: int | None = None) -> np.ndarray:
+                    chunk_above: int | None = None, tiling=None) -> np.ndarray:
         """Float video (B, T, H, W, C) in [-1, 1], any T/H/W -> float reconstruction, same shape.
 
         chunked=None picks Causal Cache chunks when the padded clip has more than
         `chunk_above` (default model.chunk_above_frames) frames; True/False force it. Chunks
         are `chunk_frames` input frames (default model.chunk_frames, a multiple of dt) and
         chunk_frames / dt latent frames when decoding (default model.chunk_latent_frames).
+        `tiling` (a `tiling_lib.Tiling`; default `self.tiling`; `Tiling()` = off) codes the
+        padded clip in temporal groups / spatial tiles; with chunked=None a group is chunked
+        when it alone has more than `chunk_above` frames.
         """
         video = np.asarray(video, np.float32)
         if video.ndim != 5:
             raise ValueError(f"video must be (B, T, H, W, C); got shape {video.shape}")
         _, t, h, w, _ = video.shape
+        tiling = self.tiling if tiling is None else self._resolve_tiling(tiling)
         x = self.pad_to_codable(video)
-        if chunked is None:
-            chunked = x.shape[1] > (self.chunk_above_frames if chunk_above is None else chunk_above)
+        limit = self.chunk_above_frames if chunk_above is None else chunk_above
         dt = self.compression[0]
         enc_chunk = int(chunk_frames or self.config.chunk_frames)
         dec_chunk = max(1, enc_chunk // dt) if chunk_frames else int(self.config.chunk_latent_frames)
+
+        def use_chunks(frames: int) -> bool:   # frames of the piece being coded
+            return frames > limit if chunked is None else bool(chunked)
+
+        def encode_mean(v):
+            return self._encode_mean(v, enc_chunk if use_chunks(v.shape[1]) else None)
+
+        def decode_video(z):
+            chunk = dec_chunk if use_chunks(1 + dt * (z.shape[1] - 1)) else None
+            return autoencoder.decode(self.params, z, config=self.config, chunk_latent_frames=chunk)
+
         with self._placement():
-            mean = self._encode_mean(x, enc_chunk if chunked else None)
-            out = autoencoder.decode(self.params, mean, config=self.config,
-                                     chunk_latent_frames=dec_chunk if chunked else None)
+            mean = tiling_lib.encode(encode_mean, x, tiling, self.compression)
+            out = tiling_lib.decode(decode_video, mean, tiling, self.compression)
             return self._to_host(out)[:, :t, :h, :w]
 
     # ----------------------------------------------------------------- identity
     def fingerprint(self) -> str:
         """Changes whenever the latents would (run, step, params kind, statistics)."""
-        h = hashlib.sha1(json.dumps(dict(
-            workdir=self.workdir, step=self.step, params=self.params_key,
-            mean=[float(x) for x in self.mean], std=[float(x) for x in self.std])).encode())
-        return h.hexdigest()[:10]
+        ident = dict(workdir=self.workdir, step=self.step, params=self.params_key,
+                     mean=[float(x) for x in self.mean], std=[float(x) for x in self.std])
+        if self.tiling is not None:   # only when on: untiled fingerprints stay what they were
+            ident["tiling"] = self.tiling.describe()
+        return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:10]
 
     def describe(self) -> dict:
-        return dict(vae_workdir=self.workdir, vae_step=self.step, vae_params=self.params_key,
-                    compression=list(self.compression), latent_channels=self.latent_channels,
-                    mean=self.mean.tolist(), std=self.std.tolist())
+        out = dict(vae_workdir=self.workdir, vae_step=self.step, vae_params=self.params_key,
+                   compression=list(self.compression), latent_channels=self.latent_channels,
+                   mean=self.mean.tolist(), std=self.std.tolist())
+        if self.tiling is not None:
+            out["vae_tiling"] = self.tiling.describe()
+        return out
 
     def latent_encoder(self) -> LatentEncoder:
         """What the latent cache needs of this VAE: its encode function and identity."""
@@ -248,10 +296,11 @@ class VAECodec:
     # ----------------------------------------------------------------- loading
     @classmethod
     def load(cls, workdir: str, step: int | None = None, use_ema: bool = True,
-             raw: bool = False, mesh=None) -> "VAECodec":
+             raw: bool = False, mesh=None, tiling=None) -> "VAECodec":
         """The VAE of run `workdir` (latest step or `step`; EMA params if `use_ema` and the run
         kept them), replicated on this process's first device. `raw=True` skips
-        latent_stats.json (identity normalization: reconstruction and statistics need none)."""
+        latent_stats.json (identity normalization: reconstruction and statistics need none).
+        `tiling`: a `tiling_lib.Tiling` for tiled encode / decode (None = exact)."""
         workdir = paths.display(workdir)
         if not paths.run_path(workdir).is_dir():
             raise FileNotFoundError(f"VAE workdir {workdir!r} does not exist; train one with "
@@ -276,10 +325,11 @@ class VAECodec:
                     f"with `python -m seaweed_jax.evaluate --workdir={workdir} --latent_stats`")
             mean, std = read_stats(stats_path, int(model_cfg.latent_channels))
         return cls(config=model_cfg, params=params, mean=mean, std=std, mesh=mesh,
-                   workdir=workdir, step=int(got_step), params_key=key, run_config=run_config)
+                   workdir=workdir, step=int(got_step), params_key=key, run_config=run_config,
+                   tiling=tiling)
 
 
 def load(workdir: str, step: int | None = None, use_ema: bool = True, raw: bool = False,
-         mesh=None) -> VAECodec:
+         mesh=None, tiling=None) -> VAECodec:
     """`VAECodec.load` (big_vision style: the loader sits beside the model)."""
-    return VAECodec.load(workdir, step, use_ema, raw, mesh)
+    return VAECodec.load(workdir, step, use_ema, raw, mesh, tiling)
