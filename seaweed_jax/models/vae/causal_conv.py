@@ -13,10 +13,18 @@ not initializing), every temporal conv runs on a chunk of frames:
     (k - s frames when chunk lengths are multiples of the stride: k3s1 -> 2, k3s2 -> 1).
 Because every other op is per frame, chunked inference equals full inference. Outside cache
 mode (training, full inference) nothing is stored, so `model.apply({"params": p}, x)` works.
+
+Time halo (the Causal Cache in parallel, models/vae/multidevice.py). Inside `time_halo(axis)`,
+under `jax.shard_map` with time split over mesh axis `axis`, every device holds 1 + n frames
+whose frame 0 is a copy of the previous device's last frame (device 0: the true frame 0), so
+all devices run the sequence-start program. A temporal conv then takes its past from the
+previous device with one `ppermute` instead of repeating frame 0 (device 0 still repeats it).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +33,10 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 CACHE = "cache"
+
+# Mesh axis name of the active time halo (None: single device). Read at trace time, so enter
+# `time_halo` inside the function that shard_map traces.
+_HALO_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("halo_axis", default=None)
 
 # flax rejects a logical name repeated within one array, so only the first tap dim is named
 # (conv_k is never sharded anyway).
@@ -53,6 +65,38 @@ def at_sequence_start(module: nn.Module) -> bool:
         return False
     module.variable(CACHE, "started", lambda: jnp.zeros((), jnp.int32))
     return True
+
+
+@contextlib.contextmanager
+def time_halo(axis_name: str) -> Iterator[None]:
+    """Temporal convs traced in this block exchange halos over mesh axis `axis_name`."""
+    token = _HALO_AXIS.set(axis_name)
+    try:
+        yield
+    finally:
+        _HALO_AXIS.reset(token)
+
+
+def halo_padded(x: jax.Array, kt: int, st: int, axis: str) -> jax.Array:
+    """This device's time-padded conv input (kt - 1 + T frames) in the overlap layout.
+
+    x holds 1 + n frames; frame 0 duplicates the previous device's last frame. Device 0 pads with
+    kt - 1 copies of frame 0, as full inference does. Device i > 0 replaces its frame 0 by
+    device i-1's last kt frames: the kt - 1 frames its first window reaches back to, plus that
+    duplicate recomputed with full context (a per-frame op or the Haar stem cannot compute it
+    exactly, and the previous device always has it right). Output frame 0 is again a duplicate.
+    """
+    n = x.shape[1] - 1
+    if n < kt or n % st:
+        raise ValueError(
+            f"time halo: a device holds 1 + {n} frames at a conv with temporal kernel {kt} and stride "
+            f"{st}; every device needs a multiple of {st}, at least {kt}, after its first frame "
+            f"(use longer videos or fewer devices on mesh axis {axis!r})")
+    size = lax.axis_size(axis)
+    recv = lax.ppermute(x[:, -kt:], axis, [(i, i + 1) for i in range(size - 1)])
+    own = jnp.repeat(x[:, :1], kt, axis=1)
+    head = jnp.where(lax.axis_index(axis) == 0, own, recv)
+    return jnp.concatenate([head, x[:, 1:]], axis=1)
 
 
 def _spatial_padding(k: int) -> tuple[int, int]:
@@ -115,6 +159,22 @@ class CausalConv3d(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, KERNEL_3D_AXES),
                             (kt, kh, kw, x.shape[-1], self.features), jnp.float32)
         x = x.astype(self.dtype)
+        axis = _HALO_AXIS.get()
+        if axis is not None and kt > 1:
+            if caching(self):
+                raise ValueError("time_halo and the Causal Cache (mutable 'cache') are exclusive")
+            padded = halo_padded(x, kt, st, axis)
+        else:
+            padded = self._pad_past(x, kt, st)
+        y = conv3d_valid_time(padded, kernel.astype(self.dtype), self.strides, self.conv_impl)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
+                              (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return checkpoint_name(y, "conv_out")
+
+    def _pad_past(self, x: jax.Array, kt: int, st: int) -> jax.Array:
+        """Single device: repeat frame 0 at the sequence start, else prepend the cached tail."""
         start = at_sequence_start(self)
         if start:
             pad = jnp.repeat(x[:, :1], kt - 1, axis=1)
@@ -132,12 +192,7 @@ class CausalConv3d(nn.Module):
                 self.variable(CACHE, "tail", lambda: tail)
             else:
                 self.put_variable(CACHE, "tail", tail)
-        y = conv3d_valid_time(padded, kernel.astype(self.dtype), self.strides, self.conv_impl)
-        if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
-                              (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return checkpoint_name(y, "conv_out")
+        return padded
 
 
 class FrameConv2d(nn.Module):
