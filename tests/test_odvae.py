@@ -24,6 +24,7 @@ import pytest
 from flax import linen as nn
 
 from seaweed_jax.models.vae import autoencoder as ae
+from seaweed_jax.models.vae import diffusers_io
 from seaweed_jax.models.vae.tail_init import image_config_for, tail_init
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -247,10 +248,44 @@ def test_tail_init_names_every_path_or_shape_it_cannot_map():
         tail_init(good, vcfg, mc.ConfigDict({**icfg, "base_channels": 16}))
     with pytest.raises(ValueError, match="compresses time"):
         tail_init(good, vcfg, vcfg)
-    if "down_pad" in icfg:   # end-padded image downsamplers cannot inflate into the joint levels
-        with pytest.raises(ValueError, match="down_pad='end'"):
-            tail_init(good, mc.ConfigDict({**vcfg, "down_pad": "end"}),
-                      mc.ConfigDict({**icfg, "down_pad": "end"}))
+    with pytest.raises(ValueError, match="model.down_pad"):             # the padding must agree
+        tail_init(good, vcfg, mc.ConfigDict({**icfg, "down_pad": "end"}))
     # plain (unboxed) params in -> plain params out
     out = tail_init(good, vcfg, icfg)
     assert not isinstance(out["encoder"]["conv_in"]["kernel"], nn.Partitioned)
+
+
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "autoencoderkl_tiny")
+
+
+def test_tail_init_from_diffusers_weights_codes_images_as_diffusers_does():
+    """Public image-VAE weights -> an OD-VAE-style video VAE: the tiny diffusers AutoencoderKL
+    fixture (end-padded downsamplers, quant convs; expected outputs made by diffusers itself),
+    inflated into a video VAE with a 'joint' level (dt = 2), 2D outer / 3D inner encoder levels
+    and a 3D decoder, codes an image and every frame of a static clip as diffusers does."""
+    icfg, iparams = diffusers_io.load_autoencoderkl(FIXTURE)
+    want = dict(np.load(os.path.join(FIXTURE, "expected.npz")))
+    vcfg = mc.ConfigDict(dict(icfg))
+    vcfg.update(down=("spatial", "joint"), compression=(2, 4, 4), enc_conv=("2d", "2d", "3d"),
+                dec_conv=("3d",) * 3, mid_conv="3d")
+    vparams = tail_init(iparams, vcfg, icfg)
+    tol = 1e-4                                         # float32, as the loader's own parity test
+    image = jnp.asarray(want["x"].transpose(0, 2, 3, 1)[:, None])            # (2, 1, 16, 24, 3)
+    for frames in (1, 3):                              # an image; a static clip (2 latent frames)
+        mean, logvar = ae.encode(vparams, jnp.repeat(image, frames, axis=1), config=vcfg)
+        assert mean.shape == (2, (frames + 1) // 2, 4, 6, 4)
+        for t in range(mean.shape[1]):
+            np.testing.assert_allclose(np.asarray(mean[:, t]).transpose(0, 3, 1, 2), want["mean"],
+                                       atol=tol, rtol=0)
+            np.testing.assert_allclose(np.asarray(logvar[:, t]).transpose(0, 3, 1, 2), want["logvar"],
+                                       atol=tol, rtol=0)
+    z = jnp.asarray(want["z"].transpose(0, 2, 3, 1)[:, None])
+    out = ae.decode(vparams, jnp.repeat(z, 2, axis=1), config=vcfg)           # 2 latents -> 3 frames
+    assert out.shape == (2, 3, 16, 24, 3)
+    for t in range(3):
+        np.testing.assert_allclose(np.asarray(out[:, t]).transpose(0, 3, 1, 2), want["decoded"],
+                                   atol=tol, rtol=0)
+    # negative control: symmetric padding (both downsampling levels) no longer matches diffusers
+    shifted = mc.ConfigDict({**vcfg, "down_pad": "symmetric"})
+    mean, _ = ae.encode(vparams, image, config=shifted)
+    assert np.abs(np.asarray(mean[:, 0]).transpose(0, 3, 1, 2) - want["mean"]).max() > 100 * tol

@@ -12,7 +12,7 @@ Model config (`config.model`, a FrozenConfigDict) fields:
   enc_conv, dec_conv conv arch: per level '2d' (per-frame) | '3d' (causal) convs
   mid_conv           '3d' | '2d': convs of the mid blocks, the encoder's conv_out and the decoder's
                      conv_in (all '2d' + enc_conv/dec_conv all '2d' = a per-frame image VAE)
-  down_pad           conv arch 'spatial' downsamplers: 'symmetric' (pad 1 each side) | 'end'
+  down_pad           conv arch 'spatial' / 'joint' downsamplers: 'symmetric' (pad 1 each side) | 'end'
                      (pad 1 after the last row/column only, as diffusers' Downsample2D)
   quant_conv, post_quant_conv   1x1 convs on the encoder moments / on z before the decoder
                      (diffusers AutoencoderKL's use_quant_conv / use_post_quant_conv)
@@ -490,7 +490,7 @@ def default_model_config(**overrides) -> mc.ConfigDict:
         enc_conv=("3d", "3d", "3d", "3d"),
         dec_conv=("3d", "3d", "3d", "3d"),
         mid_conv="3d",          # mid blocks, encoder conv_out, decoder conv_in
-        down_pad="symmetric",   # 'end': diffusers' Downsample2D padding (conv arch 'spatial' levels)
+        down_pad="symmetric",   # 'end': diffusers' Downsample2D padding ('spatial' / 'joint' levels)
         quant_conv=False,       # 1x1 conv on the encoder moments (diffusers use_quant_conv)
         post_quant_conv=False,  # 1x1 conv on z before the decoder (diffusers use_post_quant_conv)
         ef_enc_channels=128,

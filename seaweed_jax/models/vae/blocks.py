@@ -140,8 +140,9 @@ class Downsample(nn.Module):
     """'spatial' (per-frame k3 s2), 'temporal' (causal k3 s(2,1,1)) or 'joint' (causal k3 s2).
 
     A causal stride-2 conv maps 1+2k frames to 1+k: frame 0 stays its own output frame.
-    `pad` ('spatial' only): 'symmetric' zero-pads 1 on every side; 'end' pads 1 after the last
-    row / column only (diffusers AutoencoderKL weights expect it).
+    `pad` ('spatial' and 'joint'): 'symmetric' zero-pads 1 on every side; 'end' pads 1 after the
+    last row / column only (diffusers AutoencoderKL weights expect it; a 'joint' level
+    tail-initialized from them needs it too).
     """
     kind: str
     features: int
@@ -160,8 +161,10 @@ class Downsample(nn.Module):
         strides = {"temporal": (2, 1, 1), "joint": (2, 2, 2)}.get(self.kind)
         if strides is None:
             raise ValueError(f"downsample kind {self.kind!r} must be one of {DOWN_KINDS}")
+        # 'temporal' keeps full resolution (spatial stride 1): always symmetric
+        pad = self.pad if self.kind == "joint" else "symmetric"
         return CausalConv3d(self.features, (3, 3, 3), strides, dtype=self.dtype,
-                            conv_impl=self.conv_impl, name="conv")(x)
+                            conv_impl=self.conv_impl, spatial_pad=pad, name="conv")(x)
 
 
 class DepthToTime(nn.Module):

@@ -99,23 +99,29 @@ def halo_padded(x: jax.Array, kt: int, st: int, axis: str) -> jax.Array:
     return jnp.concatenate([head, x[:, 1:]], axis=1)
 
 
-def _spatial_padding(k: int) -> tuple[int, int]:
-    return (k // 2, k // 2)
+SPATIAL_PADS = ("symmetric", "end")
 
 
-def conv2d_frames(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1)) -> jax.Array:
+def _spatial_padding(k: int, pad: str = "symmetric") -> tuple[int, int]:
+    """'symmetric': k // 2 zeros on each side; 'end': k - 2 zeros after the last row / column
+    only (LDM / diffusers stride-2 downsamplers: window i covers rows 2i .. 2i + k - 1)."""
+    return (0, k - 2) if pad == "end" else (k // 2, k // 2)
+
+
+def conv2d_frames(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
+                  pad: str = "symmetric") -> jax.Array:
     """2D conv applied to every frame of (B, T, H, W, C) (kernel (kh, kw, Cin, Cout))."""
     b, t = x.shape[:2]
     kh, kw = kernel.shape[:2]
     y = lax.conv_general_dilated(
         x.reshape((b * t,) + x.shape[2:]), kernel, tuple(strides),
-        (_spatial_padding(kh), _spatial_padding(kw)),
+        (_spatial_padding(kh, pad), _spatial_padding(kw, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y.reshape((b, t) + y.shape[1:])
 
 
 def conv3d_valid_time(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-                      impl: str = "fold_time") -> jax.Array:
+                      impl: str = "fold_time", pad: str = "symmetric") -> jax.Array:
     """3D conv, 'valid' in time (x is already time-padded), 'same'-style zero padding in space.
 
     impl="fold_time" stacks the kt temporal taps on the channel axis and runs ONE 2D conv
@@ -127,7 +133,7 @@ def conv3d_valid_time(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     n_out = (x.shape[1] - kt) // st + 1
     if impl == "lax3d":
         return lax.conv_general_dilated(
-            x, kernel, (st, sh, sw), ((0, 0), _spatial_padding(kh), _spatial_padding(kw)),
+            x, kernel, (st, sh, sw), ((0, 0), _spatial_padding(kh, pad), _spatial_padding(kw, pad)),
             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
     if impl != "fold_time":
         raise ValueError(f"conv_impl={impl!r} must be 'fold_time' or 'lax3d'")
@@ -138,7 +144,7 @@ def conv3d_valid_time(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
             [x[:, i: i + (n_out - 1) * st + 1: st] for i in range(kt)], axis=-1)
     # (kt, kh, kw, Cin, Cout) -> (kh, kw, kt*Cin, Cout), tap-major like the concat above.
     k2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, cout)
-    return conv2d_frames(taps, k2, (sh, sw))
+    return conv2d_frames(taps, k2, (sh, sw), pad)
 
 
 class CausalConv3d(nn.Module):
@@ -151,10 +157,13 @@ class CausalConv3d(nn.Module):
     conv_impl: str = "fold_time"
     kernel_init: nn.initializers.Initializer = default_kernel_init
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    spatial_pad: str = "symmetric"   # or 'end' (see _spatial_padding)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kt, kh, kw = self.kernel_size
+        if self.spatial_pad not in SPATIAL_PADS:
+            raise ValueError(f"spatial_pad={self.spatial_pad!r} must be one of {SPATIAL_PADS}")
         st = self.strides[0]
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, KERNEL_3D_AXES),
                             (kt, kh, kw, x.shape[-1], self.features), jnp.float32)
@@ -166,7 +175,8 @@ class CausalConv3d(nn.Module):
             padded = halo_padded(x, kt, st, axis)
         else:
             padded = self._pad_past(x, kt, st)
-        y = conv3d_valid_time(padded, kernel.astype(self.dtype), self.strides, self.conv_impl)
+        y = conv3d_valid_time(padded, kernel.astype(self.dtype), self.strides, self.conv_impl,
+                              self.spatial_pad)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
                               (self.features,), jnp.float32)

@@ -27,9 +27,9 @@ codes every 4th frame: latent j = E(frame 4j), each decoded latent frame held fo
 
 Any other path or shape (a layer only the video VAE has, an image param the video VAE does not
 use, or shapes no rule maps) raises a ValueError naming the path. Not covered: 'temporal'-only
-levels, the haar3d stem and the wavelet arch (no image counterpart), and image VAEs with
-end-padded downsamplers (`down_pad='end'`, diffusers weights) feeding 'joint' levels, whose
-causal 3D conv pads space symmetrically.
+levels, the haar3d stem and the wavelet arch (no image counterpart). Image VAEs loaded from
+diffusers weights (`diffusers_io.load_autoencoderkl`: end-padded downsamplers, quant convs) work:
+`down_pad` is shared, and a 'joint' level pads space like the image level it inflates.
 """
 from __future__ import annotations
 
@@ -88,12 +88,6 @@ def _check_pair(vcfg, icfg) -> None:
         if v == "temporal" or m != "spatial":
             raise ValueError(f"video model.down[{i}]={v!r} / image model.down[{i}]={m!r}: tail init maps "
                              "'spatial' or 'joint' video levels onto 'spatial' image levels")
-    if icfg.get("down_pad", "symmetric") != "symmetric" and "joint" in vcfg.down:
-        # the joint downsampler (a causal 3D conv) pads space symmetrically: inflating an
-        # end-padded image downsampler into it would shift every output by one pixel
-        raise ValueError(f"image model.down_pad={icfg.down_pad!r} but the video VAE's 'joint' levels pad "
-                         "symmetrically, so tail init would not be exact; use model.down_pad='symmetric' "
-                         "(end-padded joint downsampling is not implemented)")
 
 
 def _inflate_tail(w2d: np.ndarray, kt: int) -> np.ndarray:
