@@ -14,6 +14,7 @@ Schema (every training config has these sections):
   ema_decay       0 disables EMA
   log_every, eval_every, ckpt_every, keep_checkpoints, async_checkpoint
   init_from       workdir to take initial params from (trainer), init_from_key params|ema_params
+  tail_init_from  VAE task: a 2D image VAE (run workdir or diffusers dir) tail-inflated into a fresh run
   data_dir        None; the trainer records the datasets root it used (absolute) for eval tools
   model           task specific
 
@@ -107,6 +108,7 @@ def base_config() -> mc.ConfigDict:
     c.heartbeat_timeout_s = 100
     c.init_from = ""                 # workdir whose latest params start a fresh run ("" = none)
     c.init_from_key = "params"       # params | ema_params of that run
+    c.tail_init_from = ""            # VAE task: image-VAE run / diffusers dir to tail-inflate ("" = none)
 
     c.model = mc.ConfigDict()
     return c

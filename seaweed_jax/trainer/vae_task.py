@@ -4,7 +4,8 @@ Generator loss (the VAE), all in fp32:
 
     L_G = l1_weight * |x - x̂|            mean over pixels
         + l2_weight * (x - x̂)^2          optional, mean over pixels (0 by default)
-        + lpips_weight * LPIPS(x, x̂)     hook only (`perceptual_loss`), weight 0 by default
+        + lpips_weight * LPIPS(x, x̂)     'vgg' v0.1 (eval/lpips.py), mean over clips and frames;
+                                          weights from loss.lpips_weights_path; 0 by default
         + kl_weight * KL                  KL(q(z|x) || N(0, I)) summed over latent elements and
                                           divided by the pixel count per clip (so its ratio to
                                           the per-pixel L1 is LDM's sum/sum convention)
@@ -34,21 +35,31 @@ adv_weight == 0 or both disc weights 0).
 `config.loss` fields (defaults in LOSS_DEFAULTS): see that dict. Evaluation: PSNR / SSIM on
 data.val_examples validation clips (EMA params when present). After the last step,
 `on_train_end` writes W/latent_stats.json (per-channel latent mean / std over the train split).
+
+`config.tail_init_from` (optional, "" = off): a 2D image VAE whose params start a fresh run
+through OD-VAE tail initialization (`models/vae/tail_init.py`): either the workdir of an
+image-VAE run (its latest checkpoint; EMA params when it kept them) or a diffusers
+AutoencoderKL directory (config.json + *.safetensors, `diffusers_io.load_autoencoderkl`).
+Applied in `on_fresh_start` (never on resume: the checkpoint wins); EMA starts as a copy,
+the optimizer state stays fresh. Exclusive with `config.init_from`.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mc
+import numpy as np
 import optax
 from flax import linen as nn
 
-from seaweed_jax import config_lib
+from seaweed_jax import config_lib, paths
 from seaweed_jax.data import pipeline
+from seaweed_jax.eval import lpips as lpips_lib
 from seaweed_jax.eval import reconstruction
-from seaweed_jax.models.vae import autoencoder, codec as codec_lib
+from seaweed_jax.models.vae import autoencoder, codec as codec_lib, diffusers_io, tail_init
 from seaweed_jax.models.vae.discriminator import (SPECTRAL, VideoDiscriminators, hinge_d_loss,
                                                   hinge_g_loss)
 from seaweed_jax.trainer import optimizers
@@ -58,8 +69,8 @@ from seaweed_jax.trainer.task import Task
 LOSS_DEFAULTS = dict(
     l1_weight=1.0,
     l2_weight=0.0,               # optional MSE term (mean-seeking: helps small objects early)
-    lpips_weight=0.0,            # > 0 needs a perceptual_loss implementation (see the hook)
-    lpips_weights_path="",       # where pretrained LPIPS weights would be loaded from
+    lpips_weight=0.0,            # > 0 needs lpips_weights_path
+    lpips_weights_path="",       # LPIPS .npz (scripts/convert_lpips.py writes it from the torch files)
     kl_weight=1e-6,
     wl_weight=0.1,               # wavelet arch only
     sample_posterior=True,       # decode z ~ q(z|x) in training (False: the mean)
@@ -107,6 +118,51 @@ def _get_path(tree, path: str):
     return tree
 
 
+def _is_diffusers_dir(path: str) -> bool:
+    """A diffusers AutoencoderKL directory: config.json + a .safetensors file, no checkpoints."""
+    return (os.path.isdir(path) and os.path.isfile(os.path.join(path, diffusers_io.CONFIG_NAME))
+            and any(f.endswith(".safetensors") for f in os.listdir(path)))
+
+
+def tail_init_params(video_config, source: str) -> tuple[Any, str]:
+    """(video params (unboxed, host), what was loaded) for `config.tail_init_from=source`:
+    the image VAE of `source` (an image-VAE run's workdir or a diffusers AutoencoderKL
+    directory) inflated into `video_config`'s model by `tail_init.tail_init`. Errors name the
+    field."""
+    field = f"config.tail_init_from={source}"
+    try:
+        tail_init.image_config_for(video_config)   # this model has an image counterpart
+    except ValueError as e:
+        raise ValueError(f"{field}: this model cannot be tail-initialized: {e}") from None
+    if not _is_diffusers_dir(source) and not paths.run_path(source).is_dir():
+        raise ValueError(f"{field}: no such directory; point it at an image-VAE run's workdir "
+                         f"(trained with e.g. configs/vae/odvae_tiny.py:stage=image) or a diffusers "
+                         f"AutoencoderKL directory (config.json + *.safetensors)")
+    if _is_diffusers_dir(source):
+        image_cfg, image_params = diffusers_io.load_autoencoderkl(source)
+        what = f"diffusers AutoencoderKL {source}"
+    else:
+        try:
+            image = codec_lib.load(source, raw=True)   # EMA params when the run kept them
+        except FileNotFoundError as e:
+            raise ValueError(f"{field}: {e}; point it at an image-VAE run's workdir (trained with "
+                             f"e.g. configs/vae/odvae_tiny.py:stage=image) or a diffusers "
+                             f"AutoencoderKL directory (config.json + *.safetensors)") from None
+        except ValueError as e:
+            raise ValueError(f"{field}: {e}") from None
+        image_cfg, image_params = image.config, image.params
+        what = f"image VAE run {source} step {image.step} ({image.params_key})"
+    try:
+        # Host-side maths: outside the loop's mesh, where unboxing tail_init's abstract target
+        # (ShapeDtypeStructs) would apply sharding constraints to them (a TypeError).
+        with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+            params = nn.unbox(tail_init.tail_init(image_params, video_config, image_cfg))
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}; the image run's model must be "
+                         f"tail_init.image_config_for(this model)") from None
+    return params, what
+
+
 def kl_divergence(mean, logvar):
     """KL(N(mean, exp(logvar)) || N(0, 1)) summed over all but the batch axis -> (B,)."""
     kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
@@ -131,11 +187,16 @@ class VAETask(Task):
         self.lc = lc = loss_config(config)
         self.model = autoencoder.CausalVAE(autoencoder.model_section(config.model))
         self.wavelet = config.model.arch == "wavelet"
+        self.lpips_params = None
         if lc.lpips_weight > 0 and type(self).perceptual_loss is VAETask.perceptual_loss:
-            raise ValueError(
-                f"config.loss.lpips_weight={lc.lpips_weight} but LPIPS is not implemented (it needs "
-                f"pretrained weights, loss.lpips_weights_path); set loss.lpips_weight=0 or subclass "
-                f"VAETask and override perceptual_loss")
+            if not lc.lpips_weights_path:
+                raise ValueError(
+                    f"config.loss.lpips_weight={lc.lpips_weight} needs config.loss.lpips_weights_path "
+                    f"(an LPIPS .npz written by scripts/convert_lpips.py); or set loss.lpips_weight=0")
+            try:
+                self.lpips_params = lpips_lib.load(lc.lpips_weights_path)
+            except (FileNotFoundError, ValueError) as e:
+                raise ValueError(f"config.loss.lpips_weights_path={lc.lpips_weights_path}: {e}") from None
         if lc.disc_start_step < 0:
             raise ValueError(f"config.loss.disc_start_step={lc.disc_start_step} must be >= 0")
         self.adversarial = lc.adv_weight > 0 and (lc.disc_2d_weight > 0 or lc.disc_3d_weight > 0)
@@ -144,6 +205,11 @@ class VAETask(Task):
             num_layers=lc.disc_layers, power_iterations=lc.disc_power_iterations,
             dtype=jnp.dtype(config.model.dtype))
         self.disc_tx = self._make_disc_optimizer(config, lc)
+        self.tail_init_from = str(config.get("tail_init_from", "") or "")
+        if self.tail_init_from and config.get("init_from"):
+            raise ValueError(
+                f"config.init_from={config.init_from} and config.tail_init_from={self.tail_init_from} "
+                f"are both set; a fresh run starts from one of them: clear one")
 
     @staticmethod
     def _make_disc_optimizer(config, lc):
@@ -183,13 +249,27 @@ class VAETask(Task):
                      "disc_opt_state": self.disc_tx.init(dvars["params"])}
         return TrainState.create(params=params, tx=self.tx, ema_decay=self.ema_decay, extra=extra)
 
+    def on_fresh_start(self, state: TrainState) -> TrainState:
+        """With config.tail_init_from: the tail-inflated image-VAE params, placed on the
+        state's shardings; EMA reset to them; optimizer state (built from shapes) stays fresh."""
+        if not self.tail_init_from:
+            return state
+        params, what = tail_init_params(self.config.model, self.tail_init_from)
+        # host values -> the state's shardings (a host array puts on a global sharding too)
+        params = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding),
+                              params, state.params)
+        ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+        if jax.process_index() == 0:
+            print(f"tail_init_from: {what}, inflated into this model's "
+                  f"{len(jax.tree.leaves(params))} param arrays", flush=True)
+        return state.replace(params=params, ema_params=ema)
+
     # ------------------------------------------------------------------ losses
 
     def perceptual_loss(self, recon, x):
-        """LPIPS hook (mean distance over frames). Not implemented: it needs pretrained VGG +
-        linear-head weights from `loss.lpips_weights_path`, which this project does not ship.
-        Override in a subclass to enable loss.lpips_weight > 0."""
-        raise NotImplementedError("LPIPS needs pretrained weights (loss.lpips_weights_path)")
+        """LPIPS (seaweed_jax/eval/lpips.py) of x̂ vs x, the mean over clips and frames. The
+        frozen weights from loss.lpips_weights_path are closed over (jit constants)."""
+        return lpips_lib.perceptual_loss(self.lpips_params, recon, x)
 
     def _rec_terms(self, outs, x):
         """{'l1': .., ['lpips': ..]}: the terms the adaptive weight balances against."""
