@@ -78,7 +78,8 @@ def gan_loss() -> mc.ConfigDict:
       wl_weight     wavelet-subband L1 (WF-VAE arch only; ignored by the conv arch)
       adv_weight    multiplier of the adaptive GAN weight (2D + 3D PatchGAN, hinge)
       disc_start_step  the GAN starts after the reconstruction has converged a bit
-      lpips_weight  0: LPIPS needs pretrained weights this repo does not ship
+      lpips_weight  0 by default: LPIPS needs VGG16 + head weights converted to .npz
+                    (scripts/convert_lpips.py) in loss.lpips_weights_path; none ship here
     """
     return mc.ConfigDict(dict(l1_weight=1.0, kl_weight=1e-6, wl_weight=0.1, adv_weight=0.5,
                               disc_start_step=20_000, lpips_weight=0.0))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
@@ -131,6 +132,13 @@ def _is_boxed(tree) -> bool:
                for v in traverse_util.flatten_dict(_as_dict(tree)).values())
 
 
+def _values(tree):
+    """The boxed values without sharding constraints (nn.unbox adds them under an active mesh,
+    which shape-only placeholders reject): tail init is host-side maths."""
+    return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+                        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def _as_dict(tree) -> dict:
     return tree.unfreeze() if hasattr(tree, "unfreeze") else dict(tree)
 
@@ -143,7 +151,7 @@ def tail_init(image_params: Any, video_config, image_config) -> Any:
     validate_model_config(icfg)
     _check_pair(vcfg, icfg)
     boxed = _is_boxed(image_params)
-    src = traverse_util.flatten_dict(_as_dict(nn.unbox(image_params)), sep="/")
+    src = traverse_util.flatten_dict(_as_dict(_values(image_params)), sep="/")
     target = traverse_util.flatten_dict(_as_dict(abstract_params(vcfg)), sep="/")
     unused = sorted(set(src) - set(target))
     if unused:
@@ -151,7 +159,7 @@ def tail_init(image_params: Any, video_config, image_config) -> Any:
                          "e.g. a 2D layer the video config drops); check the configs' level layout")
     out = {}
     for path, box in target.items():
-        struct = nn.unbox(box)
+        struct = _values(box)
         value = jnp.asarray(_leaf(path, tuple(struct.shape), src.get(path)), struct.dtype)
         out[path] = box.replace_boxed(value) if boxed and isinstance(box, nn.meta.AxisMetadata) else value
     return traverse_util.unflatten_dict(out, sep="/")
