@@ -81,6 +81,14 @@ EQUIVALENT.update({
     ("seaweed_jax/diffusion/packed.py",
      "return jax.ops.segment_sum(values.sum(-1), seg, num_segments=num_samples + 1)[1:]", 0):
         "inside the vmap `values` is (N, P): axis +1 is axis -1",
+    (_CC, '_HALO_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("halo_axis", default=None)', 0):
+        "an annotation only: with `from __future__ import annotations` it is never evaluated",
+    (_CC, '_HALO_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("halo_axis", default=None)', 1):
+        "a ContextVar's name is a label for repr only; the variable is found by identity",
+    (_CC, "if axis is not None and kt > 1:", 1):
+        "a kt = 1 conv reads no past frame; under the halo it would only replace the device's "
+        "duplicate frame 0, a frame no later result reads until a kt > 1 conv rebuilds it from "
+        "the previous device (and the multi-device output drops it)",
     ("seaweed_jax/kernels/options.py", "interpret: bool | None = None", 0):
         "an annotation only: with `from __future__ import annotations` it is never evaluated",
     ("seaweed_jax/diffusion/samplers.py", "if u.shape[0] == 1 and c.shape[0] != 1:", 6):

@@ -57,10 +57,10 @@ def _random_params(cfg, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def _halo_fn(stride, mesh):
-    """jit(shard_map) of CausalConv3d (taps TAPS, 1x1 space, no bias) under time_halo."""
-    conv = CausalConv3d(1, (3, 1, 1), (stride, 1, 1), use_bias=False)
-    params = {"kernel": jnp.asarray(TAPS, jnp.float32).reshape(3, 1, 1, 1, 1)}
+def _halo_fn(stride, mesh, kt=3):
+    """jit(shard_map) of CausalConv3d (the last kt of TAPS, 1x1 space, no bias) under time_halo."""
+    conv = CausalConv3d(1, (kt, 1, 1), (stride, 1, 1), use_bias=False)
+    params = {"kernel": jnp.asarray(TAPS[-kt:], jnp.float32).reshape(kt, 1, 1, 1, 1)}
 
     def local(x):
         with time_halo("context"):
@@ -68,31 +68,32 @@ def _halo_fn(stride, mesh):
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(None, "context"), out_specs=P(None, "context")))
 
 
-def _halo_conv(x_local, stride, mesh):
+def _halo_conv(x_local, stride, mesh, kt=3):
     """x_local (N_DEV, 1+n): each device's frames, its first frame the previous device's last."""
     x = jnp.asarray(x_local, jnp.float32).reshape(1, -1, 1, 1, 1)
-    return np.asarray(_halo_fn(stride, mesh)(x)).reshape(N_DEV, -1)
+    return np.asarray(_halo_fn(stride, mesh, kt)(x)).reshape(N_DEV, -1)
 
 
-def _expected_conv(x, stride):
-    """y at frames 0, s, 2s, ...: sum_i TAPS[i] * x[max(t - 2 + i, 0)] (frame 0 repeated)."""
-    return np.array([sum(TAPS[i] * x[max(t - 2 + i, 0)] for i in range(3))
+def _expected_conv(x, stride, kt=3):
+    """y at frames 0, s, 2s, ...: sum_i taps[i] * x[max(t - kt + 1 + i, 0)] (frame 0 repeated)."""
+    taps = TAPS[-kt:]
+    return np.array([sum(taps[i] * x[max(t - kt + 1 + i, 0)] for i in range(kt))
                      for t in range(0, len(x), stride)])
 
 
-@pytest.mark.parametrize("stride,n", [(1, 3), (2, 4)])
-def test_conv_halo_matches_hand_sums_and_repairs_the_duplicate_frame(mesh, stride, n):
+@pytest.mark.parametrize("stride,n,kt", [(1, 3, 3), (2, 4, 3), (1, 2, 2)])
+def test_conv_halo_matches_hand_sums_and_repairs_the_duplicate_frame(mesh, stride, n, kt):
     x = (np.arange(1 + N_DEV * n) + 1.0) ** 2            # distinct frames: any wrong frame shows
     windows = np.stack([x[d * n: d * n + n + 1] for d in range(N_DEV)])
-    y = _expected_conv(x, stride)
+    y = _expected_conv(x, stride, kt)
     per = n // stride
     want = np.stack([y[d * per: d * per + per + 1] for d in range(N_DEV)])
-    np.testing.assert_allclose(_halo_conv(windows, stride, mesh), want, rtol=1e-6)
+    np.testing.assert_allclose(_halo_conv(windows, stride, mesh, kt), want, rtol=1e-6)
     # devices > 0 recompute their duplicate frame 0 from the previous device (the Haar stem
     # leaves it wrong): garbage there changes nothing, not even output frame 0
     broken = windows.copy()
     broken[1:, 0] = -1e4
-    np.testing.assert_allclose(_halo_conv(broken, stride, mesh), want, rtol=1e-6)
+    np.testing.assert_allclose(_halo_conv(broken, stride, mesh, kt), want, rtol=1e-6)
 
 
 def test_conv_halo_rejects_too_few_frames_per_device(mesh):

@@ -102,10 +102,10 @@ def halo_padded(x: jax.Array, kt: int, st: int, axis: str) -> jax.Array:
 SPATIAL_PADS = ("symmetric", "end")
 
 
-def _spatial_padding(k: int, pad: str = "symmetric") -> tuple[int, int]:
+def _spatial_padding(k: int, pad: str) -> tuple[int, int]:
     """'symmetric': k // 2 zeros on each side; 'end': k - 2 zeros after the last row / column
     only (LDM / diffusers stride-2 downsamplers: window i covers rows 2i .. 2i + k - 1)."""
-    return (0, k - 2) if pad == "end" else (k // 2, k // 2)
+    return {"end": (0, k - 2), "symmetric": (k // 2, k // 2)}[pad]   # KeyError: no silent default
 
 
 def conv2d_frames(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1),
