@@ -32,9 +32,10 @@ Config arguments: stage=image|video, image=W (stage=video: the image run; empty 
 the baseline), steps=N (num_steps; default 1,000 each).
 
 Print the parameter count: `python configs/vae/odvae_tiny.py stage=video`.
-Hardware / time / result: 2 CPU cores shared with other jobs (not idle), nice 10: image VAE
-15 steps/s, video VAE 1.35 steps/s (20-step smoke runs); PSNR after 1,000 + 1,000 steps: to be
-measured (benchmarks/odvae_tail_init.py).
+Hardware / time / result (benchmarks/odvae_tail_init.py, 2 CPU cores at load ~1.5): image VAE
+1,000 steps in 69 s, 25.85 dB on held-out images; the tail-initialized video VAE at step 0 codes
+images and static clips identically (25.85 dB, max abs diff 1.8e-6) and moving clips at 24.69 dB;
+after 1,000 steps (422 s, 2.5 steps/s) images 28.43 dB, moving clips 27.97 dB (+3.28 dB).
 """
 from __future__ import annotations
 
