@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from _vae_params import random_params
 from seaweed_jax.models.vae import autoencoder as ae
 from seaweed_jax.models.vae import diffusers_io
 from seaweed_jax.models.vae.tail_init import image_config_for, tail_init
@@ -115,25 +116,6 @@ def _tiny(variant: int, conv_impl: str = "fold_time") -> mc.ConfigDict:
     return m
 
 
-def _random_params(cfg, seed=0):
-    """Image-VAE params: the init's boxes, numpy-random float32 values (fan-in scaled kernels,
-    non-trivial norm scales and biases): the equalities hold for any weights, and this skips
-    compiling the initializers."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, box):
-        shape, name = box.value.shape, jax.tree_util.keystr(path)
-        if "kernel" in name:
-            v = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
-        elif "scale" in name:
-            v = 1.0 + 0.1 * rng.normal(size=shape)
-        else:
-            v = 0.1 * rng.normal(size=shape)
-        return box.replace_boxed(np.asarray(v, np.float32))
-    return jax.tree_util.tree_map_with_path(fill, ae.abstract_params(cfg),
-                                            is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
 def _apply_fn(cfg):
     """The jitted VAE forward computing in float64 (call it inside a jax.enable_x64 scope)."""
     model = ae.CausalVAE(ae.model_section({**cfg, "dtype": "float64"}))
@@ -156,7 +138,7 @@ def test_tail_init_codes_images_and_static_clips_like_the_image_vae(variant, con
     assert tuple(icfg.compression) == (1, 8, 8)
     if variant == 1 and "mid_conv" in icfg:
         icfg.mid_conv = "3d"
-    image_params = _random_params(icfg)
+    image_params = random_params(icfg)
     vparams = tail_init(image_params, vcfg, icfg)
     assert isinstance(vparams["encoder"]["conv_in"]["kernel"], nn.Partitioned)   # boxed like its input
     ip, vp = nn.unbox(image_params), nn.unbox(vparams)
@@ -231,7 +213,7 @@ def test_tail_init_codes_images_and_static_clips_like_the_image_vae(variant, con
 def test_tail_init_names_every_path_or_shape_it_cannot_map():
     vcfg = _tiny(4)
     icfg = image_config_for(vcfg)
-    good = nn.unbox(_random_params(icfg))
+    good = nn.unbox(random_params(icfg))
 
     def edited(fn):
         p = jax.tree.map(lambda a: a, good)

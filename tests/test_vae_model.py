@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from _vae_params import random_params
 from seaweed_jax.models.vae import autoencoder as ae
 from seaweed_jax.models.vae.causal_conv import conv3d_valid_time
 from seaweed_jax.parallel.rules import LOGICAL_AXES
@@ -36,32 +37,13 @@ VARIANTS = {"seaweed": SEAWEED_TINY, "wavelet": WAVELET_TINY, "mixed": MIXED_TIN
 H = W = 16
 
 
-def _random_params(cfg, seed=0):
-    """Params with the init's structure and logical-axis boxes but numpy-random values (fan-in
-    scaled kernels, non-trivial norm scales and biases). Equalities hold for any params, and this
-    skips compiling ~100 threefry draws (tens of seconds on a loaded 2-core CPU)."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        shape, name = leaf.value.shape, jax.tree_util.keystr(path)
-        if "kernel" in name:
-            v = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
-        elif "scale" in name:
-            v = 1.0 + 0.1 * rng.normal(size=shape)
-        else:
-            v = 0.1 * rng.normal(size=shape)
-        return leaf.replace_boxed(jnp.asarray(v, jnp.float32))
-    return jax.tree_util.tree_map_with_path(fill, ae.abstract_params(cfg),
-                                            is_leaf=lambda l: isinstance(l, nn.Partitioned))
-
-
 @pytest.fixture(scope="module")
 def params():
     cache = {}
 
     def get(name):
         if name not in cache:
-            cache[name] = _random_params(VARIANTS[name])
+            cache[name] = random_params(VARIANTS[name])
         return cache[name]
     return get
 

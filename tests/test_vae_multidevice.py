@@ -18,6 +18,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, PartitionSpec as P
 
 import _vae_tiny
+from _vae_params import random_params
 from seaweed_jax.models.vae import autoencoder as ae
 from seaweed_jax.models.vae.causal_conv import CACHE, CausalConv3d, time_halo
 from seaweed_jax.models.vae.multidevice import decode_multidevice, encode_multidevice
@@ -35,22 +36,6 @@ TAPS = np.array([1.0, 10.0, 100.0])   # oldest frame first
 @pytest.fixture(scope="module")
 def mesh():
     return Mesh(np.array(jax.devices()[:N_DEV]).reshape(1, 1, 1, N_DEV), MESH_AXES)
-
-
-def _random_params(cfg, seed=0):
-    """Random values of the init's structure (any params must give equal results); numpy, so no
-    threefry compiles."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        shape, name = leaf.value.shape, jax.tree_util.keystr(path)
-        if "kernel" in name:
-            v = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
-        else:
-            v = ("scale" in name) + 0.1 * rng.normal(size=shape)
-        return leaf.replace_boxed(jnp.asarray(v, jnp.float32))
-    return jax.tree_util.tree_map_with_path(fill, ae.abstract_params(cfg),
-                                            is_leaf=lambda l: isinstance(l, nn.Partitioned))
 
 
 # ----------------------------------------------------------------------------- one conv, by hand
@@ -125,7 +110,7 @@ def _close(a, b):
 @pytest.fixture(scope="module")
 def tiny():
     """Params, a 49-frame video (1 + 4*4*3: 3 latent frames per device) and its full encoding."""
-    params = _random_params(TINY)
+    params = random_params(TINY)
     x = _video(49)
     return params, x, ae.encode(params, x, config=TINY)
 
@@ -177,7 +162,7 @@ def test_bad_latent_split_and_missing_axis_are_rejected(mesh, tiny):
 
 @pytest.mark.slow
 def test_wavelet_vae_on_4_devices_equals_full(mesh):
-    params = _random_params(WAVELET)
+    params = random_params(WAVELET)
     x = _video(49, h=16)
     mean, logvar = ae.encode(params, x, config=WAVELET)
     _close(encode_multidevice(params, x, config=WAVELET, mesh=mesh), (mean, logvar))
