@@ -7,7 +7,8 @@ Orbax's arrays through TensorStore.
 
     run_path(p)                      epath.Path (absolute if local); checks the URL's client
     read_text / write_text           whole files; local writes are atomic (temp + rename),
-    read_json / write_json           an object store's single PUT is atomic already
+    read_bytes / write_bytes         an object store's single PUT is atomic already
+    read_json / write_json
     local_file(p)                    a local filename for writers that need one (PyAV, PIL),
                                      copied to p when the block ends
     local_copy(p)                    a local filename to read p from (downloaded if remote)
@@ -68,17 +69,26 @@ def read_text(path) -> str:
     return run_path(path).read_text()
 
 
+def read_bytes(path) -> bytes:
+    return run_path(path).read_bytes()
+
+
 def write_text(path, text: str) -> epath.Path:
+    """Write a whole file, creating its folder; readers never see half a local file."""
+    return write_bytes(path, text.encode())
+
+
+def write_bytes(path, data: bytes) -> epath.Path:
     """Write a whole file, creating its folder; readers never see half a local file."""
     path = run_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_url(path):
-        path.write_text(text)  # one PUT: an object appears whole or not at all
+        path.write_bytes(data)  # one PUT: an object appears whole or not at all
         return path
     fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())   # what open() would give (mkstemp makes it 0600)
         os.replace(tmp, os.fspath(path))
     except BaseException:

@@ -32,6 +32,7 @@ params' shapes); `perceptual_loss(params, recon, x)` -> the batch mean (the VAE 
 """
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Sequence
 
@@ -39,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+
+from seaweed_jax import paths
 
 # The package's ScalingLayer constants (ImageNet mean / std mapped to inputs in [-1, 1]).
 SHIFT = (-0.030, -0.088, -0.188)
@@ -181,8 +184,9 @@ def flatten(params) -> dict[str, np.ndarray]:
 
 def save(path: str, params) -> None:
     """Writes params in our .npz format (float32)."""
-    with open(path, "wb") as f:
-        np.savez(f, **{k: v.astype(np.float32) for k, v in flatten(params).items()})
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v.astype(np.float32) for k, v in flatten(params).items()})
+    paths.write_bytes(path, buf.getvalue())
 
 
 def check_arrays(arrays: dict[str, np.ndarray], where: str = "LPIPS weights") -> tuple[int, ...]:
@@ -219,17 +223,17 @@ def check_arrays(arrays: dict[str, np.ndarray], where: str = "LPIPS weights") ->
 
 def load(path: str):
     """Params from our .npz weight file (see the module docstring), as fp32 jax arrays."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
+    path = paths.run_path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: no LPIPS weight file (config.loss.lpips_weights_path); "
                                 f"{CONVERT_HINT}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # zipfile / pickle / format errors all mean "not our .npz"
         raise ValueError(f"{path}: not a readable .npz LPIPS weight file ({type(e).__name__}: {e}); "
                          f"{CONVERT_HINT}") from None
-    check_arrays(arrays, where=path)
+    check_arrays(arrays, where=os.fspath(path))
     return _tree(arrays)
 
 

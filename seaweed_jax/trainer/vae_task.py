@@ -118,12 +118,6 @@ def _get_path(tree, path: str):
     return tree
 
 
-def _is_diffusers_dir(path: str) -> bool:
-    """A diffusers AutoencoderKL directory: config.json + a .safetensors file, no checkpoints."""
-    return (os.path.isdir(path) and os.path.isfile(os.path.join(path, diffusers_io.CONFIG_NAME))
-            and any(f.endswith(".safetensors") for f in os.listdir(path)))
-
-
 def tail_init_params(video_config, source: str) -> tuple[Any, str]:
     """(video params (unboxed, host), what was loaded) for `config.tail_init_from=source`:
     the image VAE of `source` (an image-VAE run's workdir or a diffusers AutoencoderKL
@@ -134,11 +128,11 @@ def tail_init_params(video_config, source: str) -> tuple[Any, str]:
         tail_init.image_config_for(video_config)   # this model has an image counterpart
     except ValueError as e:
         raise ValueError(f"{field}: this model cannot be tail-initialized: {e}") from None
-    if not _is_diffusers_dir(source) and not paths.run_path(source).is_dir():
+    if not diffusers_io.is_autoencoderkl_dir(source) and not paths.run_path(source).is_dir():
         raise ValueError(f"{field}: no such directory; point it at an image-VAE run's workdir "
                          f"(trained with e.g. configs/vae/odvae_tiny.py:stage=image) or a diffusers "
                          f"AutoencoderKL directory (config.json + *.safetensors)")
-    if _is_diffusers_dir(source):
+    if diffusers_io.is_autoencoderkl_dir(source):
         image_cfg, image_params = diffusers_io.load_autoencoderkl(source)
         what = f"diffusers AutoencoderKL {source}"
     else:

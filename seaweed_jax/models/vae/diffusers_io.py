@@ -28,6 +28,7 @@ import ml_collections as mc
 import numpy as np
 from flax import linen as nn
 
+from seaweed_jax import paths
 from seaweed_jax.models.vae import autoencoder
 
 CONFIG_NAME = "config.json"
@@ -44,10 +45,9 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
+def read_safetensors(path) -> dict[str, np.ndarray]:
     """{name: array} of a .safetensors file (copies: the file can be closed or rewritten)."""
-    with open(path, "rb") as f:
-        blob = f.read()
+    blob = paths.read_bytes(path)
     if len(blob) < 8:
         raise ValueError(f"{path}: not a safetensors file ({len(blob)} bytes, no header)")
     n = struct.unpack("<Q", blob[:8])[0]
@@ -76,7 +76,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+def write_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
     header, offset, chunks = {}, 0, []
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -91,13 +91,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict 
         offset += len(data)
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)           # the format allows space padding; keeps data aligned
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for data in chunks:
-            f.write(data)
-    os.replace(tmp, path)
+    paths.write_bytes(path, b"".join([struct.pack("<Q", len(head)), head, *chunks]))
 
 # ----------------------------------------------------------------------------- config
 
@@ -351,42 +345,45 @@ def state_dict_from_params(params, config) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- directories
 
 
-def _weights_file(path: str) -> str:
-    main = os.path.join(path, WEIGHTS_NAME)
-    if os.path.exists(main):
-        return main
-    found = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+def _weights_file(path) -> str:
+    main = path / WEIGHTS_NAME
+    if main.exists():
+        return os.fspath(main)
+    found = sorted(f.name for f in path.iterdir() if f.name.endswith(".safetensors"))
     if len(found) == 1:                      # e.g. diffusion_pytorch_model.fp16.safetensors
-        return os.path.join(path, found[0])
+        return os.fspath(path / found[0])
     raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}" + (f" (several candidates: {found})" if found else "")
                             + "; a diffusers AutoencoderKL directory holds config.json + that file")
 
 
-def load_autoencoderkl(path: str):
+def is_autoencoderkl_dir(path) -> bool:
+    """A diffusers AutoencoderKL directory: config.json + a .safetensors file."""
+    path = paths.run_path(path)
+    return (path.is_dir() and (path / CONFIG_NAME).is_file()
+            and any(f.name.endswith(".safetensors") for f in path.iterdir()))
+
+
+def load_autoencoderkl(path):
     """(model_config, params) of the diffusers AutoencoderKL saved in directory `path`."""
-    path = os.fspath(path)
-    cfg_path = os.path.join(path, CONFIG_NAME)
-    if not os.path.isfile(cfg_path):
+    path = paths.run_path(path)
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found; a diffusers AutoencoderKL directory holds "
                                 f"{CONFIG_NAME} + {WEIGHTS_NAME}")
-    with open(cfg_path) as f:
-        try:
-            dcfg = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    try:
+        dcfg = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
     cfg = model_config_from_diffusers(dcfg)
     params = params_from_state_dict(read_safetensors(_weights_file(path)), cfg)
     return cfg, params
 
 
-def save_autoencoderkl(path: str, model_config, params) -> None:
+def save_autoencoderkl(path, model_config, params) -> None:
     """Write `config.json` + `diffusion_pytorch_model.safetensors` that diffusers' AutoencoderKL
     (and `load_autoencoderkl`) reads back."""
-    path = os.fspath(path)
+    path = paths.run_path(path)
     dcfg = diffusers_config_from_model(model_config)
     state = state_dict_from_params(params, model_config)
-    os.makedirs(path, exist_ok=True)
-    write_safetensors(os.path.join(path, WEIGHTS_NAME), state, metadata={"format": "pt"})
-    with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump(dcfg, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_safetensors(path / WEIGHTS_NAME, state, metadata={"format": "pt"})
+    paths.write_text(path / CONFIG_NAME, json.dumps(dcfg, indent=2, sort_keys=True) + "\n")
