@@ -23,7 +23,7 @@ import grain
 import ml_collections as mc
 import numpy as np
 
-from seaweed_jax.data import packing
+from seaweed_jax.data import balance, packing
 from seaweed_jax.data.pipeline import local_batch_size
 
 
@@ -34,6 +34,7 @@ class PackSpec:
     patch: tuple[int, int, int]     # the model's (pt, ph, pw)
     min_text_tokens: int = 1        # text slots per sample at least (the empty prompt's length)
     fill: float = 1.25              # read ahead until the buffer holds fill x one step's capacity
+    cost: balance.CostTable | None = None  # data.packing.balance: spread samples by this cost (None: first fit)
 
     def __post_init__(self):
         if self.num_sequences < 1:
@@ -102,8 +103,9 @@ class PackedIterator(grain.DatasetIterator):
         if not self._buffer:
             raise StopIteration
         by_key = {item.key: ex for item, ex in self._buffer}
-        bins, left = packing.fill_bins([item for item, _ in self._buffer], spec.num_sequences,
-                                       spec.capacity)
+        items = [item for item, _ in self._buffer]
+        bins, left = (packing.fill_bins(items, spec.num_sequences, spec.capacity) if spec.cost is None else
+                      balance.fill_bins_balanced(items, spec.num_sequences, spec.capacity, spec.cost))
         batch = packing.layout([[by_key[it.key] for it in b] for b in bins], spec.capacity,
                                spec.patch, spec.min_text_tokens)
         self._buffer = [(item, by_key[item.key]) for item in left]
@@ -130,11 +132,13 @@ def default_config() -> mc.ConfigDict:
     c.text_tokens = mc.config_dict.placeholder(int)  # text tokens per sequence (None: max_samples x text length)
     c.max_samples = mc.config_dict.placeholder(int)  # samples per sequence at most
     c.fill = 1.25                                    # read-ahead: fill x one step's capacity
+    c.balance = False                                # spread each step's samples to even the costliest row
+    c.cost_table = mc.config_dict.placeholder(str)   # balance cost: JSON of benchmarks/runtime_balance.py (None: model FLOPs)
     return c
 
 
 def spec_from_config(data_config, *, process_count: int, patch: Sequence[int], text_len: int,
-                     min_text_tokens: int) -> PackSpec | None:
+                     min_text_tokens: int, model_config=None) -> PackSpec | None:
     """The PackSpec of `data.packing`, or None when packing is off. With packing,
     data.global_batch_size counts packed sequences (not samples)."""
     cfg = data_config.get("packing", None) if hasattr(data_config, "get") else None
@@ -160,4 +164,4 @@ def spec_from_config(data_config, *, process_count: int, patch: Sequence[int], t
     return PackSpec(num_sequences=local_batch_size(data_config, process_count),
                     capacity=packing.Capacity(int(cfg.max_tokens), text_tokens, samples),
                     patch=tuple(int(p) for p in patch), min_text_tokens=int(min_text_tokens),
-                    fill=float(cfg.get("fill", 1.25)))
+                    fill=float(cfg.get("fill", 1.25)), cost=balance.cost_from_config(cfg, model_config))

@@ -10,6 +10,8 @@ from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name  # noqa: F401  (re-exported: jax.ad_checkpoint is not an attribute in jax 0.10)
 
 CHECKPOINT_NAMES = ("block_in", "qkv", "attn_out", "mlp_in", "mlp_out", "conv_out")
+POLICY_NAMES = ("none", "full", "minimal", "save_dots", "save_qkv_attn", "offload_block_in",
+                "offload_qkv_attn")
 
 _cp = jax.checkpoint_policies
 
@@ -32,9 +34,7 @@ def get_policy(name: str):
         return _cp.save_and_offload_only_these_names(
             names_which_can_be_saved=[], names_which_can_be_offloaded=["qkv", "attn_out"],
             offload_src="device", offload_dst="pinned_host")
-    raise ValueError(
-        f"unknown remat policy {name!r}; choose one of none, full, minimal, save_dots, "
-        f"save_qkv_attn, offload_block_in, offload_qkv_attn")
+    raise ValueError(f"unknown remat policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
 
 
 def maybe_remat(module_cls, name: str, **kw):

@@ -49,6 +49,7 @@ Config sections read here (defaults in `default_diffusion_config`, `default_samp
 """
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any, Mapping
 
@@ -67,10 +68,11 @@ from seaweed_jax.diffusion import packed as packed_flow
 from seaweed_jax.models.dit import DiT, Packing, per_token
 from seaweed_jax.models.dit.attention import layer_attention_types
 from seaweed_jax.models.dit import validate_config as validate_dit_config
+from seaweed_jax.models.dit.dit import forward_flops, forward_flops_by_part
 from seaweed_jax.models.text import build_text_encoder, text_config
 from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.models.vae import tiling as tiling_lib
-from seaweed_jax.trainer import optimizers
+from seaweed_jax.trainer import accounting, optimizers
 from seaweed_jax.trainer.state import TrainState
 from seaweed_jax.trainer.task import Task
 
@@ -315,7 +317,7 @@ class DiTTask(Task):
         return packed.spec_from_config(self.config.data, process_count=process_count,
                                        patch=tuple(self.model_cfg.patch_size),
                                        text_len=int(self.text_cfg.max_len),
-                                       min_text_tokens=self.null_text_tokens)
+                                       min_text_tokens=self.null_text_tokens, model_config=self.model_cfg)
 
     def latent_encoder(self):
         """What this task's batches carry as `latents` (cached or encoded on the fly)."""
@@ -491,6 +493,21 @@ class DiTTask(Task):
         state = state.apply_gradients(grads)
         return state, {"loss": loss, "grad_norm": optimizers.global_norm(grads), **aux}
 
+    # ------------------------------------------------------------------ FLOP accounting
+    def flops_per_step(self, batch) -> float | None:
+        """Model FLOPs of one training step on the global batch (see `train_flops`). Only for
+        this class's step: a subclass with its own train_step (distill: teacher passes too)
+        gets None (the loop's XLA estimate) until it overrides this."""
+        if type(self).train_step is not DiTTask.train_step:
+            return None
+        return train_flops(self.model_cfg, batch)
+
+    def hardware_flops_per_step(self, batch) -> float | None:
+        """`flops_per_step` plus the forward work model.remat re-runs in the backward (HFU)."""
+        if type(self).train_step is not DiTTask.train_step:
+            return None
+        return train_flops(self.model_cfg, batch, with_remat=True)
+
     # ------------------------------------------------------------------ evaluation
     def _eval_fn(self):
         if getattr(self, "_eval_jit", None) is None:
@@ -549,6 +566,49 @@ class DiTTask(Task):
             ema = self.validation_losses(state.ema_params, data_dir=data_dir)
             out.update({k.replace("val_loss", "val_loss_ema", 1): v for k, v in ema.items()})
         return out
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+def forward_sizes(model_cfg, batch) -> collections.Counter:
+    """{(latent (T, H, W), text tokens): examples} of the DiT's forward on a global batch.
+    A packed sample counts as a (tokens, 1, 1) patch grid with its own text slots: full
+    attention inside the sample, which is all a packed model runs; padding slots are not
+    counted (the model computes them too: see the `padding_fraction` metric)."""
+    pt, ph, pw = tuple(model_cfg.patch_size)
+    if "video_tokens" not in batch:
+        b, t, h, w = batch["latents"].shape[:4]
+        return collections.Counter({((t, h, w), int(batch["text_ids"].shape[1])): b})
+    video = _host_array(batch["sample_tokens"])           # (B, S)
+    segment = _host_array(batch["text_segment"])          # (B, Nt): sample 1..S, 0 = padding
+    text = (segment[:, :, None] == np.arange(1, video.shape[1] + 1)).sum(axis=1)
+    real = _host_array(batch["sample_frames"]) > 0
+    return collections.Counter(((int(n) * pt, ph, pw), int(m)) for n, m in zip(video[real], text[real]))
+
+
+def train_flops(model_cfg, batch, *, with_remat: bool = False) -> float:
+    """FLOPs of one training step on the global batch: 3 x the DiT's analytic forward
+    (models.dit.forward_flops) summed over examples (packed: over samples); `with_remat` adds
+    the forward parts model.remat re-runs in the backward (trainer/accounting.py). Not
+    counted: the jointly trained text encoder, the loss, elementwise work (~1% at test sizes).
+    The loop asks once, with the first batch: later buckets / packings may differ."""
+    total = 0.0
+    for (shape, text), count in forward_sizes(model_cfg, batch).items():
+        forward = forward_flops(model_cfg, shape, text)
+        total += count * accounting.TRAIN_PASSES * forward
+        if with_remat:
+            parts = forward_flops_by_part(model_cfg, shape, text)
+            total += count * forward * accounting.remat_recompute_fraction(
+                model_cfg.get("remat", "none"), parts, qk_norm=bool(model_cfg.qk_norm))
+    return total
+
+
+def _host_array(x) -> np.ndarray:
+    """A (global) array's values on this host; spans other processes' shards by gathering."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils  # lazy: multi-process runs only
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 # ----------------------------------------------------------------------------- workdirs

@@ -452,7 +452,11 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
                 flops_checked = True
                 logger.flops_per_step, source = _flops(task, step_jit, state, batch)
                 if logger.flops_per_step:
-                    _print(f"flops/step={logger.flops_per_step:.4g} ({source})")
+                    if source == "task":  # + the forward work remat re-runs (HFU)
+                        logger.hardware_flops_per_step = task.hardware_flops_per_step(batch)
+                    logger.resolve_peak()
+                    _print(f"flops/step={logger.flops_per_step:.4g} ({source}); "
+                           f"{logger.flop_accounting().peak_line()}")
                 _print(_memory_line(step_jit, state, batch))
             state, metrics = step_jit(state, batch)
             step += 1

@@ -1,7 +1,11 @@
 """Training metrics: TensorBoard event files, metrics.jsonl and one console line per log.
 
 Only process 0 writes. Throughput is measured on the host between two log points (the log
-fetch synchronizes with the device, so the interval covers finished steps).
+fetch synchronizes with the device, so the interval covers finished steps). With the FLOPs of
+a step known (`flops_per_step`, set by the loop), each train record also has
+`tflops_per_sec_per_device` and, when the device's peak is known (trainer/accounting.py; on
+CPU measured when timing starts), `mfu` and `hfu` (HFU counts `hardware_flops_per_step`,
+i.e. with remat recomputation; it equals MFU when that is not given).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import jax
 import numpy as np
 
 from seaweed_jax import paths
+from seaweed_jax.trainer import accounting
 
 
 # reported as their latest value in a log interval (the rest are averaged)
@@ -41,14 +46,25 @@ class MetricsLogger:
 
     def __init__(self, workdir: str, *, num_steps: int, global_batch_size: int,
                  flops_per_step: float | None = None, enabled: bool | None = None,
-                 resume_step: int = 0, nonfinite_steps: int = 0):
+                 resume_step: int = 0, nonfinite_steps: int = 0,
+                 hardware_flops_per_step: float | None = None, peak_flops_per_device: float | None = None,
+                 peak_source: str = "", num_devices: int | None = None):
         """`resume_step`: the step the run (re)starts from. Records of later steps (logged
         before a crash, after the checkpoint) are dropped from metrics.jsonl, and TensorBoard
-        is told to purge them (purge_step), so both curves stay continuous."""
+        is told to purge them (purge_step), so both curves stay continuous.
+
+        `flops_per_step`: model FLOPs of a step on the global batch (MFU);
+        `hardware_flops_per_step`: the same plus remat recomputation (HFU; default: equal);
+        `peak_flops_per_device` / `peak_source`: default `accounting.peak_flops()` of the
+        first local device, resolved when timing starts; `num_devices`: default all devices."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.num_steps = num_steps
         self.global_batch_size = global_batch_size
         self.flops_per_step = flops_per_step
+        self.hardware_flops_per_step = hardware_flops_per_step
+        self.peak_flops_per_device = peak_flops_per_device
+        self.peak_source = peak_source or ("given" if peak_flops_per_device else "")
+        self.num_devices = jax.device_count() if num_devices is None else num_devices
         self._pending: list[dict] = []
         self._nonfinite_seen = nonfinite_steps
         self.nonfinite_in_a_row = 0   # rejected updates in a row, up to the last log
@@ -71,8 +87,28 @@ class MetricsLogger:
         return self._t0 is not None
 
     def start(self, step: int) -> None:
-        """Mark the start of timing (after compilation of the first step, ideally)."""
+        """Mark the start of timing (after compilation of the first step, ideally). With the
+        FLOPs known, the peak is resolved first (on CPU it is measured: outside the timing)."""
+        if self.flops_per_step and not self.peak_source:
+            self.resolve_peak()
+            if self.enabled:
+                print(self.flop_accounting().peak_line(), flush=True)
         self._t0, self._step0 = time.perf_counter(), step
+
+    def resolve_peak(self) -> tuple[float | None, str]:
+        """The per-device peak FLOP/s and its source (looked up or measured once)."""
+        if not self.peak_source:
+            peak, self.peak_source = accounting.peak_flops()
+            self.peak_flops_per_device = self.peak_flops_per_device or peak
+        return self.peak_flops_per_device, self.peak_source
+
+    def flop_accounting(self) -> accounting.Accounting:
+        """The step's FLOPs and the peak as an `accounting.Accounting` (flops_per_step must be set)."""
+        return accounting.Accounting(
+            model_flops=float(self.flops_per_step),
+            hardware_flops=float(self.hardware_flops_per_step or self.flops_per_step),
+            num_devices=self.num_devices, peak_flops=self.peak_flops_per_device,
+            peak_source=self.peak_source)
 
     def add(self, metrics: dict) -> None:
         """Keep a step's (device) metrics; fetched only at log time to avoid syncs."""
@@ -105,6 +141,7 @@ class MetricsLogger:
             record["eta_sec"] = (self.num_steps - step) / sps if sps > 0 else float("inf")
             if self.flops_per_step:
                 record["gflops_per_sec"] = sps * self.flops_per_step / 1e9
+                record.update(self.flop_accounting().rates(sps))
         self._t0, self._step0 = now, step
         record.update(extra or {})
         self._write(step, record, prefix="train")
@@ -143,6 +180,8 @@ class MetricsLogger:
             parts.append(f"{r['examples_per_sec']:.1f} ex/s")
         if "gflops_per_sec" in r:
             parts.append(f"{r['gflops_per_sec']:.3g} GFLOP/s")
+        if "mfu" in r:
+            parts.append(f"MFU {100 * r['mfu']:.3g}%")
         if "eta_sec" in r:
             parts.append(f"ETA {_fmt_duration(r['eta_sec'])}")
         if r.get("nonfinite_steps"):

@@ -163,6 +163,11 @@ class Task(abc.ABC):
         del batch
         return None
 
+    def hardware_flops_per_step(self, batch) -> float | None:
+        """flops_per_step plus the forward work remat re-runs in the backward (HFU); None = equal."""
+        del batch
+        return None
+
 
 def register_task(name: str, cls_or_path) -> None:
     """Register a Task subclass (or a "module:Class" path) under `name`."""

@@ -71,13 +71,15 @@ def default_config() -> mc.ConfigDict:
     c.negative_embed = False        # CFG distillation: add a pooled negative-prompt embedding to t_emb
     c.level_embed = False           # FlashVideo refiner: embed the latent degradation level into t_emb
     c.dtype = "bfloat16"            # compute dtype; params are always float32
-    c.remat = "none"                # parallel.remat policy name for each block
+    c.remat = "none"                # parallel.remat policy name for each block (or scanned group)
+    c.scan_layers = False           # nn.scan over repeating layer groups (params on a `layers` axis)
     return c
 
 
 # Fields newer than some saved runs, with the value those runs behaved as: their config.json
 # lacks them, and they still load.
-ADDED_FIELDS = {"attention_block_sizes": (512, 512), "negative_embed": False, "level_embed": False}
+ADDED_FIELDS = {"attention_block_sizes": (512, 512), "negative_embed": False, "level_embed": False,
+                "scan_layers": False}
 
 
 def tiny_config(**overrides) -> mc.ConfigDict:
@@ -270,6 +272,106 @@ def per_token(values, segment):
     return jax.vmap(lambda v, i: v[i])(values, index)
 
 
+# --------------------------------------------------------------------------- layer scan
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """What makes two layers the same program: equal specs share one scanned body."""
+    attention: str       # full | space | window
+    windows: int         # which window_partitions entry (window layers), else 0
+    shared_ffn: bool
+    text_output: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGroup:
+    """Layers start .. start + period * repeats - 1: `period` distinct layers, repeated."""
+    start: int
+    period: int
+    repeats: int
+
+    @property
+    def name(self) -> str:  # the param scope of a scanned group (unrolled layers keep block_{i})
+        return f"layers_{self.start}_{self.start + self.period * self.repeats - 1}"
+
+
+def layer_specs(cfg) -> tuple[LayerSpec, ...]:
+    types = layer_attention_types(cfg.attention, cfg.num_layers)
+    first_shared = cfg.num_layers - cfg.num_shared_ffn_layers
+    return tuple(LayerSpec(kind, i % len(cfg.window_partitions) if kind == "window" else 0,
+                           i >= first_shared, i < cfg.num_layers - 1) for i, kind in enumerate(types))
+
+
+def layer_groups(cfg, max_period: int = 8) -> list[LayerGroup]:
+    """The layer stack as scanned groups: from each layer, the period whose repetition covers
+    the most layers (ties: the shorter period); a layer that starts no repetition (e.g. the
+    last one, which has no text output) stays unrolled as a group of one."""
+    specs, groups, i = layer_specs(cfg), [], 0
+    while i < len(specs):
+        best = LayerGroup(i, 1, 1)
+        for period in range(1, max_period + 1):
+            pattern, repeats = specs[i:i + period], 0
+            if len(pattern) < period:
+                break
+            while specs[i + repeats * period:i + (repeats + 1) * period] == pattern:
+                repeats += 1
+            if repeats >= 2 and period * repeats > best.period * best.repeats:
+                best = LayerGroup(i, period, repeats)
+        groups.append(best)
+        i += best.period * best.repeats
+    return groups
+
+
+class BlockGroup(nn.Module):
+    """One step of a layer scan: `len(layers)` hybrid-stream blocks in sequence. The carry is
+    the pair of residual streams (the checkpoint input that remat presets keep or offload)."""
+    layers: tuple[LayerSpec, ...]
+    grid: tuple[int, int, int] | None
+    packed: bool
+    window_partitions: tuple[tuple[int, int, int], ...]
+    block_kw: Any
+
+    @nn.compact
+    def __call__(self, carry, t0, text_mask, rope_cos, rope_sin, mask_source):
+        x_v, x_t = carry
+        for j, spec in enumerate(self.layers):
+            if self.packed:
+                mask = mask_source
+            else:  # the window partition by index: the same program for every repetition
+                mask = layer_mask(spec.attention, spec.windows, self.grid, mask_source, self.window_partitions)
+            x_v, x_t = HybridStreamBlock(shared_ffn=spec.shared_ffn, text_output=spec.text_output,
+                                         name=f"block_{j}", **self.block_kw)(
+                x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
+        return (x_v, x_t), None
+
+
+def scan_params(params, cfg):
+    """Unrolled params (block_{i} for every layer) -> the layout of `cfg.scan_layers=True`
+    (each group's blocks stacked on a leading `layers` axis); other params unchanged."""
+    params = dict(params)
+    for g in layer_groups(cfg):
+        if g.period == 1 and g.repeats == 1:
+            continue
+        params[g.name] = {f"block_{j}": jax.tree.map(
+            lambda *xs: jnp.stack(xs), *[params.pop(f"block_{g.start + r * g.period + j}")
+                                        for r in range(g.repeats)])
+            for j in range(g.period)}
+    return params
+
+
+def unscan_params(params, cfg):
+    """The inverse of `scan_params`."""
+    params = dict(params)
+    for g in layer_groups(cfg):
+        if g.period == 1 and g.repeats == 1:
+            continue
+        stacked = params.pop(g.name)
+        for r in range(g.repeats):
+            for j in range(g.period):
+                params[f"block_{g.start + r * g.period + j}"] = jax.tree.map(lambda x: x[r], stacked[f"block_{j}"])
+    return params
+
+
 # --------------------------------------------------------------------------- model
 
 class DiT(nn.Module):
@@ -347,18 +449,30 @@ class DiT(nn.Module):
             key_valid = jnp.concatenate([jnp.ones((b, math.prod(grid)), bool), text_mask], axis=1)
         rope_cos, rope_sin = rope_tables(positions, cfg.rope_axes_dim, cfg.rope_theta)
 
-        block_cls = maybe_remat(HybridStreamBlock, cfg.remat)
-        options = attention_options(cfg)
-        types = layer_attention_types(cfg.attention, cfg.num_layers)
-        first_shared = cfg.num_layers - cfg.num_shared_ffn_layers
-        for i, layer_type in enumerate(types):
-            mask = segments if packed else layer_mask(layer_type, i, grid, key_valid, cfg.window_partitions)
-            block = block_cls(
-                hidden_size=d, num_heads=cfg.num_heads, head_dim=head_dim(cfg), mlp_hidden=cfg.mlp_hidden,
-                shared_ffn=i >= first_shared, text_output=i < cfg.num_layers - 1, qk_norm=cfg.qk_norm,
-                eps=cfg.norm_eps, dtype=dtype, attention_backend=cfg.attention_backend,
-                attention_options=options, name=f"block_{i}")
-            x_v, x_t = block(x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
+        block_kw = dict(hidden_size=d, num_heads=cfg.num_heads, head_dim=head_dim(cfg), mlp_hidden=cfg.mlp_hidden,
+                        qk_norm=cfg.qk_norm, eps=cfg.norm_eps, dtype=dtype,
+                        attention_backend=cfg.attention_backend, attention_options=attention_options(cfg))
+        mask_source = segments if packed else key_valid
+        specs = layer_specs(cfg)
+        for group in layer_groups(cfg) if cfg.get("scan_layers", False) else [LayerGroup(i, 1, 1)
+                                                                               for i in range(len(specs))]:
+            layers = specs[group.start:group.start + group.period]
+            if group.repeats == 1 and group.period == 1:  # unrolled: the block itself, as before
+                mask = mask_source if packed else layer_mask(layers[0].attention, group.start, grid,
+                                                             key_valid, cfg.window_partitions)
+                block = maybe_remat(HybridStreamBlock, cfg.remat)(
+                    shared_ffn=layers[0].shared_ffn, text_output=layers[0].text_output,
+                    name=f"block_{group.start}", **block_kw)
+                x_v, x_t = block(x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
+                continue
+            scanned = nn.scan(maybe_remat(BlockGroup, cfg.remat, prevent_cse=False),
+                              variable_axes={"params": 0}, split_rngs={"params": True},
+                              in_axes=(nn.broadcast,) * 5, length=group.repeats,
+                              metadata_params={nn.PARTITION_NAME: "layers"})
+            (x_v, x_t), _ = scanned(layers=layers, grid=grid, packed=packed,
+                                    window_partitions=tuple(map(tuple, cfg.window_partitions)),
+                                    block_kw=block_kw, name=group.name)(
+                (x_v, x_t), t0, text_mask, rope_cos, rope_sin, mask_source)
 
         # Final layer: PixArt-style shift/scale = t_emb + learned (2, D) table.
         table = self.param("final_modulation",
@@ -431,3 +545,34 @@ def forward_flops(cfg, latent_shape, text_len: int | None = None) -> float:
             pairs = slots * (per_window + nt) + nt * (nv + nt)
         flops += 4.0 * d * pairs                                              # q.k and p.v
     return flops
+
+
+def forward_flops_by_part(cfg, latent_shape, text_len: int | None = None) -> dict[str, float]:
+    """`forward_flops` split by kind of work, for remat accounting (trainer/accounting.py):
+    embed (patch / text / time embeddings, final projection: outside the blocks) and, summed
+    over the blocks, qkv_proj, attn_scores (q.k^T), attn_values (p.v), attn_out (output
+    projections) and ffn. The parts sum to `forward_flops` (tests/test_accounting.py)."""
+    d, f = cfg.hidden_size, cfg.mlp_hidden
+    patch = tuple(cfg.patch_size)
+    grid = tuple(s // p for s, p in zip(latent_shape, patch))
+    nv, nt = math.prod(grid), cfg.max_text_len if text_len is None else text_len
+    parts = dict.fromkeys(("embed", "qkv_proj", "attn_scores", "attn_values", "attn_out", "ffn"), 0.0)
+    parts["embed"] = 2.0 * (nv * math.prod(patch) * (cfg.in_channels + cfg.latent_channels) * d
+                            + nt * (cfg.text_dim * d + d * d)
+                            + cfg.timestep_freq_dim * d + 7 * d * d)
+    for i, layer_type in enumerate(layer_attention_types(cfg.attention, cfg.num_layers)):
+        streams = nv + nt if i < cfg.num_layers - 1 else nv   # the last block has no text output
+        parts["qkv_proj"] += 2.0 * (nv + nt) * 3 * d * d
+        parts["attn_out"] += 2.0 * streams * d * d
+        parts["ffn"] += 2.0 * streams * 3 * d * f
+        if layer_type == "full":
+            pairs = (nv + nt) ** 2
+        else:   # video queries: their (padded) window + text keys; text queries: every key
+            windows = (grid[0], 1, 1) if layer_type == "space" else tuple(
+                cfg.window_partitions[i % len(cfg.window_partitions)])
+            spec = VideoWindowMask(jnp.ones((1, 1), bool), grid=grid, windows=windows)
+            slots = nv if spec.divides else spec.window_tokens()[0].size
+            pairs = slots * (slots // spec.num_windows + nt) + nt * (nv + nt)
+        parts["attn_scores"] += 2.0 * d * pairs
+        parts["attn_values"] += 2.0 * d * pairs
+    return parts

@@ -1,0 +1,87 @@
+"""The scanned layer stack (`model.scan_layers`) computes what the unrolled one does, under
+every remat preset: the same outputs and the same gradients, with params converted by
+`scan_params` / `unscan_params` (the layers' params stacked on a `layers` axis)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from seaweed_jax.models.dit import dit as D
+from seaweed_jax.parallel.remat import POLICY_NAMES
+
+import test_dit_packing as packing_case
+
+
+def _inputs(cfg, seed=0, latent_shape=(4, 8, 8)):
+    rng = np.random.default_rng(seed)
+    x, t, text, mask = D.example_inputs(cfg, batch=2, latent_shape=latent_shape)
+    mask = jnp.asarray([[True] * 8, [True] * 5 + [False] * 3])
+    return (jnp.asarray(rng.standard_normal(x.shape), jnp.float32), jnp.asarray([0.2, 0.7]),
+            jnp.asarray(rng.standard_normal(text.shape), jnp.float32), mask)
+
+
+def _params(cfg, inputs, seed=1):
+    params = nn.meta.unbox(jax.jit(D.DiT(cfg).init)(jax.random.key(0), *inputs)["params"])
+    rng = np.random.default_rng(seed)  # perturb the zero-initialized gates so every path matters
+    return jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+
+
+def _rel_err(a, b):
+    return max(float(jnp.max(jnp.abs(x - y)) / jnp.max(jnp.abs(y)))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_groups_follow_the_layer_structure():
+    """7B layout: 8 dual-stream layers, 23 FFN-sharing ones, the last (no text output) alone;
+    window layers repeat in pairs (the two partitions), a pair broken by the FFN switch."""
+    seven_b = D.default_config()
+    assert D.layer_groups(seven_b) == [D.LayerGroup(0, 1, 8), D.LayerGroup(8, 1, 23), D.LayerGroup(31, 1, 1)]
+    window = D.tiny_config(attention="window", num_layers=11, num_shared_ffn_layers=4)
+    assert D.layer_groups(window) == [D.LayerGroup(0, 2, 3)] + [D.LayerGroup(i, 1, 1) for i in range(6, 11)]
+    space = D.tiny_config(attention="space_full", num_layers=9, num_shared_ffn_layers=5)
+    assert D.layer_groups(space) == [D.LayerGroup(0, 2, 2), D.LayerGroup(4, 2, 2), D.LayerGroup(8, 1, 1)]
+
+
+@pytest.mark.parametrize("attention,layers,shared", [("full", 4, 2), ("space_full", 9, 5), ("window", 11, 4)])
+def test_scanned_equals_unrolled(attention, layers, shared):
+    cfg = D.tiny_config(attention=attention, num_layers=layers, num_shared_ffn_layers=shared)
+    scfg = D.tiny_config(attention=attention, num_layers=layers, num_shared_ffn_layers=shared, scan_layers=True)
+    inputs = _inputs(cfg)
+    params = _params(cfg, inputs)
+    scanned = D.scan_params(params, scfg)
+    # The scanned model's own init has exactly this layout (names and stacked shapes).
+    init = nn.meta.unbox(jax.eval_shape(D.DiT(scfg).init, jax.random.key(0), *inputs)["params"])
+    assert jax.tree.map(jnp.shape, init) == jax.tree.map(jnp.shape, scanned)
+    assert any(k.startswith("layers_") for k in scanned)
+    assert jax.tree.map(jnp.shape, D.unscan_params(scanned, scfg)) == jax.tree.map(jnp.shape, params)
+    out = D.DiT(cfg).apply({"params": params}, *inputs)
+    assert _rel_err(D.DiT(scfg).apply({"params": scanned}, *inputs), out) < 1e-5
+
+
+def test_remat_presets_give_the_unrolled_gradients():
+    cfg = D.tiny_config(num_layers=3, num_shared_ffn_layers=0)  # layers 0-1 scanned, 2 unrolled
+    inputs = _inputs(cfg, latent_shape=(2, 4, 4))
+    params = _params(cfg, inputs)
+
+    def grads(c, p):
+        return jax.jit(jax.grad(lambda q: jnp.sum(D.DiT(c).apply({"params": q}, *inputs) ** 2)))(p)
+
+    reference = grads(cfg, params)
+    for preset in POLICY_NAMES:
+        scfg = D.tiny_config(num_layers=3, num_shared_ffn_layers=0, scan_layers=True, remat=preset)
+        got = D.unscan_params(grads(scfg, D.scan_params(params, scfg)), scfg)
+        assert _rel_err(got, reference) < 1e-5, preset
+
+
+def test_packed_sequences_scan_too():
+    cfg = packing_case._config()
+    cfg.num_layers, cfg.num_shared_ffn_layers = 4, 1
+    scfg = packing_case._config()
+    scfg.num_layers, scfg.num_shared_ffn_layers, scfg.scan_layers = 4, 1, True
+    samples = packing_case._samples(cfg)
+    params = packing_case._params(cfg, samples)
+    x, t, text, packing = packing_case._pack(cfg, samples)
+    out = D.DiT(cfg).apply({"params": params}, x, t, text, None, packing=packing)
+    got = D.DiT(scfg).apply({"params": D.scan_params(params, scfg)}, x, t, text, None, packing=packing)
+    assert _rel_err(got, out) < 1e-5
