@@ -276,7 +276,10 @@ class DiTTask(Task):
         """Task ids this config can draw (their per-task losses are logged; a batch without
         one logs NaN for it, which the logger's nanmean skips)."""
         data_dir = config_lib.data_dir_for(self.config)
-        frames = [datasets.parse_name(s["name"], data_dir)[3] for s in self.config.data.sources]
+        try:
+            frames = [datasets.parse_name(s["name"], data_dir)[3] for s in self.config.data.sources]
+        except datasets.NotBuiltError:  # e.g. compiling ahead of time: every task the config allows
+            frames = [1, 2]
         crops = [dict(s).get("crop") or self.config.data.get("crop") for s in self.config.data.sources]
         frames = [int(c["frames"]) if c and c.get("frames") else f for f, c in zip(frames, crops)]
         tasks = []

@@ -1,0 +1,200 @@
+"""Compile a config's training step ahead of time, without allocating parameters or reading data.
+
+    report = compile_train_step(config, devices=..., batch=abstract_batch(task, latent_shape))
+
+Everything is abstract: the state comes from `jax.eval_shape(task.init)` with the shardings the
+loop would use, the batch is ShapeDtypeStructs sharded over the data axes, and the step is the
+loop's own (`loop.make_train_step`, donated state). `devices` are this host's devices (e.g. 64
+fake CPU devices) or a TPU topology's (`tpu_devices("v5p-128")`, needs libtpu: `make tpu-env`),
+so a pod-sized config compiles on a laptop and the process never holds its weights.
+
+Used by `train --compile_only` and by the planner (`python -m seaweed_jax.plan`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from seaweed_jax import config_lib
+from seaweed_jax.config_lib import freeze
+from seaweed_jax.parallel import make_mesh, rules_from_config
+from seaweed_jax.parallel.mesh import replicated
+from seaweed_jax.trainer import accounting
+from seaweed_jax.trainer.loop import Setup, make_train_step
+from seaweed_jax.trainer.task import get_task
+
+# Slice names (chips) -> topologies (chips per axis) for the common TPU shapes.
+_SLICE = re.compile(r"^(v\d+[a-z]*)-(\d+)$")
+_GENERATIONS = {"v4": 3, "v5p": 3, "v5e": 2, "v5litepod": 2, "v6e": 2}
+
+
+def topology_name(name: str) -> str:
+    """'v5p:4x4x4' stays; slice names map to a topology: v5p-128 -> v5p:4x4x4 (v4 and v5p
+    slice names count TensorCores, two per chip; v5e / v6e count chips)."""
+    if ":" in name:
+        return name
+    m = _SLICE.match(name)
+    if not m or m.group(1) not in _GENERATIONS:
+        raise ValueError(f"--topology={name!r}: use gen:AxBxC (e.g. v5p:4x4x4) or a slice name such "
+                         f"as v5p-128, v4-64, v5e-16, v6e-64")
+    gen, count = m.group(1), int(m.group(2))
+    chips = count // 2 if gen in ("v4", "v5p") else count
+    dims = _GENERATIONS[gen]
+    shape = _cube(chips) if dims == 3 else _square(chips)
+    if shape is None:
+        raise ValueError(f"--topology={name}: {chips} chips do not form a standard {gen} slice; "
+                         f"pass the topology as gen:AxBxC")
+    gen = "v5e" if gen == "v5litepod" else gen
+    return f"{gen}:{'x'.join(map(str, shape))}"
+
+
+def _cube(chips: int):
+    """3D slices: 4 chips 2x2x1, then 2x2x2 doubling the last smallest axis (2x2x4, 2x4x4, 4x4x4 ...)."""
+    if chips < 4 or chips & (chips - 1):
+        return None
+    if chips == 4:
+        return (2, 2, 1)
+    shape = [2, 2, 2]
+    while math.prod(shape) < chips:
+        i = max(k for k in range(3) if shape[k] == min(shape))
+        shape[i] *= 2
+    return tuple(shape)
+
+
+def _square(chips: int):
+    if chips < 1 or chips & (chips - 1):
+        return None
+    a = 2 ** (int(math.log2(chips)) // 2)
+    return (a, chips // a)
+
+
+def tpu_devices(topology: str) -> list:
+    """The devices of a TPU topology, compiled for from this host (needs libtpu)."""
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu's host lookup, not needed for AOT
+    from jax.experimental import topologies
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology_name(topology)).devices)
+    except Exception as e:  # no libtpu, or a topology libtpu does not know
+        raise ValueError(f"--topology={topology}: cannot build the TPU topology ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}); compiling for TPUs from this host needs libtpu: "
+                         f"`make tpu-env`, then run with .venv-tpu/bin/python") from None
+
+
+def abstract_batch(task, latent_shape: Sequence[int], mesh) -> dict:
+    """The task's batch at the config's global batch size and this latent (T, H, W), as
+    ShapeDtypeStructs sharded like the loop's (leading dim over the data axes)."""
+    batch_size = int(task.config.data.global_batch_size)
+    example = jax.eval_shape(lambda: task.example_batch(tuple(latent_shape), batch_size))
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                    sharding=NamedSharding(mesh, P(("data", "fsdp"), *([None] * (v.ndim - 1)))))
+            for k, v in example.items()}
+
+
+@dataclasses.dataclass
+class Report:
+    """What one compile measured, per device (bytes) plus the analytic FLOPs."""
+    mesh: dict
+    devices: int
+    device_kind: str
+    latent_shape: tuple
+    global_batch: int
+    params: int
+    compile_s: float
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    alias_bytes: int
+    host_bytes: int
+    model_flops: float | None        # per step (analytic, 3x forward)
+    hardware_flops: float | None     # + remat recompute
+    xla_flops: float | None          # XLA's count (a scanned body once, a Pallas call ~0)
+
+    @property
+    def device_bytes(self) -> int:
+        """Peak estimate: live state + batch, outputs not aliased to donated inputs, temporaries."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    def mfu(self, step_seconds: float, peak_per_device: float) -> float | None:
+        if not self.model_flops:
+            return None
+        return self.model_flops / step_seconds / (self.devices * peak_per_device)
+
+    def lines(self) -> list[str]:
+        gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+        out = [f"mesh {self.mesh} on {self.devices} x {self.device_kind}; global batch {self.global_batch} x latent "
+               f"{tuple(self.latent_shape)}; params {self.params / 1e9:.3f}B; compiled in {self.compile_s:.1f} s",
+               f"per device: arguments {gib(self.argument_bytes)}, outputs {gib(self.output_bytes)} "
+               f"({gib(self.alias_bytes)} donated), temporaries {gib(self.temp_bytes)}, host {gib(self.host_bytes)}; "
+               f"peak ~{gib(self.device_bytes)}"]
+        if self.model_flops:
+            out.append(f"flops/step: model {self.model_flops:.4g} (analytic), with remat recompute "
+                       f"{self.hardware_flops or self.model_flops:.4g}; XLA counts {self.xla_flops or 0:.4g}")
+        return out
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["device_bytes"] = self.device_bytes
+        return d
+
+
+def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mesh_shape: dict | None = None,
+                       overrides: dict | None = None) -> Report:
+    """Lower and compile `config`'s training step on `devices` (default: this host's)."""
+    config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
+    with config.unlocked():
+        if mesh_shape is not None:
+            config.mesh.shape = dict(mesh_shape)
+        for path, value in (overrides or {}).items():
+            _set(config, path, value)
+    config = freeze(config)
+    mesh = make_mesh(config.mesh, devices=devices)
+    start = time.perf_counter()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_from_config(config.mesh)):
+        task = get_task(config.task)(config, mesh)
+        batch = abstract_batch(task, latent_shape, mesh)
+        setup = Setup(config, mesh=mesh, task=task, batch=batch)
+        step = jax.jit(make_train_step(task, config.seed, config.num_steps),
+                       out_shardings=(setup.shardings, replicated(mesh)), donate_argnums=0)
+        lowered = step.lower(setup.abstract, batch)
+        compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    m = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    model = task.flops_per_step(batch)
+    return Report(
+        mesh={k: int(v) for k, v in mesh.shape.items()}, devices=mesh.devices.size,
+        device_kind=mesh.devices.flat[0].device_kind, latent_shape=tuple(latent_shape),
+        global_batch=int(config.data.global_batch_size),
+        params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract.params))),
+        compile_s=seconds, argument_bytes=int(m.argument_size_in_bytes),
+        output_bytes=int(m.output_size_in_bytes), temp_bytes=int(m.temp_size_in_bytes),
+        alias_bytes=int(m.alias_size_in_bytes),
+        host_bytes=int(getattr(m, "host_temp_size_in_bytes", 0) + getattr(m, "host_argument_size_in_bytes", 0)
+                       + getattr(m, "host_output_size_in_bytes", 0)),
+        model_flops=model, hardware_flops=task.hardware_flops_per_step(batch),
+        xla_flops=float(cost.get("flops", 0.0)) if cost else None)
+
+
+def _set(config, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def peak_per_device(device) -> tuple[float | None, str]:
+    """The table peak of a TPU/GPU device kind (None on CPU: measure with accounting.peak_flops)."""
+    found = accounting.table_peak(device.device_kind)
+    return found if found else (None, f"no peak for {device.device_kind!r}")
