@@ -8,13 +8,20 @@
                           $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; TPU VM slices, GKE, SLURM
                           and Open MPI are detected: --multihost=auto|on|off)
     --workdir=gs://B/run  runs live on local disk or GCS (`pip install -e '.[gcs]'`)
+    --compile_only --latent_shape=T,H,W [--topology=v5p-128]
+                          lower and compile the training step without parameters or data and
+                          print per-device memory, analytic FLOPs and the mesh (no workdir);
+                          on fake CPU devices (--config.cpu_devices=64) or, with libtpu
+                          (`make tpu-env`), on a TPU topology (gen:AxBxC or a slice name)
 
 Resumes automatically when W has a checkpoint. SIGTERM finishes the current step, saves a
 checkpoint, waits for it and exits 0. The task comes from `config.task`.
 """
 from __future__ import annotations
 
+import json
 import os
+import resource
 import sys
 
 from absl import flags, logging
@@ -23,7 +30,7 @@ from ml_collections import config_flags
 from seaweed_jax import checkpoint, cli
 from seaweed_jax.parallel import distributed
 from seaweed_jax.parallel.mesh import use_cpu_devices
-from seaweed_jax.trainer import loop
+from seaweed_jax.trainer import aot, loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/vae/tiny.py or configs/wfvae.py:size=S", lock_config=True)
@@ -41,6 +48,33 @@ _SUPERVISE = flags.DEFINE_bool(
     "supervise", True, "Multi-process jobs: run training in a child process, so a job that loses "
     "a process ends with one line saying so (JAX aborts the survivors from C++).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (else $JAX_PROCESS_ID).")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Lower and compile the training step ahead of time and report memory, FLOPs "
+    "and mesh; allocates no parameters and reads no data (see seaweed_jax/trainer/aot.py).")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "--compile_only: compile for this TPU topology (v5p:4x4x4 or v5p-128; needs libtpu) "
+    "instead of this host's devices.")
+_LATENT_SHAPE = flags.DEFINE_list(
+    "latent_shape", None, "--compile_only: the latent (T, H, W) of one example, e.g. 31,32,32 for 121 "
+    "frames of 256x256 through a (4, 8, 8) VAE.")
+
+
+def compile_only() -> None:
+    config = _CONFIG.value
+    if not _LATENT_SHAPE.value or len(_LATENT_SHAPE.value) != 3:
+        raise cli.UserError("--compile_only needs --latent_shape=T,H,W (the latent of one example, e.g. "
+                            "31,32,32 for 121 x 256 x 256 video through a (4, 8, 8) VAE)")
+    try:
+        latent = tuple(int(v) for v in _LATENT_SHAPE.value)
+        devices = aot.tpu_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
+        if devices is None:
+            use_cpu_devices(config.get("cpu_devices", 0))
+        report = aot.compile_train_step(config, devices=devices, latent_shape=latent)
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    print("\n".join(report.lines()))
+    print(json.dumps({"compile_only": report.to_json(),
+                      "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))
 
 
 def main(argv) -> None:
@@ -50,6 +84,8 @@ def main(argv) -> None:
                             f"returned None; make it return the config (a ConfigDict)")
     cli.require(_CONFIG.value, "config", "a config file, e.g. --config=configs/vae/tiny.py "
                 "(configs/ lists them)")
+    if _COMPILE_ONLY.value:
+        return compile_only()
     cli.require(_WORKDIR.value, "workdir", "the run directory (created if missing; an existing "
                 "run resumes)")
     cli.check_range("num_processes", _NUM_PROCESSES.value, minimum=1)

@@ -156,13 +156,17 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
             config.mesh.shape = dict(mesh_shape)
         for path, value in (overrides or {}).items():
             _set(config, path, value)
+        if "vae_workdir" in config and not config.vae_workdir:  # the step reads latents, not the VAE
+            config.vae_workdir = "(not needed to compile)"
     config = freeze(config)
     mesh = make_mesh(config.mesh, devices=devices)
     start = time.perf_counter()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_from_config(config.mesh)):
+    rules = rules_from_config(config.mesh)
+    with nn.logical_axis_rules(rules):  # no mesh yet: eager work (the init key) stays on this host
         task = get_task(config.task)(config, mesh)
         batch = abstract_batch(task, latent_shape, mesh)
         setup = Setup(config, mesh=mesh, task=task, batch=batch)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         step = jax.jit(make_train_step(task, config.seed, config.num_steps),
                        out_shardings=(setup.shardings, replicated(mesh)), donate_argnums=0)
         lowered = step.lower(setup.abstract, batch)

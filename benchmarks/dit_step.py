@@ -1,0 +1,234 @@
+r"""DiT training-step throughput per remat preset on the current backend: one JSON line each.
+
+    python benchmarks/dit_step.py [--presets=none,full,minimal,save_dots,save_qkv_attn]
+        [--offload] [--cpu_devices=2] [--scan] [--dtype=float32] [--repeats=10]
+
+The step: forward + backward + optax AdamW update of an 8-layer x 256-wide DiT (4 heads,
+SwiGLU 512, the last 4 layers share FFN gate/up, full attention through XLA's dot products)
+on `--batch` examples of a (5, 8, 8) x 16-channel latent (patch (1, 2, 2): 80 video tokens)
++ 32 text tokens of width 64; the flow-matching loss x_t = (1 - t) x0 + t eps, target
+eps - x0, MSE. One `jax.jit` of the whole step with the train state donated; the batch is
+sharded over a `data` mesh axis of `--cpu_devices` XLA CPU devices (params replicated).
+
+Each line has:
+* `step_s`: the best of `--repeats` timed steps after `--warmup` steps (median too);
+* `model_flops`: dit_task.train_flops (3 x the analytic forward; what MFU counts) and
+  `hardware_flops` (+ the forward work the remat preset re-runs in the backward: HFU);
+* `model_gflops_per_s` / `hardware_gflops_per_s` and their `*_ratio_to_peak`, where the peak
+  is the host's float32 matmul rate measured IN THE SAME PROCESS: the best of jitted
+  (`--peak_size`)^2 @ (`--peak_size`)^2 products, `--peak_repeats` before each preset's timed
+  steps and 2 after each timed step (a busy machine slows both alike; `peak_gflops_per_s`);
+* `memory`: compiled.memory_analysis() of the step, per device (temp, arguments, outputs,
+  aliased = donated bytes reused for outputs);
+* `load_avg`: os.getloadavg() right after timing, and `other_processes_cores`: the cores'
+  worth of CPU other processes used during the timed steps (from /proc; of `cores`). The
+  machine may be shared: compare ratios of runs with other_processes_cores near 0.
+The offload presets (offload_block_in, offload_qkv_attn) move nothing on XLA:CPU (no host
+memory space) and are only run with `--offload`.
+
+Defaults are the fastest setting measured on the 2-core development host (the run's choice
+is printed in `setting`): see the module's measurement notes in the report of issue 14.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mc
+import numpy as np
+import optax
+from absl import app, flags
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+if __name__ == "__main__":  # run as `python benchmarks/dit_step.py`: make seaweed_jax importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# None of these imports starts the JAX backend, so use_cpu_devices in main() still takes effect.
+from seaweed_jax.models.dit import dit as D  # noqa: E402
+from seaweed_jax.parallel.mesh import make_mesh, use_cpu_devices  # noqa: E402
+from seaweed_jax.parallel.remat import POLICY_NAMES  # noqa: E402
+from seaweed_jax.parallel.rules import DEFAULT_RULES  # noqa: E402
+from seaweed_jax.trainer import accounting, dit_task  # noqa: E402
+
+OFFLOAD_PRESETS = tuple(p for p in POLICY_NAMES if p.startswith("offload"))
+DEFAULT_PRESETS = tuple(p for p in POLICY_NAMES if p not in OFFLOAD_PRESETS)
+
+_PRESETS = flags.DEFINE_list("presets", list(DEFAULT_PRESETS), "Remat presets to run, in order.")
+_OFFLOAD = flags.DEFINE_bool("offload", False, f"Also run {', '.join(OFFLOAD_PRESETS)} (no-ops on XLA:CPU).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 2, "XLA CPU devices to shard the batch over (0 = one).")
+_SCAN = flags.DEFINE_bool("scan", True, "model.scan_layers: nn.scan over repeating layer groups.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
+_BATCH = flags.DEFINE_integer("batch", 4, "Examples per step (global).")
+_LATENT = flags.DEFINE_list("latent", ["5", "8", "8"], "Latent T,H,W.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps (best and median reported).")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 1024, "Matrix size n of the (n x n) @ (n x n) peak matmul.")
+_PEAK_REPEATS = flags.DEFINE_integer("peak_repeats", 10, "Timed peak matmuls (best is the peak).")
+
+TEXT_LEN = 32
+
+
+def model_config(preset: str, scan: bool, dtype: str) -> mc.ConfigDict:
+    return D.tiny_config(hidden_size=256, num_layers=8, num_heads=4, mlp_hidden=512, rope_axes_dim=(16, 24, 24),
+                         text_dim=64, max_text_len=TEXT_LEN, latent_channels=16, in_channels=16,
+                         num_shared_ffn_layers=4, dtype=dtype, scan_layers=scan, remat=preset)
+
+
+class MatmulPeak:
+    """The host's float32 matmul FLOP/s: the best of jitted (size x size) @ (size x size)
+    products on one device (XLA:CPU runs a matmul this size on every core of its shared
+    thread pool). Sampled between timed steps, so a busy machine slows both alike."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+        self.matmul = jax.jit(jnp.matmul)
+        self.matmul(self.a, self.a).block_until_ready()   # compile
+        self.best = float("inf")
+
+    def sample(self, repeats: int = 1) -> None:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.matmul(self.a, self.a).block_until_ready()
+            self.best = min(self.best, time.perf_counter() - start)
+
+    @property
+    def flops_per_s(self) -> float:
+        return 2.0 * self.size ** 3 / self.best
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole host, ticks of this process) from /proc (Linux), else None:
+    their difference over the timed steps is the CPU other processes took meanwhile."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]   # idle + iowait
+    return sum(fields[:8]) - idle, int(own[11]) + int(own[12])   # utime + stime
+
+
+def other_cpu_share(before, after, seconds: float) -> float | None:
+    """Cores' worth of CPU that other processes used per second of the timed section."""
+    if before is None or after is None:
+        return None
+    ticks = (after[0] - before[0]) - (after[1] - before[1])
+    return round(max(ticks, 0) / os.sysconf("SC_CLK_TCK") / seconds, 2)
+
+
+def make_batch(cfg, batch: int, latent) -> dict:
+    rng = np.random.default_rng(0)
+    return {"latents": rng.standard_normal((batch, *latent, cfg.latent_channels), np.float32),
+            "text": rng.standard_normal((batch, TEXT_LEN, cfg.text_dim), np.float32),
+            "text_mask": np.ones((batch, TEXT_LEN), bool)}
+
+
+def make_step(cfg, tx):
+    """The jitted training step: flow-matching loss, value_and_grad, AdamW; state donated."""
+    model = D.DiT(cfg)
+
+    def step(state, batch, rng):
+        params, opt_state = state
+        x0 = batch["latents"]
+        k_t, k_eps = jax.random.split(rng)
+        t = jax.random.uniform(k_t, (x0.shape[0],), jnp.float32)
+        eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+        tb = t[:, None, None, None, None]
+        x_t = (1.0 - tb) * x0 + tb * eps
+
+        def loss_fn(p):
+            v = model.apply({"params": p}, x_t, t, batch["text"], batch["text_mask"])
+            return jnp.mean(jnp.square(v - (eps - x0)))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def memory(compiled) -> dict:
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    fields = ("temp", "argument", "output", "alias", "generated_code")
+    return {f"{f}_bytes": int(getattr(m, f"{f}_size_in_bytes", 0)) for f in fields}
+
+
+def run_preset(preset: str, mesh, latent, setting: dict) -> dict:
+    cfg = model_config(preset, setting["scan"], setting["dtype"])
+    host = make_batch(cfg, setting["batch"], latent)
+    flops_batch = {"latents": host["latents"], "text_ids": host["text_mask"]}
+    model_flops = dit_task.train_flops(cfg, flops_batch)
+    hardware_flops = dit_task.train_flops(cfg, flops_batch, with_remat=True)
+    tx = optax.adamw(1e-4, weight_decay=0.01)
+    replicated = NamedSharding(mesh, P())
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        inputs = D.example_inputs(cfg, batch=1, latent_shape=latent, text_len=TEXT_LEN)
+        params = jax.jit(lambda k: nn.meta.unbox(D.DiT(cfg).init(k, *inputs)["params"]),
+                         out_shardings=replicated)(jax.random.key(0))
+        state = (params, jax.jit(tx.init, out_shardings=replicated)(params))
+        batch = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in host.items()}
+        step = make_step(cfg, tx)
+        start = time.perf_counter()
+        compiled = step.lower(state, batch, jax.random.key(1)).compile()
+        compile_s = time.perf_counter() - start
+    # Outside the mesh context: the peak matmul is a plain one-device jit.
+    for i in range(setting["warmup"]):
+        state, loss = compiled(state, batch, jax.random.key(2 + i))
+    jax.block_until_ready(state)
+    peak = MatmulPeak(setting["peak_size"])
+    peak.sample(setting["peak_repeats"])
+    times, ticks, wall = [], cpu_ticks(), time.perf_counter()
+    for i in range(setting["repeats"]):
+        start = time.perf_counter()
+        state, loss = compiled(state, batch, jax.random.key(100 + i))
+        jax.block_until_ready((state, loss))
+        times.append(time.perf_counter() - start)
+        peak.sample(2)
+    load, others = os.getloadavg(), other_cpu_share(ticks, cpu_ticks(), time.perf_counter() - wall)
+    peak = peak.flops_per_s
+    best = min(times)
+    return {"benchmark": "dit_step", "preset": preset, "step_s": round(best, 5),
+            "step_s_median": round(statistics.median(times), 5),
+            "model_flops": model_flops, "hardware_flops": hardware_flops,
+            "model_gflops_per_s": round(model_flops / best / 1e9, 2),
+            "hardware_gflops_per_s": round(hardware_flops / best / 1e9, 2),
+            "peak_gflops_per_s": round(peak / 1e9, 2),
+            "model_ratio_to_peak": round(model_flops / best / peak, 4),
+            "hardware_ratio_to_peak": round(hardware_flops / best / peak, 4),
+            "memory": memory(compiled), "compile_s": round(compile_s, 1), "loss": float(loss),
+            "load_avg": [round(x, 2) for x in load], "other_processes_cores": others,
+            "cores": os.cpu_count(), "setting": setting}
+
+
+def main(argv) -> None:
+    del argv
+    use_cpu_devices(_CPU_DEVICES.value)
+    presets = list(_PRESETS.value) + (list(OFFLOAD_PRESETS) if _OFFLOAD.value else [])
+    unknown = [p for p in presets if p not in POLICY_NAMES]
+    if unknown:
+        raise app.UsageError(f"--presets: unknown {unknown}; choose from {', '.join(POLICY_NAMES)}")
+    latent = tuple(int(s) for s in _LATENT.value)
+    mesh = make_mesh(mc.ConfigDict({"shape": {"data": -1}}))
+    if _BATCH.value % mesh.shape["data"]:
+        raise app.UsageError(f"--batch={_BATCH.value} does not split over {mesh.shape['data']} devices")
+    setting = {"devices": len(jax.devices()), "platform": jax.devices()[0].platform,
+               "scan": _SCAN.value, "dtype": _DTYPE.value, "batch": _BATCH.value, "latent": latent,
+               "text_len": TEXT_LEN, "warmup": _WARMUP.value, "repeats": _REPEATS.value,
+               "peak_size": _PEAK_SIZE.value, "peak_repeats": _PEAK_REPEATS.value,
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
+    for preset in presets:
+        print(json.dumps(run_preset(preset, mesh, latent, setting)), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
