@@ -31,10 +31,11 @@ import json
 import math
 import sys
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
-from seaweed_jax import cli
+from seaweed_jax import cli, paths
 from seaweed_jax.models.dit.dit import layer_attention_types
 from seaweed_jax.parallel.mesh import use_cpu_devices
 from seaweed_jax.trainer import accounting, aot
@@ -154,7 +155,6 @@ def main(argv) -> None:
             devices = aot.tpu_devices(_TOPOLOGY.value)
         else:
             use_cpu_devices(_CPU_DEVICES.value)
-            import jax
             devices = jax.devices()
         kind = devices[0].device_kind
         hbm_gib = _HBM.value or HBM_GIB.get(kind, 24.0)
@@ -188,7 +188,6 @@ def main(argv) -> None:
     else:
         print("nothing fits: add devices, lower data.global_batch_size, or try --presets=full,offload_block_in")
     if _JSON.value:
-        from seaweed_jax import paths
         paths.write_json(_JSON.value, {"devices": len(devices), "device_kind": kind, "hbm_gib": hbm_gib,
                                        "latent_shape": latent, "candidates": [
                                            {"mesh": c.mesh, "preset": c.preset, "fits": c.fits, "mfu_estimate": c.mfu,

@@ -28,7 +28,7 @@ LAYERS = [
     ["seaweed_jax.trainer"],
     ["seaweed_jax.inference", "seaweed_jax.cli"],
     ["seaweed_jax.train", "seaweed_jax.sample", "seaweed_jax.reconstruct", "seaweed_jax.evaluate",
-     "seaweed_jax.prepare", "seaweed_jax.check"],
+     "seaweed_jax.prepare", "seaweed_jax.check", "seaweed_jax.plan"],
 ]
 CLI_LAYER = len(LAYERS) - 1
 LAZY = re.compile(r"#\s*lazy:\s*\S")

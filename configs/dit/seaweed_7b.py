@@ -11,6 +11,15 @@ run stage k with `--workdir={root}/stage{k}`), `vae` (the trained VAE run, e.g.
 configs/vae/seaweed_48x.py), `data` (the prefix of your `video_folder` datasets, below),
 `total_steps` (split over the stages by the paper's shares).
 
+Before renting the pod, compile it here (no parameters are allocated; `make tpu-env` for libtpu):
+
+    .venv-tpu/bin/python -m seaweed_jax.train --config=configs/dit/seaweed_7b.py:stage1 \
+        --compile_only --latent_shape=31,32,32 --topology=v5p-128
+    .venv-tpu/bin/python -m seaweed_jax.plan --config=configs/dit/seaweed_7b.py:stage1 \
+        --latent_shape=31,32,32 --topology=v5p-128     # meshes x remat presets, best first
+
+(31,32,32 = 121 frames of 256x256 through the (4, 8, 8) VAE: stage 1's largest bucket.)
+
 Hardware: the paper used 665k H100-hours; expect hundreds of TPU v5p chips for weeks. Nothing
 at this scale has been run from this repo: the tests check the config (param count via
 jax.eval_shape, stage table) and train all four stages in order for 3 steps on tiny
@@ -109,7 +118,8 @@ def model_config() -> mc.ConfigDict:
         attention="full",               # the paper's best scaling; "window": cheaper early stages
         attention_backend="splash",     # the Pallas kernel on TPU; "cudnn" on GPUs, "xla" anywhere
         attention_block_sizes=(512, 512),
-        dtype="bfloat16", remat="minimal")
+        dtype="bfloat16", remat="minimal",
+        scan_layers=True)               # layers 0-7 and 8-30 under nn.scan, 31 unrolled
 
 
 def get_config(arg: str | None = None) -> mc.ConfigDict:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
+from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from seaweed_jax import config_lib
@@ -81,7 +82,6 @@ def _square(chips: int):
 def tpu_devices(topology: str) -> list:
     """The devices of a TPU topology, compiled for from this host (needs libtpu)."""
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu's host lookup, not needed for AOT
-    from jax.experimental import topologies
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology_name(topology)).devices)
     except Exception as e:  # no libtpu, or a topology libtpu does not know
@@ -202,3 +202,46 @@ def peak_per_device(device) -> tuple[float | None, str]:
     """The table peak of a TPU/GPU device kind (None on CPU: measure with accounting.peak_flops)."""
     found = accounting.table_peak(device.device_kind)
     return found if found else (None, f"no peak for {device.device_kind!r}")
+
+
+# ----------------------------------------------------------------------------- analytic memory
+
+# Bytes per token of one hybrid-stream block's forward intermediates (video stream; D = width,
+# F = SwiGLU width): float32 residual stream at the block input, after attention and at the
+# output, and q, k after QK-norm + RoPE (5 x 4D); bfloat16 LayerNorm outputs, fused qkv, v,
+# attention output, its projection and the FFN's down projection (8 x 2D); the FFN's fused
+# gate/up (2 x 2F) and its product (2F).
+def _layer_bytes_per_token(d: int, f: int) -> int:
+    return 5 * 4 * d + 8 * 2 * d + 6 * f
+
+
+def estimate_dit_memory(config, latent_shape: Sequence[int], mesh_shape: dict, params: int,
+                        text_tokens: int) -> dict:
+    """Per-device bytes of a DiT training step, from shapes alone (what a reader can check by
+    hand). Params, Adam moments and EMA are float32 and split over fsdp x tensor; gradients
+    float32 likewise; the layers' saved activations follow `model.remat`:
+      none            every layer's intermediates (_layer_bytes_per_token)
+      others          each layer's float32 block inputs (both streams: the scan carry),
+    plus the working set of the one layer the backward recomputes: its intermediates and their
+    cotangents (2x). Attention scores: B x heads x N^2 float32 with the `xla` backend (scores
+    and probabilities, 2x), none for `splash` / `cudnn` (blockwise in on-chip memory)."""
+    m = config.model
+    shards = mesh_shape.get("fsdp", 1) * mesh_shape.get("tensor", 1)
+    data = mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
+    batch = config.data.global_batch_size / data
+    video = math.prod(s // p for s, p in zip(latent_shape, m.patch_size))
+    tokens = (video + text_tokens) / mesh_shape.get("context", 1)
+    d, f, layers = m.hidden_size, m.mlp_hidden, m.num_layers
+    out = {"state": 16 * params / shards, "grads": 4 * params / shards}
+    per_layer = _layer_bytes_per_token(d, f) * batch * tokens
+    if m.remat == "none":
+        out["saved_activations"] = layers * per_layer
+    else:
+        out["saved_activations"] = layers * 4 * d * batch * tokens
+    out["layer_working_set"] = 2 * per_layer
+    if m.attention_backend == "xla":
+        heads = m.num_heads / (mesh_shape.get("tensor", 1) * mesh_shape.get("context", 1))
+        n = video + text_tokens
+        out["attention_scores"] = 2 * 4 * batch * heads * n * n
+    out["total"] = sum(out.values())
+    return out

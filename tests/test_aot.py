@@ -1,0 +1,130 @@
+"""Ahead-of-time compilation (`train --compile_only`, trainer/aot.py) and the planner
+(`python -m seaweed_jax.plan`): a config compiles without parameters or data, and the reports
+carry XLA's per-device memory and the analytic FLOPs."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seaweed_jax import plan
+from seaweed_jax.models.dit.dit import forward_flops
+from seaweed_jax.trainer import aot
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/dit/seaweed_7b.py:stage1"
+# The 7B config shrunk: the same task, text encoder, optimizer, EMA and mesh rules.
+SMALL = {"model.hidden_size": 64, "model.num_heads": 2, "model.rope_axes_dim": (8, 12, 12),
+         "model.mlp_hidden": 128, "model.num_layers": 3, "model.num_shared_ffn_layers": 1,
+         "model.text_dim": 32, "model.attention_backend": "xla", "model.scan_layers": True,
+         "data.global_batch_size": 8}
+
+
+def _config(overrides):
+    spec = importlib.util.spec_from_file_location("seaweed_7b", os.path.join(REPO, "configs/dit/seaweed_7b.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("stage1")
+    for path, value in overrides.items():
+        aot._set(config, path, value)
+    return config
+
+
+def _flags(overrides):
+    return [f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in overrides.items()]
+
+
+def _run(args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_slice_names_map_to_topologies():
+    assert aot.topology_name("v5p-128") == "v5p:4x4x4"      # v5p counts TensorCores: 64 chips
+    assert aot.topology_name("v5p-64") == "v5p:2x4x4"
+    assert aot.topology_name("v5p-256") == "v5p:4x4x8"
+    assert aot.topology_name("v5p-8") == "v5p:2x2x1"
+    assert aot.topology_name("v4-64") == "v4:2x4x4"
+    assert aot.topology_name("v5e-16") == "v5e:4x4"         # v5e / v6e count chips
+    assert aot.topology_name("v6e-64") == "v6e:8x8"
+    assert aot.topology_name("v5p:2x2x2") == "v5p:2x2x2"
+    with pytest.raises(ValueError, match="gen:AxBxC"):
+        aot.topology_name("v5p128")
+    with pytest.raises(ValueError, match="standard v5p slice"):
+        aot.topology_name("v5p-24")
+
+
+def test_compile_only_reports_memory_and_analytic_flops():
+    """The CLI compiles the shrunk 7B config on 4 fake CPU devices; the FLOPs are the analytic
+    model (3 x forward per example), the state arguments hold params + Adam moments + EMA."""
+    code, out, err = _run(["-m", "seaweed_jax.train", f"--config={CONFIG}", "--compile_only",
+                           "--latent_shape=3,4,4", "--config.cpu_devices=4", *_flags(SMALL)])
+    assert code == 0, err[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])["compile_only"]
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}
+    assert report["global_batch"] == 8 and report["latent_shape"] == [3, 4, 4]
+    params = report["params"]
+    # fp32 params, two Adam moments and the EMA copy: 16 bytes a param, split over 4 devices
+    # (small tensors that do not split are replicated, hence the upper bound).
+    assert 16 * params / 4 <= report["argument_bytes"] <= 16 * params
+    assert report["temp_bytes"] > 0 and report["alias_bytes"] > 0       # the state is donated
+    cfg = _config(SMALL).model
+    forward = forward_flops(cfg, (3, 4, 4), 16)                       # 16 = the text encoder's max_len
+    assert report["model_flops"] == pytest.approx(3 * 8 * forward, rel=1e-9)
+    assert report["hardware_flops"] > report["model_flops"]           # the config's remat (minimal) recomputes
+    assert "per device: arguments" in out and "flops/step: model" in out
+
+
+def test_compile_only_says_what_is_missing():
+    code, _, err = _run(["-m", "seaweed_jax.train", f"--config={CONFIG}", "--compile_only"])
+    assert code != 0 and "--compile_only needs --latent_shape=T,H,W" in err
+    code, _, err = _run(["-m", "seaweed_jax.train", f"--config={CONFIG}", "--compile_only",
+                         "--latent_shape=3,4,4", "--topology=v5p-24"])
+    assert code != 0 and "standard v5p slice" in err
+
+
+def test_planner_meshes_and_ranking():
+    assert plan.parse_mesh("fsdp", 64) == {"data": 1, "fsdp": 64, "tensor": 1, "context": 1}
+    assert plan.parse_mesh("fsdp*tensor=4", 64) == {"data": 1, "fsdp": 16, "tensor": 4, "context": 1}
+    assert plan.parse_mesh("data=2*fsdp*context=4", 64) == {"data": 2, "fsdp": 8, "tensor": 1, "context": 4}
+    with pytest.raises(ValueError, match="does not fill"):
+        plan.parse_mesh("fsdp*tensor=3", 64)
+
+    def report(device_gib, model, hardware):
+        return aot.Report(mesh={"data": 1, "fsdp": 4, "tensor": 1, "context": 1}, devices=4, device_kind="cpu",
+                          latent_shape=(3, 4, 4), global_batch=8, params=10, compile_s=1.0,
+                          argument_bytes=int(device_gib * 2**30), output_bytes=0, temp_bytes=0, alias_bytes=0,
+                          host_bytes=0, model_flops=model, hardware_flops=hardware, xla_flops=None)
+
+    candidates = [plan.Candidate({}, "none", report(30, 3e12, 3e12)),      # does not fit 24 GiB
+                  plan.Candidate({}, "full", report(5, 3e12, 4e12)),
+                  plan.Candidate({}, "save_dots", report(8, 3e12, 3.2e12)),
+                  plan.Candidate({}, "bad", None, "XlaRuntimeError: refused")]
+    for c in candidates[:3]:
+        plan.score(c, SMALL_CONFIG, 24 * 2**30, 0.1, peak=1e12, ici=None, efficiency=0.5)
+    # MFU = model / (hardware / (devices x peak x efficiency) x devices x peak) = efficiency x model / hardware
+    assert candidates[1].mfu == pytest.approx(0.5 * 3 / 4)
+    assert [c.preset for c in plan.order(candidates)] == ["save_dots", "full", "none", "bad"]
+    assert not candidates[0].fits and candidates[1].fits
+
+
+SMALL_CONFIG = None  # score() reads the config only for communication, which ici=None skips
+
+
+def test_planner_cli_compiles_each_candidate(tmp_path):
+    out_json = tmp_path / "plan.json"
+    code, out, err = _run(["-m", "seaweed_jax.plan", f"--config={CONFIG}", "--latent_shape=3,4,4",
+                           "--cpu_devices=4", "--meshes=fsdp,fsdp*tensor=2", "--presets=none,full",
+                           f"--json={out_json}", *_flags(SMALL)])
+    assert code == 0, err[-3000:]
+    result = json.loads(out_json.read_text())
+    assert len(result["candidates"]) == 4 and all(c["report"] for c in result["candidates"])
+    by = {(c["mesh"]["tensor"], c["preset"]): c for c in result["candidates"]}
+    assert by[(2, "none")]["report"]["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2, "context": 1}
+    # the analytic MFU estimate pays for recompute: full's is model / hardware of none's
+    ratio = by[(1, "full")]["report"]["model_flops"] / by[(1, "full")]["report"]["hardware_flops"]
+    assert by[(1, "full")]["mfu_estimate"] == pytest.approx(by[(1, "none")]["mfu_estimate"] * ratio)
+    assert "best: --config.mesh.shape.fsdp=" in out
