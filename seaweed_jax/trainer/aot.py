@@ -118,6 +118,7 @@ class Report:
     model_flops: float | None        # per step (analytic, 3x forward)
     hardware_flops: float | None     # + remat recompute
     xla_flops: float | None          # XLA's count (a scanned body once, a Pallas call ~0)
+    estimate: dict | None = None     # analytic per-device bytes (DiT: estimate_dit_memory)
 
     @property
     def device_bytes(self) -> int:
@@ -136,6 +137,10 @@ class Report:
                f"per device: arguments {gib(self.argument_bytes)}, outputs {gib(self.output_bytes)} "
                f"({gib(self.alias_bytes)} donated), temporaries {gib(self.temp_bytes)}, host {gib(self.host_bytes)}; "
                f"peak ~{gib(self.device_bytes)}"]
+        if self.estimate:
+            parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in self.estimate.items() if k != "total")
+            out.append(f"analytic estimate {self.estimate['total'] / 2**30:.2f} GiB ({parts}); compiled / "
+                       f"estimate = {self.device_bytes / self.estimate['total']:.2f}")
         if self.model_flops:
             out.append(f"flops/step: model {self.model_flops:.4g} (analytic), with remat recompute "
                        f"{self.hardware_flops or self.model_flops:.4g}; XLA counts {self.xla_flops or 0:.4g}")
@@ -176,11 +181,15 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model = task.flops_per_step(batch)
+    params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract.params)))
+    estimate = None
+    if config.task == "dit":
+        estimate = estimate_dit_memory(config, latent_shape, dict(mesh.shape), params, batch["text_ids"].shape[1])
     return Report(
         mesh={k: int(v) for k, v in mesh.shape.items()}, devices=mesh.devices.size,
         device_kind=mesh.devices.flat[0].device_kind, latent_shape=tuple(latent_shape),
         global_batch=int(config.data.global_batch_size),
-        params=int(sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract.params))),
+        params=params, estimate=estimate,
         compile_s=seconds, argument_bytes=int(m.argument_size_in_bytes),
         output_bytes=int(m.output_size_in_bytes), temp_bytes=int(m.temp_size_in_bytes),
         alias_bytes=int(m.alias_size_in_bytes),

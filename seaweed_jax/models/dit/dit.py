@@ -291,6 +291,10 @@ class LayerGroup:
     repeats: int
 
     @property
+    def scanned(self) -> bool:
+        return self.period * self.repeats > 1
+
+    @property
     def name(self) -> str:  # the param scope of a scanned group (unrolled layers keep block_{i})
         return f"layers_{self.start}_{self.start + self.period * self.repeats - 1}"
 
@@ -350,7 +354,7 @@ def scan_params(params, cfg):
     (each group's blocks stacked on a leading `layers` axis); other params unchanged."""
     params = dict(params)
     for g in layer_groups(cfg):
-        if g.period == 1 and g.repeats == 1:
+        if not g.scanned:
             continue
         params[g.name] = {f"block_{j}": jax.tree.map(
             lambda *xs: jnp.stack(xs), *[params.pop(f"block_{g.start + r * g.period + j}")
@@ -363,7 +367,7 @@ def unscan_params(params, cfg):
     """The inverse of `scan_params`."""
     params = dict(params)
     for g in layer_groups(cfg):
-        if g.period == 1 and g.repeats == 1:
+        if not g.scanned:
             continue
         stacked = params.pop(g.name)
         for r in range(g.repeats):
@@ -454,10 +458,10 @@ class DiT(nn.Module):
                         attention_backend=cfg.attention_backend, attention_options=attention_options(cfg))
         mask_source = segments if packed else key_valid
         specs = layer_specs(cfg)
-        for group in layer_groups(cfg) if cfg.get("scan_layers", False) else [LayerGroup(i, 1, 1)
-                                                                               for i in range(len(specs))]:
+        groups = layer_groups(cfg) if cfg.get("scan_layers", False) else [LayerGroup(i, 1, 1) for i in range(len(specs))]
+        for group in groups:
             layers = specs[group.start:group.start + group.period]
-            if group.repeats == 1 and group.period == 1:  # unrolled: the block itself, as before
+            if not group.scanned:  # the block itself, named block_{i} as in unrolled runs
                 mask = mask_source if packed else layer_mask(layers[0].attention, group.start, grid,
                                                              key_valid, cfg.window_partitions)
                 block = maybe_remat(HybridStreamBlock, cfg.remat)(
