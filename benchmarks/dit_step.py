@@ -15,9 +15,10 @@ Each line has:
 * `model_flops`: dit_task.train_flops (3 x the analytic forward; what MFU counts) and
   `hardware_flops` (+ the forward work the remat preset re-runs in the backward: HFU);
 * `model_gflops_per_s` / `hardware_gflops_per_s` and their `*_ratio_to_peak`, where the peak
-  is the host's float32 matmul rate measured IN THE SAME PROCESS: the best of jitted
-  (`--peak_size`)^2 @ (`--peak_size`)^2 products, `--peak_repeats` before each preset's timed
-  steps and 2 after each timed step (a busy machine slows both alike; `peak_gflops_per_s`);
+  is the host's float32 matmul rate measured IN THE SAME PROCESS: the best rate over
+  windows of back-to-back jitted (`--peak_size`)^2 @ (`--peak_size`)^2 products, each window
+  about one step long, `--peak_windows` before each preset's timed steps and one after each
+  timed step (a busy machine slows both alike; `peak_gflops_per_s`);
 * `memory`: compiled.memory_analysis() of the step, per device (temp, arguments, outputs,
   aliased = donated bytes reused for outputs);
 * `load_avg`: os.getloadavg() right after timing, and `other_processes_cores`: the cores'
@@ -67,13 +68,14 @@ _SCAN = flags.DEFINE_bool("scan", True, "model.scan_layers: nn.scan over repeati
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
 _BATCH = flags.DEFINE_integer("batch", 4, "Examples per step (global).")
 _LATENT = flags.DEFINE_list("latent", ["5", "8", "8"], "Latent T,H,W.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling (>= 1).")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps (best and median reported).")
 _REUSE_MEMORY = flags.DEFINE_bool(
     "reuse_host_memory", True, "glibc mallopt before JAX starts: one arena, no mmap, no trim, so "
     "each step's temp buffer reuses the same pages instead of page-faulting fresh ones.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 1024, "Matrix size n of the (n x n) @ (n x n) peak matmul.")
-_PEAK_REPEATS = flags.DEFINE_integer("peak_repeats", 10, "Timed peak matmuls (best is the peak).")
+_PEAK_WINDOWS = flags.DEFINE_integer("peak_windows", 3, "Peak windows timed before a preset's steps "
+                                     "(one more after each timed step; the best is the peak).")
 
 TEXT_LEN = 32
 
@@ -100,22 +102,34 @@ def model_config(preset: str, scan: bool, dtype: str) -> mc.ConfigDict:
 
 
 class MatmulPeak:
-    """The host's float32 matmul FLOP/s: the best of jitted (size x size) @ (size x size)
-    products on one device (XLA:CPU runs a matmul this size on every core of its shared
-    thread pool). Sampled between timed steps, so a busy machine slows both alike."""
+    """The host's float32 matmul FLOP/s: the best rate over windows of back-to-back jitted
+    (size x size) @ (size x size) products on one device (XLA:CPU runs a matmul this size on
+    every core of its shared thread pool). A window lasts about one training step and the
+    windows are sampled between timed steps, so a busy machine slows step and peak alike
+    (a lone matmul would find the short idle gaps a whole step cannot)."""
 
     def __init__(self, size: int):
         self.size = size
         self.a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
         self.matmul = jax.jit(jnp.matmul)
         self.matmul(self.a, self.a).block_until_ready()   # compile
-        self.best = float("inf")
+        self.best = float("inf")   # seconds per matmul
+        self.per_window = 1
 
-    def sample(self, repeats: int = 1) -> None:
-        for _ in range(repeats):
-            start = time.perf_counter()
+    def fit_window(self, seconds: float) -> None:
+        """Size the window to `seconds` (e.g. a step's time)."""
+        single = min(self._time(1) for _ in range(3))
+        self.per_window = max(1, round(seconds / single))
+
+    def _time(self, count: int) -> float:
+        start = time.perf_counter()
+        for _ in range(count):
             self.matmul(self.a, self.a).block_until_ready()
-            self.best = min(self.best, time.perf_counter() - start)
+        return (time.perf_counter() - start) / count
+
+    def sample(self, windows: int = 1) -> None:
+        for _ in range(windows):
+            self.best = min(self.best, self._time(self.per_window))
 
     @property
     def flops_per_s(self) -> float:
@@ -203,10 +217,13 @@ def run_preset(preset: str, mesh, latent, setting: dict) -> dict:
         compile_s = time.perf_counter() - start
     # Outside the mesh context: the peak matmul is a plain one-device jit.
     for i in range(setting["warmup"]):
+        start = time.perf_counter()
         state, loss = compiled(state, batch, jax.random.key(2 + i))
-    jax.block_until_ready(state)
+        jax.block_until_ready(state)
+        warm = time.perf_counter() - start
     peak = MatmulPeak(setting["peak_size"])
-    peak.sample(setting["peak_repeats"])
+    peak.fit_window(warm)
+    peak.sample(setting["peak_windows"])
     times, ticks, wall = [], cpu_ticks(), time.perf_counter()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for i in range(setting["repeats"]):
@@ -214,17 +231,17 @@ def run_preset(preset: str, mesh, latent, setting: dict) -> dict:
         state, loss = compiled(state, batch, jax.random.key(100 + i))
         jax.block_until_ready((state, loss))
         times.append(time.perf_counter() - start)
-        peak.sample(2)
+        peak.sample(1)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / setting["repeats"]
     load, others = os.getloadavg(), other_cpu_share(ticks, cpu_ticks(), time.perf_counter() - wall)
-    peak = peak.flops_per_s
+    peak, peak_window = peak.flops_per_s, peak.per_window
     best = min(times)
     return {"benchmark": "dit_step", "preset": preset, "step_s": round(best, 5),
             "step_s_median": round(statistics.median(times), 5),
             "model_flops": model_flops, "hardware_flops": hardware_flops,
             "model_gflops_per_s": round(model_flops / best / 1e9, 2),
             "hardware_gflops_per_s": round(hardware_flops / best / 1e9, 2),
-            "peak_gflops_per_s": round(peak / 1e9, 2),
+            "peak_gflops_per_s": round(peak / 1e9, 2), "peak_matmuls_per_window": peak_window,
             "model_ratio_to_peak": round(model_flops / best / peak, 4),
             "hardware_ratio_to_peak": round(hardware_flops / best / peak, 4),
             "memory": memory(compiled), "page_faults_per_step": round(faults),
@@ -241,6 +258,8 @@ def main(argv) -> None:
     unknown = [p for p in presets if p not in POLICY_NAMES]
     if unknown:
         raise app.UsageError(f"--presets: unknown {unknown}; choose from {', '.join(POLICY_NAMES)}")
+    if _WARMUP.value < 1 or _REPEATS.value < 1:
+        raise app.UsageError("--warmup and --repeats must be >= 1 (a warm-up step sizes the peak windows)")
     latent = tuple(int(s) for s in _LATENT.value)
     mesh = make_mesh(mc.ConfigDict({"shape": {"data": -1}}))
     if _BATCH.value % mesh.shape["data"]:
@@ -248,7 +267,7 @@ def main(argv) -> None:
     setting = {"devices": len(jax.devices()), "platform": jax.devices()[0].platform,
                "scan": _SCAN.value, "dtype": _DTYPE.value, "batch": _BATCH.value, "latent": latent,
                "text_len": TEXT_LEN, "warmup": _WARMUP.value, "repeats": _REPEATS.value,
-               "peak_size": _PEAK_SIZE.value, "peak_repeats": _PEAK_REPEATS.value,
+               "peak_size": _PEAK_SIZE.value, "peak_windows": _PEAK_WINDOWS.value,
                "reuse_host_memory": reused, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "jax": jax.__version__}
     for preset in presets:

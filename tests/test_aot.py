@@ -128,3 +128,24 @@ def test_planner_cli_compiles_each_candidate(tmp_path):
     ratio = by[(1, "full")]["report"]["model_flops"] / by[(1, "full")]["report"]["hardware_flops"]
     assert by[(1, "full")]["mfu_estimate"] == pytest.approx(by[(1, "none")]["mfu_estimate"] * ratio)
     assert "best: --config.mesh.shape.fsdp=" in out
+
+
+def test_memory_estimate_by_hand():
+    """estimate_dit_memory on the 7B stage-1 shapes, each term recomputed here from its definition."""
+    config = _config({"model.attention_backend": "xla"})
+    mesh = {"data": 1, "fsdp": 64, "tensor": 1, "context": 1}
+    params = 7_211_367_488
+    est = aot.estimate_dit_memory(config, (31, 32, 32), mesh, params, text_tokens=16)
+    d, f, batch, tokens = 3584, 7168, 256 / 64, 31 * 16 * 16 + 16
+    assert est["state"] == pytest.approx(16 * params / 64)                  # fp32 params + 2 Adam moments + EMA
+    assert est["grads"] == pytest.approx(4 * params / 64)
+    assert est["saved_activations"] == pytest.approx(32 * 4 * d * batch * tokens)   # remat=minimal: fp32 block inputs
+    per_layer = (5 * 4 * d + 8 * 2 * d + 6 * f) * batch * tokens
+    assert est["layer_working_set"] == pytest.approx(2 * per_layer)
+    assert est["attention_scores"] == pytest.approx(2 * 4 * batch * 28 * tokens ** 2)
+    assert est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"))
+    splash = aot.estimate_dit_memory(_config({}), (31, 32, 32), mesh, params, text_tokens=16)
+    assert "attention_scores" not in splash                                  # blockwise in on-chip memory
+    context = aot.estimate_dit_memory(config, (31, 32, 32), {**mesh, "fsdp": 16, "context": 4}, params, 16)
+    assert context["saved_activations"] == pytest.approx(est["saved_activations"] * 4 / 4)  # 4x batch, 1/4 tokens
+    assert context["state"] == pytest.approx(est["state"] * 4)             # params replicated over context
