@@ -56,26 +56,34 @@ from seaweed_jax.models.dit import dit as D  # noqa: E402
 from seaweed_jax.parallel.mesh import make_mesh, use_cpu_devices  # noqa: E402
 from seaweed_jax.parallel.remat import POLICY_NAMES  # noqa: E402
 from seaweed_jax.parallel.rules import DEFAULT_RULES  # noqa: E402
-from seaweed_jax.trainer import accounting, dit_task  # noqa: E402
+from seaweed_jax.trainer import dit_task  # noqa: E402
 
 OFFLOAD_PRESETS = tuple(p for p in POLICY_NAMES if p.startswith("offload"))
 DEFAULT_PRESETS = tuple(p for p in POLICY_NAMES if p not in OFFLOAD_PRESETS)
+DEFAULT_XLA_FLAGS = ""
 
-_PRESETS = flags.DEFINE_list("presets", list(DEFAULT_PRESETS), "Remat presets to run, in order.")
-_OFFLOAD = flags.DEFINE_bool("offload", False, f"Also run {', '.join(OFFLOAD_PRESETS)} (no-ops on XLA:CPU).")
-_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 2, "XLA CPU devices to shard the batch over (0 = one).")
-_SCAN = flags.DEFINE_bool("scan", True, "model.scan_layers: nn.scan over repeating layer groups.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
-_BATCH = flags.DEFINE_integer("batch", 4, "Examples per step (global).")
-_LATENT = flags.DEFINE_list("latent", ["5", "8", "8"], "Latent T,H,W.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling (>= 1).")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed steps (best and median reported).")
-_REUSE_MEMORY = flags.DEFINE_bool(
-    "reuse_host_memory", True, "glibc mallopt before JAX starts: one arena, no mmap, no trim, so "
-    "each step's temp buffer reuses the same pages instead of page-faulting fresh ones.")
-_PEAK_SIZE = flags.DEFINE_integer("peak_size", 1024, "Matrix size n of the (n x n) @ (n x n) peak matmul.")
-_PEAK_WINDOWS = flags.DEFINE_integer("peak_windows", 3, "Peak windows timed before a preset's steps "
-                                     "(one more after each timed step; the best is the peak).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line (defined when run as a script, so importing this module for its
+    helpers adds nothing to absl's global flags)."""
+    flags.DEFINE_list("presets", list(DEFAULT_PRESETS), "Remat presets to run, in order.")
+    flags.DEFINE_bool("offload", False, f"Also run {', '.join(OFFLOAD_PRESETS)} (no-ops on XLA:CPU).")
+    flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to shard the batch over (0 = JAX's one).")
+    flags.DEFINE_bool("scan", True, "model.scan_layers: nn.scan over repeating layer groups.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
+    flags.DEFINE_integer("batch", 4, "Examples per step (global).")
+    flags.DEFINE_list("latent", ["5", "8", "8"], "Latent T,H,W.")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling (>= 1).")
+    flags.DEFINE_integer("repeats", 10, "Timed steps (best and median reported).")
+    flags.DEFINE_bool("reuse_host_memory", True, "glibc mallopt before JAX starts (one arena, no mmap, "
+                      "no trim): each step's temp buffer reuses pages instead of faulting fresh ones.")
+    flags.DEFINE_string("xla_cpu_flags", DEFAULT_XLA_FLAGS, "Appended to XLA_FLAGS before JAX starts.")
+    flags.DEFINE_integer("peak_size", 1024, "Matrix size n of the (n x n) @ (n x n) peak matmul.")
+    flags.DEFINE_integer("peak_windows", 3, "Peak windows timed before a preset's steps (one more "
+                         "after each timed step; the best is the peak).")
+
 
 TEXT_LEN = 32
 
@@ -252,22 +260,25 @@ def run_preset(preset: str, mesh, latent, setting: dict) -> dict:
 
 def main(argv) -> None:
     del argv
-    reused = _REUSE_MEMORY.value and reuse_host_memory()
-    use_cpu_devices(_CPU_DEVICES.value)
-    presets = list(_PRESETS.value) + (list(OFFLOAD_PRESETS) if _OFFLOAD.value else [])
+    if FLAGS.warmup < 1 or FLAGS.repeats < 1:
+        raise app.UsageError("--warmup and --repeats must be >= 1 (a warm-up step sizes the peak windows)")
+    presets = list(FLAGS.presets) + (list(OFFLOAD_PRESETS) if FLAGS.offload else [])
     unknown = [p for p in presets if p not in POLICY_NAMES]
     if unknown:
         raise app.UsageError(f"--presets: unknown {unknown}; choose from {', '.join(POLICY_NAMES)}")
-    if _WARMUP.value < 1 or _REPEATS.value < 1:
-        raise app.UsageError("--warmup and --repeats must be >= 1 (a warm-up step sizes the peak windows)")
-    latent = tuple(int(s) for s in _LATENT.value)
+    # Before the backend starts: allocator settings, XLA flags, fake CPU devices.
+    reused = FLAGS.reuse_host_memory and reuse_host_memory()
+    if FLAGS.xla_cpu_flags:
+        os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS", ""), FLAGS.xla_cpu_flags)))
+    use_cpu_devices(FLAGS.cpu_devices)
+    latent = tuple(int(s) for s in FLAGS.latent)
     mesh = make_mesh(mc.ConfigDict({"shape": {"data": -1}}))
-    if _BATCH.value % mesh.shape["data"]:
-        raise app.UsageError(f"--batch={_BATCH.value} does not split over {mesh.shape['data']} devices")
+    if FLAGS.batch % mesh.shape["data"]:
+        raise app.UsageError(f"--batch={FLAGS.batch} does not split over {mesh.shape['data']} devices")
     setting = {"devices": len(jax.devices()), "platform": jax.devices()[0].platform,
-               "scan": _SCAN.value, "dtype": _DTYPE.value, "batch": _BATCH.value, "latent": latent,
-               "text_len": TEXT_LEN, "warmup": _WARMUP.value, "repeats": _REPEATS.value,
-               "peak_size": _PEAK_SIZE.value, "peak_windows": _PEAK_WINDOWS.value,
+               "scan": FLAGS.scan, "dtype": FLAGS.dtype, "batch": FLAGS.batch, "latent": latent,
+               "text_len": TEXT_LEN, "warmup": FLAGS.warmup, "repeats": FLAGS.repeats,
+               "peak_size": FLAGS.peak_size, "peak_windows": FLAGS.peak_windows,
                "reuse_host_memory": reused, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "jax": jax.__version__}
     for preset in presets:
@@ -275,4 +286,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -232,7 +232,7 @@ def estimate_dit_memory(config, latent_shape: Sequence[int], mesh_shape: dict, p
       none            every layer's intermediates (_layer_bytes_per_token)
       others          each layer's float32 block inputs (both streams: the scan carry),
     plus the working set of the one layer the backward recomputes: its intermediates and their
-    cotangents (2x). Attention scores: B x heads x N^2 float32 with the `xla` backend (scores
+    cotangents (2x), and that layer's gathered weights and whole gradient (FSDP). Attention scores: B x heads x N^2 float32 with the `xla` backend (scores
     and probabilities, 2x), none for `splash` / `cudnn` (blockwise in on-chip memory)."""
     m = config.model
     shards = mesh_shape.get("fsdp", 1) * mesh_shape.get("tensor", 1)
@@ -248,6 +248,9 @@ def estimate_dit_memory(config, latent_shape: Sequence[int], mesh_shape: dict, p
     else:
         out["saved_activations"] = layers * 4 * d * batch * tokens
     out["layer_working_set"] = 2 * per_layer
+    # FSDP gathers one layer's float32 weights whole and makes its whole gradient before the
+    # reduce-scatter: two layer-sized float32 buffers (tensor parallelism still splits them).
+    out["layer_weights"] = 2 * 4 * params / layers / mesh_shape.get("tensor", 1)
     if m.attention_backend == "xla":
         heads = m.num_heads / (mesh_shape.get("tensor", 1) * mesh_shape.get("context", 1))
         n = video + text_tokens
