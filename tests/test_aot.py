@@ -148,6 +148,9 @@ def test_memory_estimate_by_hand():
     assert est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"))
     splash = aot.estimate_dit_memory(_config({}), (31, 32, 32), mesh, params, text_tokens=16)
     assert "attention_scores" not in splash                                  # blockwise in on-chip memory
+    offload = aot.estimate_dit_memory(_config({"model.remat": "offload_block_in"}), (31, 32, 32), mesh, params, 16)
+    assert offload["host_saved_activations"] == pytest.approx(est["saved_activations"])
+    assert offload["total"] == pytest.approx(splash["total"] - splash["saved_activations"])
     context = aot.estimate_dit_memory(config, (31, 32, 32), {**mesh, "fsdp": 16, "context": 4}, params, 16)
     assert context["saved_activations"] == pytest.approx(est["saved_activations"] * 4 / 4)  # 4x batch, 1/4 tokens
     assert context["state"] == pytest.approx(est["state"] * 4)             # params replicated over context

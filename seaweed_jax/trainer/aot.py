@@ -231,6 +231,7 @@ def estimate_dit_memory(config, latent_shape: Sequence[int], mesh_shape: dict, p
     float32 likewise; the layers' saved activations follow `model.remat`:
       none            every layer's intermediates (_layer_bytes_per_token)
       others          each layer's float32 block inputs (both streams: the scan carry),
+                      on the host for offload_block_in (reported apart, not in the total)
     plus the working set of the one layer the backward recomputes: its intermediates and their
     cotangents (2x), and that layer's gathered weights and whole gradient (FSDP). Attention scores: B x heads x N^2 float32 with the `xla` backend (scores
     and probabilities, 2x), none for `splash` / `cudnn` (blockwise in on-chip memory)."""
@@ -255,5 +256,8 @@ def estimate_dit_memory(config, latent_shape: Sequence[int], mesh_shape: dict, p
         heads = m.num_heads / (mesh_shape.get("tensor", 1) * mesh_shape.get("context", 1))
         n = video + text_tokens
         out["attention_scores"] = 2 * 4 * batch * heads * n * n
+    host = out.pop("saved_activations") if m.remat == "offload_block_in" else 0.0
     out["total"] = sum(out.values())
+    if host:
+        out["host_saved_activations"] = host   # offloaded block inputs: not in the device total
     return out
