@@ -77,8 +77,9 @@ def define_flags() -> None:
     flags.DEFINE_list("latent", ["5", "8", "8"], "Latent T,H,W.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling (>= 1).")
     flags.DEFINE_integer("repeats", 10, "Timed steps (best and median reported).")
-    flags.DEFINE_bool("reuse_host_memory", True, "glibc mallopt before JAX starts (one arena, no mmap, "
-                      "no trim): each step's temp buffer reuses pages instead of faulting fresh ones.")
+    flags.DEFINE_bool("reuse_host_memory", False, "glibc mallopt before JAX starts (one arena, no mmap, "
+                      "no trim): each step's temp buffer reuses pages instead of faulting fresh ones "
+                      "(faster only when other processes starve this one of CPU; see reuse_host_memory).")
     flags.DEFINE_string("xla_cpu_flags", DEFAULT_XLA_FLAGS, "Appended to XLA_FLAGS before JAX starts.")
     flags.DEFINE_integer("peak_size", 1024, "Matrix size n of the (n x n) @ (n x n) peak matmul.")
     flags.DEFINE_integer("peak_windows", 3, "Peak windows timed before a preset's steps (one more "
