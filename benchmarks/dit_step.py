@@ -1,7 +1,8 @@
 r"""DiT training-step throughput per remat preset on the current backend: one JSON line each.
 
     python benchmarks/dit_step.py [--presets=none,full,minimal,save_dots,save_qkv_attn]
-        [--offload] [--cpu_devices=2] [--scan] [--dtype=float32] [--repeats=10]
+        [--offload] [--cpu_devices=0] [--scan] [--dtype=float32] [--hugepages] [--repeats=10]
+        [--xla_cpu_flags=...]
 
 The step: forward + backward + optax AdamW update of an 8-layer x 256-wide DiT (4 heads,
 SwiGLU 512, the last 4 layers share FFN gate/up, full attention through XLA's dot products)
@@ -20,15 +21,22 @@ Each line has:
   about one step long, `--peak_windows` before each preset's timed steps and one after each
   timed step (a busy machine slows both alike; `peak_gflops_per_s`);
 * `memory`: compiled.memory_analysis() of the step, per device (temp, arguments, outputs,
-  aliased = donated bytes reused for outputs);
+  aliased = donated bytes reused for outputs); `page_faults_per_step` (minor faults);
 * `load_avg`: os.getloadavg() right after timing, and `other_processes_cores`: the cores'
   worth of CPU other processes used during the timed steps (from /proc; of `cores`). The
   machine may be shared: compare ratios of runs with other_processes_cores near 0.
-The offload presets (offload_block_in, offload_qkv_attn) move nothing on XLA:CPU (no host
-memory space) and are only run with `--offload`.
+The offload presets (offload_block_in, offload_qkv_attn) have no host memory space to move
+to on XLA:CPU (they run as remat there) and are only run with `--offload`.
 
-Defaults are the fastest setting measured on the 2-core development host (the run's choice
-is printed in `setting`): see the module's measurement notes in the report of issue 14.
+Defaults = the fastest setting measured on the 2-core development host (Xeon, AVX-512,
+jax 0.10.2, idle machine; model ratio to peak of `none` / `save_dots`, each line printing
+its `setting`): one CPU device, layers scanned, float32, huge pages for glibc's allocations
+(0.27 / 0.29). Slower there: no huge pages (0.25 / 0.27: ~40k page faults per step), two
+fake CPU devices with the batch split (0.24 / 0.23), layers unrolled (0.19 / 0.18: XLA:CPU
+duplicates the backward's residual-gradient chain into every consumer fusion), bfloat16
+(save_dots 0.24). XLA:CPU flags tried without a measurable change: ynn fusion of dots with
+epilogues (+dot), xnn dot/eltwise fusion, prefer_vector_width=512, the concurrency-optimized
+scheduler off, copy insertion with region analysis; ynn eltwise fusion is ~40% slower.
 """
 from __future__ import annotations
 
@@ -60,6 +68,8 @@ from seaweed_jax.trainer import dit_task  # noqa: E402
 OFFLOAD_PRESETS = tuple(p for p in POLICY_NAMES if p.startswith("offload"))
 DEFAULT_PRESETS = tuple(p for p in POLICY_NAMES if p not in OFFLOAD_PRESETS)
 DEFAULT_XLA_FLAGS = ""
+TEXT_LEN = 32
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 
 FLAGS = flags.FLAGS
 
@@ -68,7 +78,8 @@ def define_flags() -> None:
     """The command line (defined when run as a script, so importing this module for its
     helpers adds nothing to absl's global flags)."""
     flags.DEFINE_list("presets", list(DEFAULT_PRESETS), "Remat presets to run, in order.")
-    flags.DEFINE_bool("offload", False, f"Also run {', '.join(OFFLOAD_PRESETS)} (no-ops on XLA:CPU).")
+    flags.DEFINE_bool("offload", False, f"Also run {', '.join(OFFLOAD_PRESETS)} (XLA:CPU has no host "
+                      "memory space: they run as plain remat there).")
     flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to shard the batch over (0 = JAX's one).")
     flags.DEFINE_bool("scan", True, "model.scan_layers: nn.scan over repeating layer groups.")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
@@ -84,19 +95,14 @@ def define_flags() -> None:
                          "after each timed step; the best is the peak).")
 
 
-TEXT_LEN = 32
-
-
-HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-
-
 def malloc_hugepages(argv) -> bool:
     """Back glibc's large allocations with transparent huge pages: re-runs this process with
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (read only at process start; glibc >= 2.35).
     Why: XLA:CPU mallocs each step's temp buffer (~160 MB for `none`), glibc mmaps it fresh
     and unmaps it after the step, so every step page-faults ~40k 4 KiB pages; with
     madvise(MADV_HUGEPAGE) it is ~1k faults (measured 0.162 -> 0.144 s/step for `none`).
-    Returns whether the tunable is on (False if glibc ignores it: nothing changes)."""
+    Returns True once the tunable is set (a glibc without it ignores it: nothing changes);
+    otherwise replaces this process and does not return."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if HUGEPAGE_TUNABLE in tunables.split(":"):
         return True
