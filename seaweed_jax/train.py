@@ -9,7 +9,7 @@
                           and Open MPI are detected: --multihost=auto|on|off)
     --workdir=gs://B/run  runs live on local disk or GCS (`pip install -e '.[gcs]'`)
     --compile_only --latent_shape=T,H,W [--topology=v5p-128]
-                          lower and compile the training step without parameters or data and
+                          lower and compile the training step (DiT tasks) without parameters or data and
                           print per-device memory, analytic FLOPs and the mesh (no workdir);
                           on fake CPU devices (--config.cpu_devices=64) or, with libtpu
                           (`make tpu-env`), on a TPU topology (gen:AxBxC or a slice name)

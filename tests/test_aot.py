@@ -84,6 +84,9 @@ def test_compile_only_says_what_is_missing():
     code, _, err = _run(["-m", "seaweed_jax.train", f"--config={CONFIG}", "--compile_only",
                          "--latent_shape=3,4,4", "--topology=v5p-24"])
     assert code != 0 and "standard v5p slice" in err
+    code, _, err = _run(["-m", "seaweed_jax.train", "--config=configs/vae/tiny.py", "--compile_only",
+                         "--latent_shape=3,4,4"])
+    assert code != 0 and "Task.example_batch" in err and "Traceback" not in err
 
 
 def test_planner_meshes_and_ranking():

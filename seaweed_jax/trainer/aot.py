@@ -93,6 +93,9 @@ def tpu_devices(topology: str) -> list:
 def abstract_batch(task, latent_shape: Sequence[int], mesh) -> dict:
     """The task's batch at the config's global batch size and this latent (T, H, W), as
     ShapeDtypeStructs sharded like the loop's (leading dim over the data axes)."""
+    if not hasattr(task, "example_batch"):
+        raise ValueError(f"--compile_only needs the task to describe its batch (Task.example_batch); the "
+                         f"{task.config.task!r} task does not yet: compile the DiT tasks (dit, distill, refine)")
     batch_size = int(task.config.data.global_batch_size)
     example = jax.eval_shape(lambda: task.example_batch(tuple(latent_shape), batch_size))
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
