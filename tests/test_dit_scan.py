@@ -124,3 +124,49 @@ def test_a_scanned_training_step_equals_the_unrolled_one():
         got = getattr(states[True][1], field)
         got = {**got, "dit": D.unscan_params(got["dit"], config.model)}
         assert _rel_err(got, getattr(states[False][1], field)) < 1e-4, field
+
+
+def test_init_from_an_unrolled_run_into_a_scanned_model(tmp_path):
+    """Turning scan_layers on for a run that starts from an unrolled one (and back): the
+    params arrive converted, every leaf from the source."""
+    import _dit_helpers as H
+    from seaweed_jax import checkpoint as ckpt_lib
+    from seaweed_jax.config_lib import freeze
+    from seaweed_jax.parallel.sharding import unbox
+    from seaweed_jax.parallel import make_mesh
+    from seaweed_jax.trainer import loop
+    from seaweed_jax.trainer.dit_task import DiTTask
+
+    vae = str(tmp_path / "no_vae")  # the DiT task reads no VAE to init or restore
+
+    def model(scan):
+        m = H.dit_config(vae).model
+        m.num_layers, m.num_shared_ffn_layers, m.scan_layers = 4, 1, scan  # layers 0-1 and 2 scan
+        return m
+
+    def saved_dit(workdir, scan):  # the run's params, restored onto its own layout
+        config = freeze(H.dit_config(vae, model=model(scan)))
+        task = DiTTask(config, make_mesh(config.mesh, devices=jax.devices()[:1]))
+        params = unbox(jax.jit(task.init)(loop.init_rng(0), task.example_batch())).params
+        restored, _, missing = ckpt_lib.restore_params_over(workdir, params)
+        assert not missing
+        return restored["dit"]
+
+    source = H.write_dit_run(str(tmp_path / "unrolled"), vae, model=model(False))
+    unrolled = saved_dit(source, False)
+    for scan in (True, False):
+        config = H.dit_config(vae, model=model(scan))
+        src = source
+        if not scan:  # back: a scanned run's params into an unrolled model
+            src = H.write_dit_run(str(tmp_path / "scanned"), vae, model=model(True))
+            unrolled = D.unscan_params(saved_dit(src, True), model(True))
+        config.init_from = src
+        config = freeze(config)
+        mesh = make_mesh(config.mesh, devices=jax.devices()[:1])
+        task = DiTTask(config, mesh)
+        setup = loop.Setup(config, mesh=mesh, task=task, batch=task.example_batch())
+        state = setup.apply_init_from(setup.init_state(), src)
+        got = state.params["dit"]
+        want = D.scan_params(unrolled, config.model) if scan else unrolled
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        assert _rel_err(got, want) == 0.0

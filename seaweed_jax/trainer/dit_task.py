@@ -68,7 +68,7 @@ from seaweed_jax.diffusion import packed as packed_flow
 from seaweed_jax.models.dit import DiT, Packing, per_token
 from seaweed_jax.models.dit.attention import layer_attention_types
 from seaweed_jax.models.dit import validate_config as validate_dit_config
-from seaweed_jax.models.dit.dit import forward_flops, forward_flops_by_part
+from seaweed_jax.models.dit.dit import forward_flops, forward_flops_by_part, scan_params, unscan_params
 from seaweed_jax.models.text import build_text_encoder, text_config
 from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.models.vae import tiling as tiling_lib
@@ -497,6 +497,21 @@ class DiTTask(Task):
         return state, {"loss": loss, "grad_norm": optimizers.global_norm(grads), **aux}
 
     # ------------------------------------------------------------------ FLOP accounting
+    def restore_init_from(self, workdir: str, params, key: str = "params"):
+        """As Task's, also across the unrolled / scanned layer layouts (`model.scan_layers`
+        differing between the source run and this one): restored in the source's layout,
+        then converted (models/dit/dit.py: scan_params / unscan_params)."""
+        source = checkpoint.load_config(workdir).get("model", None)
+        scanned = bool(self.model_cfg.get("scan_layers", False))
+        if source is None or "dit" not in params or bool(source.get("scan_layers", False)) == scanned:
+            return super().restore_init_from(workdir, params, key=key)
+        to_source, back = (unscan_params, scan_params) if scanned else (scan_params, unscan_params)
+        theirs = {**params, "dit": to_source(params["dit"], self.model_cfg)}
+        restored, step, missing = super().restore_init_from(workdir, theirs, key=key)
+        dit = back(restored["dit"], self.model_cfg)  # back onto this run's shardings
+        dit = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), dit, params["dit"])
+        return {**restored, "dit": dit}, step, missing
+
     def flops_per_step(self, batch) -> float | None:
         """Model FLOPs of one training step on the global batch (see `train_flops`). Only for
         this class's step: a subclass with its own train_step (distill: teacher passes too)

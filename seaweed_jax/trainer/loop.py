@@ -181,7 +181,7 @@ class Setup:
         the source's `params` or `ema_params`. Optimizer state stays fresh."""
         if key not in ("params", "ema_params"):
             raise ValueError(f"config.init_from_key={key!r}; use 'params' or 'ema_params'")
-        params, step, missing = ckpt_lib.restore_params_over(workdir, state.params, key=key)
+        params, step, missing = self.task.restore_init_from(workdir, state.params, key=key)
         _print(f"init_from: {key} of {workdir} step {step}")
         allowed = tuple(self.task.new_params)
         unexpected = [m for m in missing if not m.startswith(allowed) or not allowed]

@@ -92,6 +92,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from seaweed_jax import checkpoint
 from seaweed_jax.trainer import optimizers
 from seaweed_jax.trainer.state import TrainState
 
@@ -162,6 +163,12 @@ class Task(abc.ABC):
         """FLOPs of one train step on the global batch, or None (loop uses XLA cost analysis)."""
         del batch
         return None
+
+    def restore_init_from(self, workdir: str, params, key: str = "params"):
+        """(params, step, missing) of `config.init_from`: run `workdir`'s `key` params onto
+        `params` (see checkpoint.restore_params_over). Tasks whose param layout depends on
+        config (the DiT's scanned layers) convert here."""
+        return checkpoint.restore_params_over(workdir, params, key=key)
 
     def hardware_flops_per_step(self, batch) -> float | None:
         """flops_per_step plus the forward work remat re-runs in the backward (HFU); None = equal."""
