@@ -62,13 +62,11 @@ def compile_step(mesh, cfg, batch: int, latent_shape) -> dict:
     start = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         compiled = jax.jit(loss_and_grads).lower(params, *data).compile()
-    m = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    host = sum(int(getattr(m, f, 0)) for f in ("host_temp_size_in_bytes", "host_argument_size_in_bytes",
-                                                 "host_output_size_in_bytes"))
-    return {"temp_bytes": int(m.temp_size_in_bytes), "argument_bytes": int(m.argument_size_in_bytes),
-            "host_bytes": host, "xla_flops": float(cost.get("flops", 0.0)),
+    memory = aot.memory_bytes(compiled)
+    return {"temp_bytes": memory["temp_bytes"], "argument_bytes": memory["argument_bytes"],
+            "host_bytes": memory["host_bytes"], "xla_flops": float(cost.get("flops", 0.0)),
             "compile_s": round(time.perf_counter() - start, 1)}
 
 

@@ -141,6 +141,15 @@ def parse_arg(arg: str | None, **defaults) -> mc.ConfigDict:
 
 # ----------------------------------------------------------------------------- freezing / JSON
 
+def set_path(config, dotted: str, value) -> None:
+    """config["a"]["b"]["c"] = value for dotted = "a.b.c" (as a --config.a.b.c override)."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+
+
 def freeze(config) -> mc.FrozenConfigDict:
     """A hashable FrozenConfigDict (safe as a static jit argument).
 

@@ -66,8 +66,10 @@ def compile_only() -> None:
                             "31,32,32 for 121 x 256 x 256 video through a (4, 8, 8) VAE)")
     try:
         latent = tuple(int(v) for v in _LATENT_SHAPE.value)
-        devices = aot.tpu_devices(_TOPOLOGY.value) if _TOPOLOGY.value else None
-        if devices is None:
+        if _TOPOLOGY.value:
+            devices = aot.tpu_devices(_TOPOLOGY.value)
+        else:
+            devices = None  # this host's, split as the config asks
             use_cpu_devices(config.get("cpu_devices", 0))
         report = aot.compile_train_step(config, devices=devices, latent_shape=latent)
     except ValueError as e:

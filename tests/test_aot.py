@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from seaweed_jax import plan
+from seaweed_jax import config_lib, plan
 from seaweed_jax.models.dit.dit import forward_flops
 from seaweed_jax.trainer import aot
 
@@ -28,7 +28,7 @@ def _config(overrides):
     spec.loader.exec_module(module)
     config = module.get_config("stage1")
     for path, value in overrides.items():
-        aot._set(config, path, value)
+        config_lib.set_path(config, path, value)
     return config
 
 
@@ -107,14 +107,11 @@ def test_planner_meshes_and_ranking():
                   plan.Candidate({}, "save_dots", report(8, 3e12, 3.2e12)),
                   plan.Candidate({}, "bad", None, "XlaRuntimeError: refused")]
     for c in candidates[:3]:
-        plan.score(c, SMALL_CONFIG, 24 * 2**30, 0.1, peak=1e12, ici=None, efficiency=0.5)
+        plan.score(c, None, 24 * 2**30, 0.1, peak=1e12, ici=None, efficiency=0.5)  # ici=None: no comms, no config read
     # MFU = model / (hardware / (devices x peak x efficiency) x devices x peak) = efficiency x model / hardware
     assert candidates[1].mfu == pytest.approx(0.5 * 3 / 4)
     assert [c.preset for c in plan.order(candidates)] == ["save_dots", "full", "none", "bad"]
     assert not candidates[0].fits and candidates[1].fits
-
-
-SMALL_CONFIG = None  # score() reads the config only for communication, which ici=None skips
 
 
 def test_planner_cli_compiles_each_candidate(tmp_path):

@@ -56,14 +56,6 @@ def _config_module(rel):
     return mod
 
 
-def _set(config, dotted: str, value) -> None:
-    *path, last = dotted.split(".")
-    node = config
-    for p in path:
-        node = node[p]
-    node[last] = value
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """12 clips and 6 images with captions: a few colours and directions of a moving square."""
@@ -119,7 +111,7 @@ def _losses(workdir):
 def test_vae_paper_config_trains_on_a_video_folder(rel, arg, data_dir, tmp_path):
     config = _config_module(rel).get_config(f"{arg}data=video_folder/{PREFIX}_vae_clips")
     for k, v in {**VAE_OVERRIDES, **RUN}.items():
-        _set(config, k, v)
+        config_lib.set_path(config, k, v)
     state = loop.train(config, str(tmp_path / "run"), data_dir=data_dir)
     losses = _losses(tmp_path / "run")
     assert int(state.step) == 3 and len(losses) == 3 and np.isfinite(losses).all(), losses
@@ -137,7 +129,7 @@ def test_seaweed_7b_stages_train_in_order_on_video_folders(shared, data_dir, tmp
         if config.data.packing.enabled:   # 8 sequences: one per device of the fsdp=8 mesh
             config.data.packing.update(max_tokens=32, text_tokens=48, max_samples=6)
         for k, v in RUN.items():
-            _set(config, k, v)
+            config_lib.set_path(config, k, v)
         workdir = root / stage
         state = loop.train(config, str(workdir), data_dir=data_dir)
         losses = _losses(workdir)
@@ -163,7 +155,7 @@ def test_flashvideo_refiner_config_is_about_2b_and_trains_3_steps(shared, data_d
     config.data.sources = [{"name": f"video_folder/{PREFIX}_vid256x256", "split": "train", "weight": 1.0}]
     config.refine.pixel = dict(scale=(2.0, 2.0), blur=(0.0, 1.0), noise=(0.0, 0.05), jpeg=(40, 95))
     for k, v in RUN.items():
-        _set(config, k, v)
+        config_lib.set_path(config, k, v)
     state = loop.train(config, str(tmp_path / "run"), data_dir=data_dir)
     losses = _losses(tmp_path / "run")
     assert int(state.step) == 3 and len(losses) == 3 and np.isfinite(losses).all(), losses

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -128,11 +128,6 @@ class Report:
         """Peak estimate: live state + batch, outputs not aliased to donated inputs, temporaries."""
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
 
-    def mfu(self, step_seconds: float, peak_per_device: float) -> float | None:
-        if not self.model_flops:
-            return None
-        return self.model_flops / step_seconds / (self.devices * peak_per_device)
-
     def lines(self) -> list[str]:
         gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
         out = [f"mesh {self.mesh} on {self.devices} x {self.device_kind}; global batch {self.global_batch} x latent "
@@ -155,6 +150,16 @@ class Report:
         return d
 
 
+def memory_bytes(compiled) -> dict[str, int]:
+    """Per-device bytes of a compiled program (XLA's memory_analysis): arguments, outputs,
+    temporaries, outputs aliased to donated arguments, and host (offloaded) memory."""
+    m = compiled.memory_analysis()
+    host = sum(int(getattr(m, f"host_{k}_size_in_bytes", 0)) for k in ("temp", "argument", "output"))
+    return {"argument_bytes": int(m.argument_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
+            "temp_bytes": int(m.temp_size_in_bytes), "alias_bytes": int(m.alias_size_in_bytes),
+            "host_bytes": host}
+
+
 def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mesh_shape: dict | None = None,
                        overrides: dict | None = None) -> Report:
     """Lower and compile `config`'s training step on `devices` (default: this host's)."""
@@ -163,7 +168,7 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
         if mesh_shape is not None:
             config.mesh.shape = dict(mesh_shape)
         for path, value in (overrides or {}).items():
-            _set(config, path, value)
+            config_lib.set_path(config, path, value)
         if "vae_workdir" in config and not config.vae_workdir:  # the step reads latents, not the VAE
             config.vae_workdir = "(not needed to compile)"
     config = freeze(config)
@@ -180,7 +185,6 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
         lowered = step.lower(setup.abstract, batch)
         compiled = lowered.compile()
     seconds = time.perf_counter() - start
-    m = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model = task.flops_per_step(batch)
@@ -193,27 +197,9 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
         device_kind=mesh.devices.flat[0].device_kind, latent_shape=tuple(latent_shape),
         global_batch=int(config.data.global_batch_size),
         params=params, estimate=estimate,
-        compile_s=seconds, argument_bytes=int(m.argument_size_in_bytes),
-        output_bytes=int(m.output_size_in_bytes), temp_bytes=int(m.temp_size_in_bytes),
-        alias_bytes=int(m.alias_size_in_bytes),
-        host_bytes=int(getattr(m, "host_temp_size_in_bytes", 0) + getattr(m, "host_argument_size_in_bytes", 0)
-                       + getattr(m, "host_output_size_in_bytes", 0)),
+        compile_s=seconds, **memory_bytes(compiled),
         model_flops=model, hardware_flops=task.hardware_flops_per_step(batch),
         xla_flops=float(cost.get("flops", 0.0)) if cost else None)
-
-
-def _set(config, path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    node = config
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-
-
-def peak_per_device(device) -> tuple[float | None, str]:
-    """The table peak of a TPU/GPU device kind (None on CPU: measure with accounting.peak_flops)."""
-    found = accounting.table_peak(device.device_kind)
-    return found if found else (None, f"no peak for {device.device_kind!r}")
 
 
 # ----------------------------------------------------------------------------- analytic memory

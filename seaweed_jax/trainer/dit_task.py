@@ -496,7 +496,7 @@ class DiTTask(Task):
         state = state.apply_gradients(grads)
         return state, {"loss": loss, "grad_norm": optimizers.global_norm(grads), **aux}
 
-    # ------------------------------------------------------------------ FLOP accounting
+    # ------------------------------------------------------------------ init_from
     def restore_init_from(self, workdir: str, params, key: str = "params"):
         """As Task's, also across the unrolled / scanned layer layouts (`model.scan_layers`
         differing between the source run and this one): restored in the source's layout,
@@ -512,6 +512,7 @@ class DiTTask(Task):
         dit = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), dit, params["dit"])
         return {**restored, "dit": dit}, step, missing
 
+    # ------------------------------------------------------------------ FLOP accounting
     def flops_per_step(self, batch) -> float | None:
         """Model FLOPs of one training step on the global batch (see `train_flops`). Only for
         this class's step: a subclass with its own train_step (distill: teacher passes too)

@@ -525,30 +525,7 @@ def forward_flops(cfg, latent_shape, text_len: int | None = None) -> float:
     latent_shape: (T, H, W) of the latent; text_len: text tokens as fed (default max_text_len).
     A training step costs about 3x this per example (plus any remat recomputation).
     """
-    d, f = cfg.hidden_size, cfg.mlp_hidden
-    patch = tuple(cfg.patch_size)
-    grid = tuple(s // p for s, p in zip(latent_shape, patch))
-    nv, nt = math.prod(grid), cfg.max_text_len if text_len is None else text_len
-    flops = 2.0 * nv * math.prod(patch) * cfg.in_channels * d                 # patch embedding
-    flops += 2.0 * nt * (cfg.text_dim * d + d * d)                            # text MLP
-    flops += 2.0 * (cfg.timestep_freq_dim * d + d * d + 6 * d * d)            # time MLP + AdaSingle
-    flops += 2.0 * nv * d * math.prod(patch) * cfg.latent_channels            # final projection
-    types = layer_attention_types(cfg.attention, cfg.num_layers)
-    for i, layer_type in enumerate(types):
-        text_out = i < cfg.num_layers - 1
-        flops += 2.0 * nv * (4 * d * d + 3 * d * f)                           # video qkv, out, FFN
-        flops += 2.0 * nt * (3 * d * d + (d * d + 3 * d * f if text_out else 0))
-        if layer_type == "full":
-            pairs = (nv + nt) ** 2
-        else:
-            windows = (grid[0], 1, 1) if layer_type == "space" else tuple(
-                cfg.window_partitions[i % len(cfg.window_partitions)])
-            spec = VideoWindowMask(jnp.ones((1, 1), bool), grid=grid, windows=windows)
-            slots = spec.window_tokens()[0].size if not spec.divides else nv  # padded slots compute too
-            per_window = slots // spec.num_windows
-            pairs = slots * (per_window + nt) + nt * (nv + nt)
-        flops += 4.0 * d * pairs                                              # q.k and p.v
-    return flops
+    return sum(forward_flops_by_part(cfg, latent_shape, text_len).values())
 
 
 def forward_flops_by_part(cfg, latent_shape, text_len: int | None = None) -> dict[str, float]:
