@@ -20,9 +20,10 @@ codes OD-VAE groups of F = 1+dt*m frames sharing one frame (e.g. 33 for dt=4);
 --spatial_overlap=O pixels (a multiple of the factor, < P; default P/4), blended with linear
 ramps. Both apply to the padded clip, in encode and decode; long groups are still chunked.
 
-Prints ONE JSON line: psnr / ssim (uint8 [0, 255]; mean over videos of the per-video value,
-SSIM over videos of at least 11x11 pixels), num_videos, skipped, skipped_files, files (per
-input: paths, shape, psnr, ssim, chunked), workdir, step, params ('ema' or 'params'), tiling
+Prints ONE JSON line: psnr (uint8 [0, 255]; per frame, frames capped at 100 dB, averaged: the
+papers' convention), psnr_video (per video, averaged), ssim (mean over videos of at least 11x11
+pixels), num_videos, skipped, skipped_files, files (per input: paths, shape, psnr, psnr_video,
+ssim, chunked), workdir, step, params ('ema' or 'params'), tiling
 (the resolved settings, or null). mp4
 inputs are compared with their decoded frames. When no input could be coded (all corrupt),
 the JSON line is still printed, then an `error:` line on stderr, exit code 2.

@@ -104,6 +104,43 @@ def test_mean_frame_psnr_averages_frames_not_pixels():
     assert abs(m.mean_psnr(x, ref) - 10 * np.log10(255.0 ** 2 / 0.5)) < 1e-9   # per video: MSE 0.5
 
 
+def test_reported_psnr_is_per_frame_then_averaged_by_hand():
+    """Issue 19: the VAE evaluation's "psnr" is the papers' per-frame PSNR averaged (frames of
+    an exact reconstruction capped at 100 dB, as WF-VAE's cal_psnr); "psnr_video" the
+    per-video one. 2 videos x 3 frames of 2x2x1 uint8, errors chosen per frame."""
+    from seaweed_jax.eval import reconstruction
+    errors = [[[1, 1, 1, 1], [2, 2, 0, 0], [4, 4, 4, 4]],        # MSE 1, 2, 16
+              [[0, 0, 0, 0], [3, -3, 3, -3], [10, 0, 0, 0]]]     # MSE 0, 9, 25
+    ref = np.full((2, 3, 2, 2, 1), 128, np.uint8)
+    recon = (ref.astype(np.int64) + np.asarray(errors).reshape(ref.shape)).astype(np.uint8)
+    # by hand: a loop over frames, PSNR = 10 log10(255^2 / MSE), inf -> 100
+    frame_db = np.zeros((2, 3))
+    for v in range(2):
+        for t in range(3):
+            mse = sum(e * e for e in errors[v][t]) / 4.0
+            frame_db[v, t] = 100.0 if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+    np.testing.assert_allclose(frame_db, [[48.1308036087, 45.1205036520, 36.0896037821],
+                                          [100.0, 38.5883785143, 34.1514035220]], atol=1e-9)
+    video_db = [10.0 * math.log10(255.0 ** 2 / ((1 + 2 + 16) / 3)),
+                10.0 * math.log10(255.0 ** 2 / ((0 + 9 + 25) / 3))]       # MSE over the clip
+
+    np.testing.assert_allclose(metrics.frame_psnr_per_video(ref, recon, max_db=100.0),
+                               frame_db.mean(axis=1), atol=1e-9)
+    assert metrics.frame_psnr_per_video(ref, recon)[1] == math.inf        # uncapped: exact frame
+    p, s = reconstruction.score(ref, recon)
+    np.testing.assert_allclose(p, [43.1136370143, 57.5799273454], atol=1e-9)
+    assert np.isnan(s).all()                                               # 2x2 < SSIM window
+    out = reconstruction.summarize(p, s, metrics.psnr_per_video(ref, recon))
+    assert out["psnr"] == pytest.approx(frame_db.mean(), abs=1e-9)        # 50.3467821798
+    assert out["psnr"] == pytest.approx(50.3467821798, abs=1e-9)
+    assert out["psnr_video"] == pytest.approx(np.mean(video_db), abs=1e-9)  # 38.8508535659
+    assert out["psnr_video"] == pytest.approx(38.8508535659, abs=1e-9)
+    assert out["ssim"] is None and out["num_videos"] == 2
+    assert "psnr_video" not in reconstruction.summarize(p, s)
+    with pytest.raises(ValueError, match="B, T, H, W, C"):
+        metrics.frame_psnr_per_video(ref[0], recon[0])
+
+
 # ----------------------------------------------------------------------------- added: every
 # default, clip, epsilon and reduction axis of the module against hand values / the loop
 # reference above

@@ -172,8 +172,10 @@ def test_discriminator_pieces():
 
 
 def test_wavelet_variant_adds_the_wl_loss():
-    """WF-VAE arch: WL = sum over Haar levels of mean |predicted - true subbands|, weighted by
-    loss.wl_weight in the generator loss; the conv arch has no WL term."""
+    """WF-VAE arch: WL = |predicted - true subbands| summed over a clip's Haar levels, mean over
+    clips, / the pixels of one frame (loss.reg_norm='frame', the default), weighted by
+    loss.wl_weight in the generator loss; the conv arch has no WL term. (The ratio to the
+    reconstruction term against WF-VAE's formula: tests/test_vae_loss_scaling.py.)"""
     from seaweed_jax.models.vae.autoencoder import default_model_config
     c = _vae_tiny.get_config()
     c.model = default_model_config(
@@ -192,8 +194,8 @@ def test_wavelet_variant_adds_the_wl_loss():
 
     outs, reg, reg_loss = terms(params)
     assert set(outs["subbands_pred"]) == set(outs["subbands_true"]) == {"l1", "l2"}
-    manual = sum(float(jnp.mean(jnp.abs(outs["subbands_pred"][k] - outs["subbands_true"][k])))
-                 for k in ("l1", "l2"))
+    manual = sum(float(jnp.sum(jnp.abs(outs["subbands_pred"][k] - outs["subbands_true"][k])))
+                 for k in ("l1", "l2")) / (1 * 16 * 16 * 3)     # one clip; a frame: 16x16x3
     np.testing.assert_allclose(float(reg["wl"]), manual, rtol=1e-5)
     assert manual > 0
     np.testing.assert_allclose(float(reg_loss), 1e-6 * float(reg["kl"]) + 0.1 * manual, rtol=1e-5)

@@ -56,7 +56,8 @@ def get_config(arg=None):
         norm="layer"),       # channel LayerNorm: chunked inference is exact
         data=a.data)
     # Paper: AdamW lr 1e-5, EMA 0.999; loss L1 + LPIPS (1.0; not shipped: 0) + KL 1e-6 + WL 0.1
-    # + 3D/2D PatchGAN hinge with adaptive weight 0.5 (common.gan_loss).
+    # + 3D/2D PatchGAN hinge with adaptive weight 0.5 (common.gan_loss; reg_norm='frame' gives
+    # KL and WL the reference's ratios to the L1, so these weights mean what they mean there).
     c.optimizer.lr = 1e-5
     c.optimizer.b2 = 0.999
     return c

@@ -18,15 +18,27 @@ depends only on k and the weights, so every process picks the same bucket at eve
 (the per-step global arrays line up across hosts). The saved state's format depends on
 data.worker_count: restore with the same value.
 
+Stages (`data.stages`, optional; Seaweed's mixed-resolution schedule, e.g. images first, then
+videos at several sizes and durations): a list of {steps, sources, global_batch_size, crop},
+fields a stage omits taken from the top level. Each stage is the pipeline above on its own
+config; `StagedBatches` serves global batch k from the stage whose step range holds k (index
+k - start into that stage), the last stage open-ended. It is still one random-access
+MapDataset: the iterator state is the next batch index, and every process switches stage at
+the same batch. Batch shapes (and sizes) change between stages, so a jitted step retraces
+once per stage shape. The top-level `data.sources` stays what evaluation reads
+(`make_eval_iterator`) and the default of stages without their own sources.
+
 Host batches: `video` float32 (B, T, H, W, 3) in [-1, 1], `caption` numpy str (B,), int32
 labels `color, shape, direction, background` (-1 if a source lacks one), and int32 `source` (position in
-`data.sources`) / `index` (example index in its split) that identify each example.
-B = global_batch_size // process_count.
+`data.sources`, or in the stage's sources) / `index` (example index in its split) that
+identify each example. B = global_batch_size (the stage's) // process_count.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
+import sys
 from typing import Any, Callable, Sequence
 
 import grain
@@ -40,6 +52,8 @@ from seaweed_jax.data.video_io import to_float
 LABEL_KEYS = ("color", "shape", "direction", "background")
 SOURCE_KEYS = ("name", "split", "weight", "crop")
 CROP_DIMS = ("frames", "height", "width")
+STAGE_KEYS = ("steps", "sources", "global_batch_size", "crop")
+STAGE_SEED_SALT = 2   # stage seeds: derive_seed(shuffle_seed, 2, s) (salts 0 / 1: shuffle / crop)
 
 
 # --------------------------------------------------------------------------- config
@@ -56,6 +70,10 @@ class SourcePlan:
     source: Any                        # random-access data source
 
 
+def _is_dict(x) -> bool:
+    return hasattr(x, "keys")   # dict, FrozenDict, (Frozen)ConfigDict
+
+
 def field(cfg, key, default=None):
     try:
         value = cfg[key]
@@ -64,30 +82,34 @@ def field(cfg, key, default=None):
     return default if value is None else value
 
 
-def source_entries(data_config, split: str | None) -> list[dict]:
-    """Normalized `data.sources` entries: {name, split, weight, crop}."""
+def source_entries(data_config, split: str | None, where: str = "data") -> list[dict]:
+    """Normalized `data.sources` entries: {name, split, weight, crop}. `where` names the
+    config section in errors (e.g. `data.stages[1]` for a stage's own sources)."""
     sources = field(data_config, "sources")
     if not sources:
-        raise ValueError("data.sources is empty; set e.g. "
-                         "data.sources=[{'name': 'moving_shapes/32x32_f17', 'weight': 1.0}]")
+        raise ValueError(f"{where}.sources is empty; set e.g. "
+                         f"{where}.sources=[{{'name': 'moving_shapes/32x32_f17', 'weight': 1.0}}]")
     entries = []
     for i, src in enumerate(sources):
+        at = f"{where}.sources[{i}]"
+        if not _is_dict(src):
+            raise ValueError(f"{at}={src!r} must be a dict like "
+                             "{'name': 'moving_shapes/32x32_f17', 'weight': 1.0}")
         src = dict(src)
         unknown = set(src) - set(SOURCE_KEYS)
         if unknown:
-            raise ValueError(f"data.sources[{i}] has unknown keys {sorted(unknown)}; "
-                             f"allowed: {SOURCE_KEYS}")
+            raise ValueError(f"{at} has unknown keys {sorted(unknown)}; allowed: {SOURCE_KEYS}")
         name = src.get("name")
         if not isinstance(name, str) or "/" not in name:
-            raise ValueError(f"data.sources[{i}].name={name!r} must be '<dataset>/<config>', "
+            raise ValueError(f"{at}.name={name!r} must be '<dataset>/<config>', "
                              "e.g. 'moving_shapes/64x64_f17'")
         weight = float(src.get("weight", 1.0))
         if not weight > 0 or not math.isfinite(weight):
-            raise ValueError(f"data.sources[{i}].weight={weight} must be a positive number "
+            raise ValueError(f"{at}.weight={weight} must be a positive number "
                              "(remove the source instead of giving it weight 0)")
         crop = src.get("crop", field(data_config, "crop"))
         entries.append({"name": name, "split": split or src.get("split") or "train",
-                        "weight": weight, "crop": _parse_crop(crop, f"data.sources[{i}].crop")})
+                        "weight": weight, "crop": _parse_crop(crop, f"{at}.crop")})
     return entries
 
 
@@ -113,22 +135,30 @@ def _parse_crop(crop, name: str) -> tuple[int | None, ...]:
     return tuple(out)
 
 
-def local_batch_size(data_config, process_count: int) -> int:
+def local_batch_size(data_config, process_count: int, where: str = "data") -> int:
     """Per-process batch size; validates data.global_batch_size against the process count."""
     gbs = int(field(data_config, "global_batch_size", 0))
     if gbs < 1:
-        raise ValueError(f"data.global_batch_size={gbs} must be >= 1")
+        raise ValueError(f"{where}.global_batch_size={gbs} must be >= 1")
     if gbs % process_count:
         raise ValueError(
-            f"data.global_batch_size={gbs} is not divisible by the {process_count} processes; "
+            f"{where}.global_batch_size={gbs} is not divisible by the {process_count} processes; "
             f"use a multiple of {process_count}, e.g. {(gbs // process_count + 1) * process_count}")
     return gbs // process_count
 
 
-def validate_config(data_config, process_count: int = 1, split: str | None = None) -> None:
-    """Checks that need no data: sources, weights, crops, batch size, seeds, prefetch."""
+def validate_config(data_config, process_count: int = 1, split: str | None = None, *,
+                    stages_supported: bool = False) -> None:
+    """Checks that need no data: sources, weights, crops, batch size, seeds, prefetch, and
+    data.stages. Pipelines that read only data.sources (the latent cache, packing) call this
+    with stages_supported=False, so a staged config fails here instead of being ignored."""
     source_entries(data_config, split)
     local_batch_size(data_config, process_count)
+    if field(data_config, "stages") and not stages_supported:
+        raise ValueError("data.stages is set, but this pipeline (latent cache / sequence packing) "
+                         "reads only data.sources; remove data.stages from the config or train "
+                         "on the video pipeline")
+    stage_configs(data_config, process_count, split)
     seed = int(field(data_config, "shuffle_seed", 0))
     if not 0 <= seed < 2**32:
         raise ValueError(f"data.shuffle_seed={seed} must be in [0, 2**32)")
@@ -136,6 +166,90 @@ def validate_config(data_config, process_count: int = 1, split: str | None = Non
         v = int(field(data_config, key, 0))
         if v < 0:
             raise ValueError(f"data.{key}={v} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One entry of `data.stages`, resolved against the top-level data config."""
+    index: int
+    start: int            # global batch index of its first batch
+    steps: int | None     # batches it lasts; None = until training ends (the last stage)
+    config: dict          # a plain data config: the top level with this stage's fields
+    where: str            # how errors name its sources: `data.stages[s]`, or `data` (inherited)
+    batch_field: str      # where its global batch size is set (`data.stages[s]...` or `data...`)
+
+
+def stage_configs(data_config, process_count: int = 1, split: str | None = None) -> list[Stage]:
+    """The validated `data.stages` ([] when unset: the unstaged pipeline).
+
+    Each stage is {steps, sources, global_batch_size, crop}; a field it omits comes from the
+    top-level data config (its `crop` replaces `data.crop` as the default of its sources).
+    Every stage but the last lasts `steps` batches; the last one (steps 0 or omitted) runs
+    until training ends. Stage s shuffles and crops with seed derive_seed(data.shuffle_seed,
+    2, s), so a source used again in a later stage does not replay the examples and crops
+    it started with in an earlier one.
+    """
+    stages = field(data_config, "stages")
+    if not stages:
+        return []
+    if isinstance(stages, str) or _is_dict(stages) or not isinstance(stages, Sequence):
+        raise ValueError(f"data.stages must be a list of dicts like "
+                         f"[{{'steps': 1000, 'sources': [...]}}, {{'sources': [...]}}]; "
+                         f"got {type(stages).__name__}")
+    seed = int(field(data_config, "shuffle_seed", 0))
+    out, start = [], 0
+    for s, stage in enumerate(stages):
+        at = f"data.stages[{s}]"
+        if not _is_dict(stage):
+            raise ValueError(f"{at}={stage!r} must be a dict with keys from {STAGE_KEYS}")
+        stage = dict(stage)
+        unknown = set(stage) - set(STAGE_KEYS)
+        if unknown:
+            raise ValueError(f"{at} has unknown keys {sorted(unknown)}; allowed: {STAGE_KEYS}")
+        steps = _stage_steps(stage.get("steps"), at, last=s == len(stages) - 1)
+        cfg = dict(data_config)
+        cfg["stages"] = None
+        cfg["shuffle_seed"] = derive_seed(seed, STAGE_SEED_SALT, s)
+        where = "data"
+        if stage.get("sources") is not None:
+            cfg["sources"], where = stage["sources"], at
+        batch_where = "data"
+        if stage.get("global_batch_size") is not None:
+            cfg["global_batch_size"], batch_where = stage["global_batch_size"], at
+        if stage.get("crop") is not None:
+            _parse_crop(stage["crop"], f"{at}.crop")
+            cfg["crop"] = stage["crop"]
+        source_entries(cfg, split, where)
+        local_batch_size(cfg, process_count, batch_where)
+        out.append(Stage(s, start, steps or None, cfg, where, f"{batch_where}.global_batch_size"))
+        start += steps
+    return out
+
+
+def _stage_steps(steps, at: str, *, last: bool) -> int:
+    steps = 0 if steps is None else steps
+    if (isinstance(steps, bool) or not isinstance(steps, (int, float, np.integer))
+            or steps != int(steps) or steps < 0):
+        raise ValueError(f"{at}.steps={steps!r} must be an integer >= 0 (batches of this stage; "
+                         f"0 or omitted on the last stage: until training ends)")
+    steps = int(steps)
+    if steps == 0 and not last:
+        raise ValueError(f"{at}.steps=0: only the last stage may be open-ended; give this "
+                         f"stage a positive number of batches")
+    if steps and last:
+        raise ValueError(f"{at}.steps={steps}: the last stage runs until training ends; set "
+                         f"{at}.steps=0 or omit it")
+    return steps
+
+
+def global_batch_sizes(data_config) -> dict[str, int]:
+    """{field: size} of every global batch size a run sees: data.global_batch_size and each
+    stage's own (for checks that need the mesh, e.g. divisibility by the data-parallel size),
+    e.g. {'data.stages[0].global_batch_size': 12, 'data.global_batch_size': 8}."""
+    stages = stage_configs(data_config)
+    if not stages:
+        return {"data.global_batch_size": int(field(data_config, "global_batch_size", 0))}
+    return {st.batch_field: int(field(st.config, "global_batch_size", 0)) for st in stages}
 
 
 def _open_source(name: str, split: str, data_dir: str, data_config):
@@ -149,31 +263,31 @@ def _open_source(name: str, split: str, data_dir: str, data_config):
 
 
 def plan_sources(data_config, *, data_dir: str, split: str | None = None,
-                 open_source: Callable | None = None) -> list[SourcePlan]:
+                 open_source: Callable | None = None, where: str = "data") -> list[SourcePlan]:
     """Open every configured source and check crops against the stored clip shapes."""
-    entries = source_entries(data_config, split)
+    entries = source_entries(data_config, split, where)
     if open_source is None:
         open_source = _open_source
         for i, e in enumerate(entries):  # every name checked before anything is built
             try:
                 datasets.parse_name(e["name"], data_dir)
             except ValueError as err:
-                raise ValueError(f"data.sources[{i}].name: {err}") from None
+                raise ValueError(f"{where}.sources[{i}].name: {err}") from None
     plans = []
     for i, e in enumerate(entries):
         try:
             src = open_source(e["name"], e["split"], data_dir, data_config)
         except (KeyError, ValueError, FileNotFoundError) as err:
-            raise ValueError(f"data.sources[{i}] ({e['name']!r}, split {e['split']!r}) "
+            raise ValueError(f"{where}.sources[{i}] ({e['name']!r}, split {e['split']!r}) "
                              f"cannot be opened: {err}") from err
         if len(src) == 0:
-            raise ValueError(f"data.sources[{i}] ({e['name']!r}, split {e['split']!r}) is empty")
+            raise ValueError(f"{where}.sources[{i}] ({e['name']!r}, split {e['split']!r}) is empty")
         data_shape = tuple(int(d) for d in np.shape(src[0]["video"])[:3])
         out_shape = []
         for dim, have, want in zip(CROP_DIMS, data_shape, e["crop"]):
             if want is not None and want > have:
                 raise ValueError(
-                    f"data.sources[{i}].crop.{dim}={want} is larger than the data ({e['name']} "
+                    f"{where}.sources[{i}].crop.{dim}={want} is larger than the data ({e['name']} "
                     f"has {dim}={have}); use <= {have} or None to keep it"
                     + (" (image sources need a per-source crop without frames)"
                        if dim == "frames" and have == 1 else ""))
@@ -283,6 +397,40 @@ class ProcessRows(grain.MapDataset):
         return f"ProcessRows(rows {self._offset}:{self._offset + self._local} of {self._global})"
 
 
+class StagedBatches(grain.MapDataset):
+    """Batch k of the stage whose step range holds k (`data.stages`).
+
+    Stage s serves global batches [start_s, start_s + steps_s) as batches k - start_s of its
+    own batched dataset (its standalone pipeline); the last stage is open-ended. Still random
+    access, so the iterator state (the next batch index) restores exactly, and the stage of
+    batch k depends only on k: every process switches stage at the same step.
+    """
+
+    def __init__(self, stages: Sequence[grain.MapDataset], steps: Sequence[int | None]):
+        super().__init__(list(stages))
+        if not stages or len(steps) != len(stages):
+            raise ValueError(f"{len(stages)} stages but {len(steps)} step counts")
+        self._starts = [0]
+        for s, (ds, n) in enumerate(zip(stages[:-1], steps[:-1])):
+            if len(ds) < n:  # only with a finite num_epochs
+                raise ValueError(f"data.stages[{s}] has {len(ds)} batches but steps={n}; "
+                                 f"lower its steps or read more epochs")
+            self._starts.append(self._starts[-1] + n)
+        self._len = min(self._starts[-1] + len(stages[-1]), sys.maxsize)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        s = bisect.bisect_right(self._starts, index) - 1
+        return self._parents[s][index - self._starts[s]]
+
+    def __str__(self) -> str:
+        return f"StagedBatches(starts={self._starts})"
+
+
 def shard(ds: grain.MapDataset, process_index: int, process_count: int) -> grain.MapDataset:
     """Equal, disjoint per-process shards (drops < process_count examples so hosts stay in step)."""
     even = (len(ds) // process_count) * process_count
@@ -367,10 +515,27 @@ def make_dataset(data_config, *, data_dir: str, split: str | None = None,
                  ) -> grain.IterDataset:
     """The training pipeline as a grain IterDataset (see `make_iterator`)."""
     process_index, process_count = resolve_process(process_index, process_count)
-    validate_config(data_config, process_count, split)
+    validate_config(data_config, process_count, split, stages_supported=True)
+    kw = dict(data_dir=data_dir, split=split, process_index=process_index,
+              process_count=process_count, shuffle=shuffle, num_epochs=num_epochs,
+              example_fn=example_fn, drop_remainder=drop_remainder, open_source=open_source)
+    stages = stage_configs(data_config, process_count, split)
+    if not stages:
+        return iter_options(data_config, batched_dataset(data_config, **kw))
+    parts = [batched_dataset(st.config, where=st.where, **kw) for st in stages]
+    return iter_options(data_config, StagedBatches(parts, [st.steps for st in stages]))
+
+
+def batched_dataset(data_config, *, data_dir: str, split: str | None, process_index: int,
+                    process_count: int, shuffle: bool, num_epochs: int | None,
+                    example_fn: Callable[[dict], dict] | None, drop_remainder: bool,
+                    open_source: Callable | None, where: str = "data") -> grain.MapDataset:
+    """Global batches of data.sources (buckets mixed batch-by-batch), this process's rows;
+    the MapDataset under make_dataset's prefetch (one per stage with data.stages)."""
     batch_size = local_batch_size(data_config, process_count)
     seed = int(field(data_config, "shuffle_seed", 0))
-    plans = plan_sources(data_config, data_dir=data_dir, split=split, open_source=open_source)
+    plans = plan_sources(data_config, data_dir=data_dir, split=split, open_source=open_source,
+                         where=where)
     batched, bucket_weights = [], []
     for members in buckets(plans).values():
         examples = [_example_dataset(p, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
@@ -381,7 +546,7 @@ def make_dataset(data_config, *, data_dir: str, split: str | None = None,
                            process_count)
         batched.append(rows.batch(batch_size, drop_remainder=drop_remainder))
         bucket_weights.append(sum(weights))
-    return iter_options(data_config, mix(batched, bucket_weights))
+    return mix(batched, bucket_weights)
 
 
 def make_iterator(data_config, *, data_dir: str, split: str | None = None,
@@ -394,7 +559,7 @@ def make_iterator(data_config, *, data_dir: str, split: str | None = None,
 
     Args:
       data_config: the `config.data` section (sources, global_batch_size, shuffle_seed,
-        crop, worker_count, prefetch, read_threads, dataset_seed, num_train, ...).
+        crop, worker_count, prefetch, read_threads, dataset_seed, num_train, stages, ...).
       data_dir: where datasets are (built if missing and `data.build_if_missing`).
       split: overrides every source's split (default: each source's own, else "train").
       process_index, process_count: the shard to read (default jax.process_index/count()).

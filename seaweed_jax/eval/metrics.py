@@ -4,8 +4,11 @@ Definitions (issue 3): inputs are uint8 in [0, 255] (float arrays on the same sc
 accepted); a video is (T, H, W, C) and an image (H, W, C).
 
 * PSNR of one video = 10 log10(255^2 / MSE) with the MSE over all of its pixels and
-  channels; identical videos give +inf (or `max_db` when given). A dataset's PSNR is the
-  mean over videos of the per-video PSNR (`mean_psnr`).
+  channels; identical videos give +inf (or `max_db` when given). `mean_psnr`: the mean over
+  videos of the per-video PSNR.
+* Per-frame PSNR (the papers' convention, issue 19: WF-VAE / OD-VAE eval scripts): the PSNR of
+  every frame, averaged; `frame_psnr_per_video` per video, `mean_frame_psnr` over all frames.
+  The VAE evaluation reports it as "psnr" (eval/reconstruction.py).
 * SSIM (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
   L = 255, statistics weighted by the window, mean over the 'valid' positions (the window
   fully inside the frame), per channel; a frame's SSIM is the mean over channels and a
@@ -52,6 +55,16 @@ def mean_frame_psnr(x, y, data_range: float = DATA_RANGE, max_db: Optional[float
     """The papers' convention: PSNR of every frame of every video (B, T, H, W, C), averaged."""
     x, y = _check_pair(x, y)
     return float(np.mean([psnr(a, b, data_range, max_db) for v, w in zip(x, y) for a, b in zip(v, w)]))
+
+
+def frame_psnr_per_video(x, y, data_range: float = DATA_RANGE,
+                         max_db: Optional[float] = None) -> np.ndarray:
+    """(B, T, H, W, C) -> (B,): each video's mean over frames of the per-frame PSNR."""
+    x, y = _check_pair(x, y)
+    if x.ndim != 5:
+        raise ValueError(f"expected videos (B, T, H, W, C), got {x.shape}")
+    return np.array([np.mean([psnr(a, b, data_range, max_db) for a, b in zip(v, w)])
+                     for v, w in zip(x, y)])
 
 
 def psnr_per_video(x, y, data_range: float = DATA_RANGE,

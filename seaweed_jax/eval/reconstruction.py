@@ -1,6 +1,11 @@
 """VAE evaluators: they take predict functions (big_vision style) and never restore a run.
 
-* `score` / `summarize`: uint8 PSNR / SSIM per video, means over videos.
+* `score` / `summarize`: uint8 PSNR / SSIM per video, means over videos. THE PSNR ("psnr") is
+  the papers' (WF-VAE / OD-VAE eval scripts: PSNR of each frame, averaged): per video the mean
+  of its frames' PSNRs, each frame capped at FRAME_PSNR_MAX_DB, then the mean over videos (= the
+  mean over all frames when the clips have equal length, as in `evaluate_split`). The per-video
+  PSNR (MSE over the whole clip; by Jensen not above the per-frame mean while no frame hits
+  the cap) is "psnr_video".
 * `evaluate_split(reconstruct_fn, data_config, ...)`: reconstruct the first N clips of a
   configured split with `reconstruct_fn` ([-1, 1] video -> reconstruction, same shape, e.g.
   `VAECodec.reconstruct`) and score them.
@@ -24,10 +29,21 @@ from seaweed_jax.eval import metrics
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
+# A frame reconstructed exactly has infinite PSNR; WF-VAE's cal_psnr reports 100 dB for it.
+FRAME_PSNR_MAX_DB = 100.0
+
+
+def frame_psnr(original_u8, recon_u8) -> np.ndarray:
+    """(B, T, H, W, C) uint8 pairs -> (B,): each video's mean per-frame PSNR (frames capped at
+    FRAME_PSNR_MAX_DB)."""
+    return metrics.frame_psnr_per_video(original_u8, recon_u8, max_db=FRAME_PSNR_MAX_DB)
+
+
 def score(original_u8, recon_u8) -> tuple[np.ndarray, np.ndarray]:
-    """Per-video PSNR and SSIM of uint8 (B, T, H, W, C) pairs. SSIM is NaN for frames smaller
-    than the 11x11 SSIM window."""
-    psnr = metrics.psnr_per_video(original_u8, recon_u8)
+    """(per-frame PSNR, SSIM) per video of uint8 (B, T, H, W, C) pairs: the PSNR is each
+    video's mean per-frame PSNR (`frame_psnr`; the per-video PSNR: metrics.psnr_per_video).
+    SSIM is NaN for frames smaller than the 11x11 SSIM window."""
+    psnr = frame_psnr(original_u8, recon_u8)
     if min(original_u8.shape[2:4]) < metrics.SSIM_WINDOW:
         ssim = np.full(len(psnr), np.nan)
     else:
@@ -35,13 +51,20 @@ def score(original_u8, recon_u8) -> tuple[np.ndarray, np.ndarray]:
     return psnr, ssim
 
 
-def summarize(psnrs: Iterable[float], ssims: Iterable[float]) -> dict:
-    """Mean over videos of the per-video PSNR / SSIM (NaN SSIMs ignored; None if none)."""
+def summarize(psnrs: Iterable[float], ssims: Iterable[float],
+              psnr_videos: Iterable[float] | None = None) -> dict:
+    """Means over videos: "psnr" of `psnrs` (the per-frame PSNRs of `score`), "ssim" (NaN
+    SSIMs ignored; None if none) and, with `psnr_videos` (metrics.psnr_per_video),
+    "psnr_video"."""
     psnrs, ssims = np.asarray(list(psnrs), np.float64), np.asarray(list(ssims), np.float64)
     ok = ~np.isnan(ssims)
-    return {"psnr": float(psnrs.mean()) if psnrs.size else None,
-            "ssim": float(ssims[ok].mean()) if ok.any() else None,
-            "num_videos": int(psnrs.size)}
+    out = {"psnr": float(psnrs.mean()) if psnrs.size else None,
+           "ssim": float(ssims[ok].mean()) if ok.any() else None,
+           "num_videos": int(psnrs.size)}
+    if psnr_videos is not None:
+        videos = np.asarray(list(psnr_videos), np.float64)
+        out["psnr_video"] = float(videos.mean()) if videos.size else None
+    return out
 
 
 def _gather(x) -> np.ndarray:
@@ -53,18 +76,20 @@ def _gather(x) -> np.ndarray:
 def evaluate_split(reconstruct_fn: Predict, data_config, *, data_dir: str,
                    num_examples: int | None = None, split: str | None = None) -> dict:
     """Reconstruct the first N clips (default data.val_examples) of data.sources[0]'s
-    validation split (or `split`) and return {psnr, ssim, num_videos} (uint8 metrics, means
-    over videos of per-video values)."""
-    psnrs, ssims = [], []
+    validation split (or `split`) and return {psnr, psnr_video, ssim, num_videos} (uint8
+    metrics; psnr per frame, averaged; psnr_video and ssim per video; means over videos)."""
+    psnrs, videos, ssims = [], [], []
     for batch in pipeline.make_eval_iterator(data_config, data_dir=data_dir, split=split,
                                              num_examples=num_examples):
         video = np.asarray(batch["video"], np.float32)
-        p, s = score(to_uint8(video), to_uint8(reconstruct_fn(video)))
+        original, recon = to_uint8(video), to_uint8(reconstruct_fn(video))
+        p, s = score(original, recon)
         psnrs.extend(p.tolist())
+        videos.extend(metrics.psnr_per_video(original, recon).tolist())
         ssims.extend(s.tolist())
     if jax.process_count() > 1:
-        psnrs, ssims = _gather(psnrs).ravel(), _gather(ssims).ravel()
-    return summarize(psnrs, ssims)
+        psnrs, videos, ssims = (_gather(v).ravel() for v in (psnrs, videos, ssims))
+    return summarize(psnrs, ssims, videos)
 
 
 def latent_stats(encode_fn: Predict, data_config, *, data_dir: str, num_examples: int = 1024,

@@ -62,7 +62,8 @@ def check_vae(vae_workdir: str, data_dir: str | None = None, num_examples: int =
     original_scores = checker.score(list(originals), truth)
     recon_scores = checker.score(list(recons), truth)
     summary = {"vae_workdir": paths.display(vae_workdir), "vae_step": vae.step,
-               "num_examples": n, "psnr": float(metrics.mean_psnr(originals, recons)),
+               "num_examples": n, "psnr": float(metrics.mean_frame_psnr(originals, recons, max_db=100.0)),
+               "psnr_video": float(metrics.mean_psnr(originals, recons)),
                "checker_on_reconstructions": {k: recon_scores[k] for k in SCORE_KEYS},
                "checker_on_originals": {k: original_scores[k] for k in SCORE_KEYS}}
     if output_dir:

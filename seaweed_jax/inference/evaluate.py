@@ -1,8 +1,8 @@
 """Score a trained run from its workdir (what `python -m seaweed_jax.evaluate` runs).
 
 Dispatch on the run's `config.task`: a function registered in `EVALUATORS` (the VAE's:
-reconstruct the validation split exactly as `reconstruct` does, uint8 PSNR / SSIM, means
-over videos of per-video values; a distilled run's: sample held-out prompts with the student
+reconstruct the validation split exactly as `reconstruct` does, uint8 PSNR per frame averaged
+(psnr_video: per video) and SSIM, means over videos; a distilled run's: sample held-out prompts with the student
 and its base teacher, `inference/compare.py`), else the generic path: the task's own `evaluate(state, ...)`
 (e.g. the DiT's validation loss) on a state whose params are the run's (EMA) params. Both
 read only the params of the checkpoint (`checkpoint.restore_params`).

@@ -13,7 +13,7 @@ import numpy as np
 
 from seaweed_jax import paths
 from seaweed_jax.data import latent_cache, video_io
-from seaweed_jax.eval import reconstruction
+from seaweed_jax.eval import metrics, reconstruction
 from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.models.vae.tiling import Tiling
 from seaweed_jax.trainer.vae_task import compute_latent_stats
@@ -33,7 +33,7 @@ def reconstruct_files(workdir: str, input_path: str, output_dir: str, *, step: i
         tiling, prefix="--")
     limit = codec.chunk_above_frames if chunk_above_frames is None else chunk_above_frames
     stems = video_io.output_stems(inputs, root)
-    files, skipped, psnrs, ssims = [], [], [], []
+    files, skipped, psnrs, videos, ssims = [], [], [], [], []
     for path in inputs:
         try:
             video = video_io.read_video(path)
@@ -49,12 +49,14 @@ def reconstruct_files(workdir: str, input_path: str, output_dir: str, *, step: i
         stem = paths.run_path(output_dir) / stems[path]
         npy = video_io.write_npy(f"{stem}.npy", out)
         mp4 = video_io.write_mp4(f"{stem}.mp4", out, fps=fps)
+        psnr_video = float(metrics.psnr_per_video(video[None], out[None])[0])
         psnrs.append(float(p[0]))
+        videos.append(psnr_video)
         ssims.append(float(s[0]))
         files.append({"input": path, "npy": npy, "mp4": mp4, "shape": list(video.shape),
-                      "psnr": float(p[0]), "ssim": None if np.isnan(s[0]) else float(s[0]),
+                      "psnr": float(p[0]), "psnr_video": psnr_video, "ssim": None if np.isnan(s[0]) else float(s[0]),
                       "chunked": bool(chunked)})
-    summary = reconstruction.summarize(psnrs, ssims)
+    summary = reconstruction.summarize(psnrs, ssims, videos)
     summary.update(skipped=len(skipped), skipped_files=skipped, files=files,
                    workdir=paths.display(workdir), step=codec.step,
                    params="ema" if codec.params_key == "ema_params" else "params",

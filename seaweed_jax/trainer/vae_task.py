@@ -6,13 +6,26 @@ Generator loss (the VAE), all in fp32:
         + l2_weight * (x - x̂)^2          optional, mean over pixels (0 by default)
         + lpips_weight * LPIPS(x, x̂)     'vgg' v0.1 (eval/lpips.py), mean over clips and frames;
                                           weights from loss.lpips_weights_path; 0 by default
-        + kl_weight * KL                  KL(q(z|x) || N(0, I)) summed over latent elements and
-                                          divided by the pixel count per clip (so its ratio to
-                                          the per-pixel L1 is LDM's sum/sum convention)
-        + wl_weight * WL                  wavelet arch only: L1 between the decoder's predicted
-                                          and the true Haar subbands (WF-VAE), per level, summed
+        + kl_weight * KL                  KL(q(z|x) || N(0, I)) summed over a clip's latent,
+                                          mean over clips, / P (see below)
+        + wl_weight * WL                  wavelet arch only: |predicted - true Haar subbands|
+                                          (the decoder's vs the encoder's, levels l1 and l2)
+                                          summed over a clip's subbands and levels, mean over
+                                          clips, / P
         + lambda * L_adv                  after disc_start_step: hinge generator loss
                                           -E[D(x̂)] summed over the enabled discriminators
+
+P = loss.reg_norm (issue 19):
+  'frame' P = H*W*C, the pixels of ONE frame (the default). WF-VAE's loss (causalvideovae/model/
+          losses/perceptual_loss.py, LPIPSWithDiscriminator3D) reduces the reconstruction as
+          sum / (B*T) over the (b t)-flattened frames, the KL as sum / B and each wavelet level
+          as sum / B; dividing all of them by H*W*C turns its reconstruction term into our
+          per-pixel mean and keeps its KL : rec and WL : rec ratios, so kl_weight = 1e-6 and
+          wl_weight = 0.1 mean what they mean there (for T = 1 this is also LDM's image loss).
+  'clip'  the convention before issue 19: KL / (T*H*W*C), the pixels of the clip (T x weaker
+          than 'frame'), WL = the sum over levels of the MEAN |predicted - true| of the level.
+          Kept by the CPU recipe (configs/vae/common.py cpu_config), whose kl_weight was tuned
+          under it.
 
 with the VQGAN adaptive weight lambda = adv_weight * clip(|grad_W L_rec| / (|grad_W L_adv| +
 1e-4), 0, adaptive_weight_max), W = the decoder's last conv kernel (`loss.last_layer`),
@@ -33,7 +46,8 @@ spectral-norm vectors and optimizer state in `state.extra` = {"disc_params",
 adv_weight == 0 or both disc weights 0).
 
 `config.loss` fields (defaults in LOSS_DEFAULTS): see that dict. Evaluation: PSNR / SSIM on
-data.val_examples validation clips (EMA params when present). After the last step,
+data.val_examples validation clips (EMA params when present): `psnr` is the papers' per-frame
+PSNR averaged (eval/reconstruction.py), `psnr_video` the per-video one. After the last step,
 `on_train_end` writes W/latent_stats.json (per-channel latent mean / std over the train split).
 
 `config.tail_init_from` (optional, "" = off): a 2D image VAE whose params start a fresh run
@@ -73,6 +87,8 @@ LOSS_DEFAULTS = dict(
     lpips_weights_path="",       # LPIPS .npz (scripts/convert_lpips.py writes it from the torch files)
     kl_weight=1e-6,
     wl_weight=0.1,               # wavelet arch only
+    reg_norm="frame",            # KL / WL divisor: 'frame' (WF-VAE's ratios) | 'clip' (before
+                                 # issue 19); see the module docstring
     sample_posterior=True,       # decode z ~ q(z|x) in training (False: the mean)
     adv_weight=0.5,              # multiplier of the adaptive weight; 0 disables the GAN
     adaptive_weight=True,        # False: lambda = adv_weight
@@ -92,6 +108,9 @@ LOSS_DEFAULTS = dict(
 )
 
 
+REG_NORMS = ("frame", "clip")
+
+
 def default_loss_config(**overrides) -> mc.ConfigDict:
     """Every `config.loss` field with its default (so `--config.loss.X=...` works for all of
     them), updated with `overrides`; for config files."""
@@ -109,6 +128,9 @@ def loss_config(config) -> mc.FrozenConfigDict:
         raise ValueError(f"config.loss has unknown fields {unknown}; known: {sorted(LOSS_DEFAULTS)}")
     merged = dict(LOSS_DEFAULTS)
     merged.update(given)
+    if merged["reg_norm"] not in REG_NORMS:
+        raise ValueError(f"config.loss.reg_norm={merged['reg_norm']!r} must be one of {REG_NORMS}: "
+                         f"'frame' (WF-VAE's KL / WL ratios) or 'clip' (the pre-issue-19 one)")
     return mc.FrozenConfigDict(merged)
 
 
@@ -163,13 +185,19 @@ def kl_divergence(mean, logvar):
     return jnp.sum(kl.reshape(kl.shape[0], -1), axis=1)
 
 
-def wavelet_loss(pred: Mapping[str, Any], true: Mapping[str, Any]):
-    """Sum over levels of the mean |predicted - true| subbands (keys present in both)."""
+def wavelet_loss(pred: Mapping[str, Any], true: Mapping[str, Any], *,
+                 frame_pixels: int | None = None):
+    """|predicted - true| subbands over the levels present in both (each (B, ...)).
+
+    frame_pixels=P (loss.reg_norm='frame', WF-VAE): summed over a clip's subbands and levels,
+    mean over clips, / P. None ('clip', before issue 19): the sum over levels of the mean."""
     keys = sorted(set(pred) & set(true))
     if not keys:
         return jnp.zeros((), jnp.float32)
-    return sum(jnp.mean(jnp.abs(pred[k].astype(jnp.float32) - true[k].astype(jnp.float32)))
-               for k in keys)
+    errs = [jnp.abs(pred[k].astype(jnp.float32) - true[k].astype(jnp.float32)) for k in keys]
+    if frame_pixels is None:
+        return sum(jnp.mean(e) for e in errs)
+    return sum(jnp.sum(e) for e in errs) / (errs[0].shape[0] * frame_pixels)
 
 
 class VAETask(Task):
@@ -281,10 +309,15 @@ class VAETask(Task):
                 + self.lc.lpips_weight * t.get("lpips", 0.0))
 
     def _reg_terms(self, outs, x):
-        pixels = x[0].size
-        terms = {"kl": jnp.mean(kl_divergence(outs["mean"], outs["logvar"])) / pixels}
+        """{'kl': .., ['wl': ..]} normalized by loss.reg_norm (module docstring): relative to the
+        per-pixel reconstruction terms they have WF-VAE's ratios with 'frame'."""
+        frame = self.lc.reg_norm == "frame"
+        kl_clip = jnp.mean(kl_divergence(outs["mean"], outs["logvar"]))   # sum per clip, mean
+        frame_pixels = int(np.prod(x.shape[2:]))                         # H*W*C of (B,T,H,W,C)
+        terms = {"kl": kl_clip / (frame_pixels if frame else x[0].size)}
         if self.wavelet:
-            terms["wl"] = wavelet_loss(outs["subbands_pred"], outs["subbands_true"])
+            terms["wl"] = wavelet_loss(outs["subbands_pred"], outs["subbands_true"],
+                                       frame_pixels=frame_pixels if frame else None)
         return terms
 
     def _reg_loss(self, outs, x):
@@ -435,7 +468,9 @@ class VAETask(Task):
         del workdir, step
         out = reconstruction.evaluate_split(self.codec(state).reconstruct, self.config.data,
                                             data_dir=data_dir)
-        return {"psnr": out["psnr"], "ssim": out["ssim"] if out["ssim"] is not None else float("nan")}
+        # psnr: per frame, averaged (the papers'); psnr_video: per video (MSE over the clip)
+        return {"psnr": out["psnr"], "psnr_video": out["psnr_video"],
+                "ssim": out["ssim"] if out["ssim"] is not None else float("nan")}
 
     def on_train_end(self, state, *, workdir, data_dir):
         """Write W/latent_stats.json from the final (EMA) params."""
