@@ -194,6 +194,26 @@ def test_metrics_logger_without_flops_has_no_mfu(tmp_path):
     assert "mfu" not in record and "tflops_per_sec_per_device" not in record
 
 
+def test_metrics_logger_counts_each_steps_batch_and_flops(tmp_path, monkeypatch):
+    """data.stages changes the batch size and shape mid-run: throughput uses each step's own
+    examples and FLOPs (the window's mean), not the first batch's."""
+    monkeypatch.setattr(accounting, "measure_host_matmul_peak", lambda: 80e9)
+    logger = MetricsLogger(str(tmp_path), num_steps=10, global_batch_size=8, flops_per_step=1e9,
+                           enabled=False)
+    logger.start(0)
+    logger.add({"loss": jnp.float32(1.0)}, examples=12, flops=(2e9, 3e9))
+    logger.add({"loss": jnp.float32(1.0)}, examples=6, flops=(4e9, 4e9))
+    record = logger.log_train(2)
+    sps = record["steps_per_sec"]
+    assert record["examples_per_sec"] == pytest.approx(sps * 9)          # (12 + 6) / 2
+    assert record["gflops_per_sec"] == pytest.approx(sps * 3e9 / 1e9)    # (2e9 + 4e9) / 2
+    assert record["mfu"] == pytest.approx(sps * 3e9 / 80e9)
+    assert record["hfu"] == pytest.approx(sps * 3.5e9 / 80e9)            # (3e9 + 4e9) / 2
+    logger.add({"loss": jnp.float32(1.0)})          # no per-step numbers: the defaults
+    record = logger.log_train(3)
+    assert record["examples_per_sec"] == pytest.approx(record["steps_per_sec"] * 8)
+
+
 # ----------------------------------------------------------------------------- DiT task
 
 def _unpacked(cfg, latent_shape, text_len, batch=1):

@@ -297,6 +297,11 @@ def test_config_errors_name_the_field():
     config.data.global_batch_size = 6
     with pytest.raises(ValueError, match=r"global_batch_size=6 .*multiple of 8"):
         loop.validate_config(config, mesh)
+    config = _toy_task.get_config()   # each data.stages batch size is checked against the mesh
+    config.data.stages = [{"steps": 5, "global_batch_size": 16},
+                          {"global_batch_size": 12}]
+    with pytest.raises(ValueError, match=r"config\.data\.stages\[1\]\.global_batch_size=12 .*multiple of 8"):
+        loop.validate_config(config, mesh)
     with pytest.raises(ValueError, match=r"config\.task='nope'"):
         get_task("nope")
     assert get_task("_toy_task:ToyTask") is _toy_task.ToyTask

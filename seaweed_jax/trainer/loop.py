@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from seaweed_jax import checkpoint as ckpt_lib
 from seaweed_jax import config_lib, paths
 from seaweed_jax.config_lib import freeze
+from seaweed_jax.data import pipeline
 from seaweed_jax.parallel import make_mesh, rules_from_config, validate_rules
 from seaweed_jax.parallel.mesh import data_parallel_size, replicated
 from seaweed_jax.parallel.sharding import data_shard, host_to_global, logical_to_shardings, unbox
@@ -66,16 +67,17 @@ def validate_config(config, mesh=None) -> None:
         raise ValueError(f"config.eval_every={config.eval_every} must be >= 0 (0 disables eval)")
     if not 0.0 <= float(config.get("ema_decay", 0.0) or 0.0) < 1.0:
         raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 disables EMA)")
-    gbs = config.data.global_batch_size
-    if gbs % jax.process_count():
-        raise ValueError(f"config.data.global_batch_size={gbs} is not divisible by the "
-                         f"{jax.process_count()} processes; use a multiple of it")
-    if mesh is not None and gbs % data_parallel_size(mesh):
-        dp = data_parallel_size(mesh)
-        raise ValueError(
-            f"config.data.global_batch_size={gbs} is not divisible by the data-parallel size "
-            f"{dp} (mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}); use a "
-            f"multiple of {dp} or change config.mesh.shape")
+    # every global batch size the run sees: data.global_batch_size, or each data.stages entry's
+    for field, gbs in pipeline.global_batch_sizes(config.data).items():
+        if gbs % jax.process_count():
+            raise ValueError(f"config.{field}={gbs} is not divisible by the "
+                             f"{jax.process_count()} processes; use a multiple of it")
+        if mesh is not None and gbs % data_parallel_size(mesh):
+            dp = data_parallel_size(mesh)
+            raise ValueError(
+                f"config.{field}={gbs} is not divisible by the data-parallel size "
+                f"{dp} (mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}); use a "
+                f"multiple of {dp} or change config.mesh.shape")
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -221,6 +223,28 @@ def _flops(task: Task, step_jit, state, batch) -> tuple[float | None, str]:
     except Exception as e:  # cost analysis is best-effort
         log.warning("no FLOP estimate: %s", e)
         return None, "none"
+
+
+def _batch_shape(batch) -> tuple:
+    """The global shapes of a batch's arrays, leading (batch) dim first: a cache key."""
+    return tuple(tuple(x.shape) for x in jax.tree.leaves(batch))
+
+
+def _shape_flops(task: Task, step_jit, state, batch, logger: MetricsLogger) -> tuple:
+    """(model, hardware) FLOPs of a step on this batch shape (None, None if unknown); the first
+    known one also resolves the peak and prints the accounting line."""
+    flops, source = _flops(task, step_jit, state, batch)
+    if not flops:
+        return None, None
+    hardware = task.hardware_flops_per_step(batch) if source == "task" else None  # + remat (HFU)
+    first = logger.flops_per_step is None
+    logger.flops_per_step, logger.hardware_flops_per_step = flops, hardware
+    if first:
+        logger.resolve_peak()
+        _print(f"flops/step={flops:.4g} ({source}); {logger.flop_accounting().peak_line()}")
+    else:
+        _print(f"flops/step={flops:.4g} ({source}) for batch shape {_batch_shape(batch)[0]}")
+    return flops, hardware
 
 
 class _StopFlag:
@@ -430,7 +454,7 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     _print(f"task={config.task} params={n_params:,} mesh={dict(mesh.shape)} "
            f"step={step}/{num_steps} workdir={workdir}")
-    flops_checked = False
+    step_flops: dict = {}   # batch shape -> (model, hardware) FLOPs per step
 
     def save(at: int):
         nonlocal last_saved
@@ -448,19 +472,13 @@ def _train(config, workdir: str, *, hooks: Sequence[Hook] = ()) -> TrainState:
         while step < num_steps:
             batch = to_device(next(iterator), mesh)
             step_jit = step_jit_for(step)
-            if not flops_checked:
-                flops_checked = True
-                logger.flops_per_step, source = _flops(task, step_jit, state, batch)
-                if logger.flops_per_step:
-                    if source == "task":  # + the forward work remat re-runs (HFU)
-                        logger.hardware_flops_per_step = task.hardware_flops_per_step(batch)
-                    logger.resolve_peak()
-                    _print(f"flops/step={logger.flops_per_step:.4g} ({source}); "
-                           f"{logger.flop_accounting().peak_line()}")
+            shape = _batch_shape(batch)
+            if shape not in step_flops:  # a new batch shape (e.g. the next data.stages entry)
+                step_flops[shape] = _shape_flops(task, step_jit, state, batch, logger)
                 _print(_memory_line(step_jit, state, batch))
             state, metrics = step_jit(state, batch)
             step += 1
-            logger.add(metrics)
+            logger.add(metrics, examples=shape[0][0], flops=step_flops[shape])
             if not logger.started:  # time from the end of the first (compiling) step
                 jax.block_until_ready(metrics)
                 logger.start(step)

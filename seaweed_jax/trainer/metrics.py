@@ -9,6 +9,7 @@ i.e. with remat recomputation; it equals MFU when that is not given).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -66,6 +67,7 @@ class MetricsLogger:
         self.peak_source = peak_source or ("given" if peak_flops_per_device else "")
         self.num_devices = jax.device_count() if num_devices is None else num_devices
         self._pending: list[dict] = []
+        self._window: list[tuple] = []   # (examples, model FLOPs, hardware FLOPs) per pending step
         self._nonfinite_seen = nonfinite_steps
         self.nonfinite_in_a_row = 0   # rejected updates in a row, up to the last log
         self._t0 = None
@@ -110,9 +112,14 @@ class MetricsLogger:
             num_devices=self.num_devices, peak_flops=self.peak_flops_per_device,
             peak_source=self.peak_source)
 
-    def add(self, metrics: dict) -> None:
-        """Keep a step's (device) metrics; fetched only at log time to avoid syncs."""
+    def add(self, metrics: dict, *, examples: int | None = None, flops: tuple | None = None) -> None:
+        """Keep a step's (device) metrics; fetched only at log time to avoid syncs. `examples`
+        (the step's global batch size) and `flops` ((model, hardware) FLOPs of the step) make
+        the window's throughput exact when batch shapes change (data.stages); without them
+        every step counts global_batch_size and flops_per_step."""
         self._pending.append(metrics)
+        model, hardware = flops or (self.flops_per_step, self.hardware_flops_per_step)
+        self._window.append((examples or self.global_batch_size, model, hardware or model))
 
     def log_train(self, step: int, extra: dict | None = None) -> dict:
         """Average pending metrics, add throughput, write everything. Returns the record."""
@@ -137,11 +144,16 @@ class MetricsLogger:
             dt = now - self._t0
             sps = (step - self._step0) / dt
             record["steps_per_sec"] = sps
-            record["examples_per_sec"] = sps * self.global_batch_size
+            window = self._window or [(self.global_batch_size, self.flops_per_step,
+                                       self.hardware_flops_per_step or self.flops_per_step)]
+            examples, model, hardware = (np.mean([w[i] or 0 for w in window]) for i in range(3))
+            record["examples_per_sec"] = sps * examples
             record["eta_sec"] = (self.num_steps - step) / sps if sps > 0 else float("inf")
-            if self.flops_per_step:
-                record["gflops_per_sec"] = sps * self.flops_per_step / 1e9
-                record.update(self.flop_accounting().rates(sps))
+            if model:   # the window's mean FLOPs per step (batch shapes may differ by step)
+                record["gflops_per_sec"] = sps * model / 1e9
+                record.update(dataclasses.replace(self.flop_accounting(), model_flops=float(model),
+                                                  hardware_flops=float(hardware or model)).rates(sps))
+        self._window = []
         self._t0, self._step0 = now, step
         record.update(extra or {})
         self._write(step, record, prefix="train")
