@@ -4,6 +4,9 @@
     --num_examples=N    validation clips (default: the run's data.val_examples)
     --data_dir=D        datasets root (default: the run's, else $SEAWEED_DATA_DIR / ~/seaweed_data)
     --use_ema=true      EMA params when the run has them
+    --source=NAME       VAE only: score this dataset's validation clips whole (e.g.
+                        moving_shapes/64x64_f17, a size the run never trained on) instead of
+                        the run's data.sources[0]
     --latent_stats      VAE only: (re)compute W/latent_stats.json over the training split
                         (--num_examples clips, default loss.latent_stats_examples)
 
@@ -32,6 +35,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Datasets root directory.")
 _USE_EMA = flags.DEFINE_bool("use_ema", True, "Use the EMA params when present.")
 _PROMPT_SEED = flags.DEFINE_integer("prompt_seed", None, "Distilled runs: label seed of the "
                                     "held-out canonical prompts (default 31337).")
+_SOURCE = flags.DEFINE_string("source", None, "VAE: score this dataset's validation clips (whole) "
+                              "instead of the run's data.sources[0], e.g. moving_shapes/64x64_f17.")
 _LATENT_STATS = flags.DEFINE_bool("latent_stats", False,
                                   "VAE: compute W/latent_stats.json instead of scoring.")
 
@@ -45,7 +50,8 @@ def main(argv) -> None:
     cli.require_run(_WORKDIR.value, verb="evaluate")
     out = evaluate(_WORKDIR.value, step=_STEP.value, num_examples=_NUM_EXAMPLES.value,
                    data_dir=_DATA_DIR.value, use_ema=_USE_EMA.value,
-                   latent_stats=_LATENT_STATS.value, prompt_seed=_PROMPT_SEED.value)
+                   latent_stats=_LATENT_STATS.value, prompt_seed=_PROMPT_SEED.value,
+                   source=_SOURCE.value)
     print(json.dumps(out), flush=True)
 
 

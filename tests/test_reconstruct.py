@@ -169,6 +169,22 @@ def test_evaluate_scores_validation_split_and_latent_stats(vae_workdir, shared_d
     np.testing.assert_allclose(loaded.std, saved["std"], rtol=1e-6)
 
 
+def test_evaluate_source_scores_another_dataset_whole(vae_workdir, shared_data_dir):
+    """--source: a VAE scored on whole clips of a dataset it never trained on (another size)."""
+    workdir, config = vae_workdir
+    other = "moving_shapes/32x32_f17"
+    out = evaluate.evaluate(workdir, num_examples=4, data_dir=shared_data_dir, source=other)
+    assert out["source"] == other and out["num_videos"] == 4
+    data = config_lib.thaw(config).data
+    data.sources, data.eval_crop = [{"name": other, "weight": 1.0}], {}
+    videos = np.concatenate([b["video"] for b in pipeline.make_eval_iterator(
+        data, data_dir=shared_data_dir, num_examples=4)])
+    assert videos.shape[1:4] == (17, 32, 32)          # whole clips of the other size
+    recons = video_io.to_uint8(codec_lib.load(workdir, raw=True).reconstruct(videos))
+    np.testing.assert_allclose(out["psnr"], metrics.mean_frame_psnr(
+        video_io.to_uint8(videos), recons, max_db=100.0), rtol=1e-6)
+
+
 def test_loaded_codec_runs_inside_a_multi_device_training_mesh(vae_workdir):
     """A DiT run encodes with a loaded (one-device) codec inside its training mesh: on the fly,
     or building its latent cache on first use. That used to fail under a context mesh of more

@@ -22,7 +22,9 @@ from seaweed_jax.trainer.task import get_task
 
 
 def evaluate_vae(workdir: str, *, step=None, num_examples=None, data_dir=None, use_ema=True,
-                 latent_stats=False) -> dict:
+                 latent_stats=False, source: str | None = None) -> dict:
+    """`source` (a dataset name, e.g. moving_shapes/64x64_f17): score its validation clips whole
+    instead of the run's data.sources[0] (e.g. a size the VAE never trained on)."""
     if latent_stats:
         stats = vae_task.compute_latent_stats(workdir, data_dir=data_dir, num_examples=num_examples,
                                               step=step, use_ema=use_ema)
@@ -30,13 +32,19 @@ def evaluate_vae(workdir: str, *, step=None, num_examples=None, data_dir=None, u
                 **stats}
     codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)
     config = codec.run_config
-    out = reconstruction.evaluate_split(codec.reconstruct, config.data,
+    data = config.data
+    if source:
+        data = config_lib.thaw(config).data
+        data.sources = [{"name": source, "weight": 1.0}]
+        data.eval_crop = {}     # whole clips of that dataset
+        data.stages = []
+    out = reconstruction.evaluate_split(codec.reconstruct, data,
                                         data_dir=config_lib.data_dir_for(config, data_dir),
                                         num_examples=num_examples)
     return {"task": "vae", "step": codec.step,
             "params": "ema" if codec.params_key == "ema_params" else "params",
             "split": config.data.get("val_split", "validation"),
-            "source": dict(config.data.sources[0])["name"], **out}
+            "source": dict(data.sources[0])["name"], **out}
 
 
 def evaluate_generic(workdir: str, *, step=None, num_examples=None, data_dir=None, use_ema=True,
@@ -88,8 +96,12 @@ def evaluate_distilled(workdir: str, *, step=None, num_examples=None, data_dir=N
 EVALUATORS: dict[str, Callable[..., dict]] = {"vae": evaluate_vae, "distill": evaluate_distilled}
 
 
-def evaluate(workdir: str, prompt_seed: int | None = None, **kwargs) -> dict:
+def evaluate(workdir: str, prompt_seed: int | None = None, source: str | None = None, **kwargs) -> dict:
     task = checkpoint.load_config(workdir, kwargs.get("step")).task
+    if source:
+        if task != "vae":
+            raise ValueError(f"--source={source} is for VAE runs; {workdir} is a {task!r} run")
+        kwargs["source"] = source
     if task == "distill" and prompt_seed is not None:
         kwargs["prompt_seed"] = prompt_seed
     return EVALUATORS.get(task, evaluate_generic)(workdir, **kwargs)
