@@ -73,6 +73,7 @@ class ResBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
     conv_impl: str = "fold_time"
     zero_init: bool = False     # last conv starts at 0: the block starts as its shortcut
+    scan_step: bool = False     # return (y, None): the body of an nn.scan over equal blocks
 
     @nn.compact
     def __call__(self, x):
@@ -85,7 +86,8 @@ class ResBlock(nn.Module):
                       kernel_init=init2)(h)
         if x.shape[-1] != self.features:
             x = PointwiseConv(self.features, dtype=self.dtype, name="shortcut")(x)
-        return x.astype(self.dtype) + h
+        out = x.astype(self.dtype) + h
+        return (out, None) if self.scan_step else out
 
 
 class FrameAttention(nn.Module):
