@@ -105,7 +105,7 @@ def test_old_configs_stay_unrolled():
     assert {"level0_res0", "level0_res1", "level2_res1"} <= set(enc)
 
 
-@pytest.mark.parametrize("name", ["conv", "wavelet"])
+@pytest.mark.parametrize("name", ["conv", pytest.param("wavelet", marks=pytest.mark.slow)])
 def test_scanned_equals_unrolled_full_and_chunked(params, name):
     cfg, p = VARIANTS[name], params(name)
     scfg = _scanned(cfg, remat="minimal")   # the paper configs' preset: inference runs under it too
@@ -161,8 +161,9 @@ GRAD_CONV = mc.FrozenConfigDict(ae.default_model_config(
 
 
 @pytest.mark.parametrize("name,presets", [
-    ("conv", ("none", "full", "minimal", "offload_block_in")),
-    ("wavelet", ("full",)),
+    ("conv", ("none", "full")),
+    pytest.param("conv", ("minimal", "offload_block_in"), marks=pytest.mark.slow),
+    pytest.param("wavelet", ("full",), marks=pytest.mark.slow),   # ~80 s of compiles
 ])
 def test_remat_presets_give_the_unrolled_gradients(params, name, presets):
     """The training loss's gradients, scanned under each preset vs unrolled without remat."""
