@@ -201,3 +201,63 @@ def test_remat_wraps_the_scanned_body():
 
     assert True in scan_bodies_with_checkpoint(jaxpr("full"))
     assert scan_bodies_with_checkpoint(jaxpr("none")) and True not in scan_bodies_with_checkpoint(jaxpr("none"))
+
+
+def test_init_from_across_scan_layouts(tmp_path):
+    """config.init_from between an unrolled and a scanned VAE run (both ways): the params
+    arrive converted, every leaf equal to the source's."""
+    import _vae_tiny
+    from seaweed_jax import checkpoint as ckpt_lib
+    from seaweed_jax import config_lib
+    from seaweed_jax.parallel.sharding import unbox
+    from seaweed_jax.trainer import loop
+
+    batch = {"video": jax.ShapeDtypeStruct((8, 5, 16, 16, 3), jnp.float32)}
+
+    def config(scan, init_from=""):
+        c = _vae_tiny.get_config()
+        c.loss.adv_weight = 0.0
+        c.model.num_res_blocks, c.model.scan_blocks = 3, scan   # level runs of 3 and 4 blocks scan
+        c.init_from = init_from
+        return config_lib.freeze(c)
+
+    def write_run(workdir, scan):
+        setup = loop.Setup(config(scan), batch=batch)
+        state = setup.init_state()
+        manager = ckpt_lib.make_manager(workdir, async_save=False)
+        ckpt_lib.save(manager, 0, state, None, setup.config)
+        manager.wait_until_finished()
+        manager.close()
+        return unbox(state.params)
+
+    for scan in (True, False):
+        source = str(tmp_path / f"source_scan_{not scan}")
+        theirs = write_run(source, not scan)
+        setup = loop.Setup(config(scan, source), batch=batch)
+        got = setup.apply_init_from(setup.init_state(), source).params
+        want = ae.scan_params(theirs, config(scan).model) if scan else ae.unscan_params(theirs, config(True).model)
+        assert ("level0_res0_2" in got["encoder"]) == scan   # blocks 0-2 of level 0 as one scan
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got), jax.tree.map(np.asarray, want))
+
+
+def test_tail_init_into_a_scanned_model():
+    """config.tail_init_from with scan_blocks on: the image weights map onto the unrolled names,
+    then stack (the diffusers fixture's decoder levels have 2 same-width blocks each)."""
+    import os
+    from seaweed_jax.models.vae import diffusers_io
+    from seaweed_jax.trainer import vae_task
+
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "autoencoderkl_tiny")
+    icfg, _ = diffusers_io.load_autoencoderkl(fixture)
+    vcfg = mc.ConfigDict(dict(icfg))
+    vcfg.update(down=("spatial", "joint"), compression=(2, 4, 4), enc_conv=("2d", "2d", "3d"),
+                dec_conv=("3d",) * 3, mid_conv="3d")
+    unrolled, _ = vae_task.tail_init_params(vcfg, fixture)
+    vcfg.scan_blocks = True
+    scanned, what = vae_task.tail_init_params(vcfg, fixture)
+    assert "diffusers AutoencoderKL" in what
+    want = ae.scan_params(unrolled, vcfg)
+    assert jax.tree.structure(scanned) == jax.tree.structure(want)
+    assert any(k.count("_") == 2 for k in scanned["decoder"])   # e.g. level2_res0_1: stacked
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, scanned), jax.tree.map(np.asarray, want))

@@ -69,7 +69,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from seaweed_jax import config_lib, paths
+from seaweed_jax import checkpoint, config_lib, paths
 from seaweed_jax.data import pipeline
 from seaweed_jax.eval import lpips as lpips_lib
 from seaweed_jax.eval import reconstruction
@@ -168,11 +168,17 @@ def tail_init_params(video_config, source: str) -> tuple[Any, str]:
             raise ValueError(f"{field}: {e}") from None
         image_cfg, image_params = image.config, image.params
         what = f"image VAE run {source} step {image.step} ({image.params_key})"
+    section = autoencoder.model_section(video_config)
+    scanned = bool(section.scan_blocks)
+    unrolled_cfg = mc.FrozenConfigDict({**section.to_dict(), "scan_blocks": False})
     try:
         # Host-side maths: outside the loop's mesh, where unboxing tail_init's abstract target
-        # (ShapeDtypeStructs) would apply sharding constraints to them (a TypeError).
+        # (ShapeDtypeStructs) would apply sharding constraints to them (a TypeError). The
+        # image names map onto the unrolled layout; a scan_blocks model stacks them after.
         with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
-            params = nn.unbox(tail_init.tail_init(image_params, video_config, image_cfg))
+            params = nn.unbox(tail_init.tail_init(image_params, unrolled_cfg, image_cfg))
+        if scanned:
+            params = autoencoder.scan_params(params, video_config)
     except ValueError as e:
         raise ValueError(f"{field}: {e}; the image run's model must be "
                          f"tail_init.image_config_for(this model)") from None
@@ -270,6 +276,22 @@ class VAETask(Task):
             extra = {"disc_params": dvars["params"], "disc_stats": dvars[SPECTRAL],
                      "disc_opt_state": self.disc_tx.init(dvars["params"])}
         return TrainState.create(params=params, tx=self.tx, ema_decay=self.ema_decay, extra=extra)
+
+    def restore_init_from(self, workdir: str, params, key: str = "params"):
+        """As Task's, also across the unrolled / scanned ResBlock layouts (`model.scan_blocks`
+        differing between the source run and this one): restored in the source's layout, then
+        converted (autoencoder.scan_params / unscan_params)."""
+        source = checkpoint.load_config(workdir).get("model", None)
+        scanned = bool(autoencoder.model_section(self.config.model).get("scan_blocks", False))
+        if source is None or bool(source.get("scan_blocks", False)) == scanned:
+            return super().restore_init_from(workdir, params, key=key)
+        cfg = self.config.model
+        to_source, back = ((autoencoder.unscan_params, autoencoder.scan_params) if scanned
+                           else (autoencoder.scan_params, autoencoder.unscan_params))
+        restored, step, missing = super().restore_init_from(workdir, to_source(params, cfg), key=key)
+        ours = back(restored, cfg)   # back onto this run's shardings
+        ours = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), ours, params)
+        return ours, step, missing
 
     def on_fresh_start(self, state: TrainState) -> TrainState:
         """With config.tail_init_from: the tail-inflated image-VAE params, placed on the
