@@ -8,8 +8,9 @@
                           $JAX_NUM_PROCESSES, $JAX_PROCESS_ID; TPU VM slices, GKE, SLURM
                           and Open MPI are detected: --multihost=auto|on|off)
     --workdir=gs://B/run  runs live on local disk or GCS (`pip install -e '.[gcs]'`)
-    --compile_only --latent_shape=T,H,W [--topology=v5p-128]
-                          lower and compile the training step (DiT tasks) without parameters or data and
+    --compile_only --latent_shape=T,H,W [--topology=v5p-128]     (DiT tasks: one example's latent)
+    --compile_only --video_shape=T,H,W [--topology=v5p-128]      (the VAE: one training clip)
+                          lower and compile the training step without parameters or data and
                           print per-device memory, analytic FLOPs and the mesh (no workdir);
                           on fake CPU devices (--config.cpu_devices=64) or, with libtpu
                           (`make tpu-env`), on a TPU topology (gen:AxBxC or a slice name)
@@ -57,15 +58,23 @@ _TOPOLOGY = flags.DEFINE_string(
 _LATENT_SHAPE = flags.DEFINE_list(
     "latent_shape", None, "--compile_only: the latent (T, H, W) of one example, e.g. 31,32,32 for 121 "
     "frames of 256x256 through a (4, 8, 8) VAE.")
+_VIDEO_SHAPE = flags.DEFINE_list(
+    "video_shape", None, "--compile_only, VAE configs: the training clip (T, H, W) of one example, "
+    "e.g. 17,256,256.")
 
 
 def compile_only() -> None:
     config = _CONFIG.value
-    if not _LATENT_SHAPE.value or len(_LATENT_SHAPE.value) != 3:
-        raise cli.UserError("--compile_only needs --latent_shape=T,H,W (the latent of one example, e.g. "
-                            "31,32,32 for 121 x 256 x 256 video through a (4, 8, 8) VAE)")
+    if config.get("task") == "vae":
+        flag, given, example = "video_shape", _VIDEO_SHAPE.value, "17,256,256 (17 frames of 256x256)"
+    else:
+        flag, given, example = ("latent_shape", _LATENT_SHAPE.value, "31,32,32 for 121 x 256 x 256 "
+                                "video through a (4, 8, 8) VAE")
+    if not given or len(given) != 3:
+        raise cli.UserError(f"--compile_only of a {config.get('task')!r} config needs --{flag}=T,H,W "
+                            f"(one example), e.g. --{flag}={example}")
     try:
-        latent = tuple(int(v) for v in _LATENT_SHAPE.value)
+        latent = tuple(int(v) for v in given)
         if _TOPOLOGY.value:
             devices = aot.tpu_devices(_TOPOLOGY.value)
         else:

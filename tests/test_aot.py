@@ -80,13 +80,27 @@ def test_compile_only_reports_memory_and_analytic_flops():
 
 def test_compile_only_says_what_is_missing():
     code, _, err = _run(["-m", "seaweed_jax.train", f"--config={CONFIG}", "--compile_only"])
-    assert code != 0 and "--compile_only needs --latent_shape=T,H,W" in err
+    assert code != 0 and "needs --latent_shape=T,H,W" in err
     code, _, err = _run(["-m", "seaweed_jax.train", f"--config={CONFIG}", "--compile_only",
                          "--latent_shape=3,4,4", "--topology=v5p-24"])
     assert code != 0 and "standard v5p slice" in err
     code, _, err = _run(["-m", "seaweed_jax.train", "--config=configs/vae/tiny.py", "--compile_only",
                          "--latent_shape=3,4,4"])
-    assert code != 0 and "Task.example_batch" in err and "Traceback" not in err
+    assert code != 0 and "needs --video_shape=T,H,W" in err and "Traceback" not in err
+    code, _, err = _run(["-m", "seaweed_jax.train", "--config=configs/vae/tiny.py", "--compile_only",
+                         "--video_shape=9,30,32"])
+    assert code != 0 and "30" in err and "Traceback" not in err   # not a multiple of the VAE's 4
+
+
+def test_compile_only_compiles_the_vae():
+    """The VAE's training step compiles from a clip shape alone (no data, no params held)."""
+    code, out, err = _run(["-m", "seaweed_jax.train", "--config=configs/vae/tiny.py", "--compile_only",
+                           "--video_shape=9,32,32", "--config.cpu_devices=2"])
+    assert code == 0, err[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])["compile_only"]
+    assert report["mesh"]["data"] * report["mesh"]["fsdp"] == 2 and report["latent_shape"] == [9, 32, 32]
+    assert report["global_batch"] == 8 and report["temp_bytes"] > 0 and report["alias_bytes"] > 0
+    assert 16 * report["params"] / 2 <= report["argument_bytes"]    # params, Adam moments, EMA
 
 
 def test_planner_meshes_and_ranking():

@@ -91,11 +91,11 @@ def tpu_devices(topology: str) -> list:
 
 
 def abstract_batch(task, latent_shape: Sequence[int], mesh) -> dict:
-    """The task's batch at the config's global batch size and this latent (T, H, W), as
-    ShapeDtypeStructs sharded like the loop's (leading dim over the data axes)."""
+    """The task's batch at the config's global batch size and this example shape (T, H, W): the
+    latent for the DiT tasks, the clip for the VAE; as ShapeDtypeStructs sharded like the loop's (leading dim over the data axes)."""
     if not hasattr(task, "example_batch"):
         raise ValueError(f"--compile_only needs the task to describe its batch (Task.example_batch); the "
-                         f"{task.config.task!r} task does not yet: compile the DiT tasks (dit, distill, refine)")
+                         f"{task.config.task!r} task does not: compile the DiT tasks or the VAE")
     batch_size = int(task.config.data.global_batch_size)
     example = jax.eval_shape(lambda: task.example_batch(tuple(latent_shape), batch_size))
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
@@ -109,7 +109,7 @@ class Report:
     mesh: dict
     devices: int
     device_kind: str
-    latent_shape: tuple
+    latent_shape: tuple              # one example's (T, H, W): the DiT's latent, the VAE's clip
     global_batch: int
     params: int
     compile_s: float
@@ -130,7 +130,7 @@ class Report:
 
     def lines(self) -> list[str]:
         gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
-        out = [f"mesh {self.mesh} on {self.devices} x {self.device_kind}; global batch {self.global_batch} x latent "
+        out = [f"mesh {self.mesh} on {self.devices} x {self.device_kind}; global batch {self.global_batch} x example "
                f"{tuple(self.latent_shape)}; params {self.params / 1e9:.3f}B; compiled in {self.compile_s:.1f} s",
                f"per device: arguments {gib(self.argument_bytes)}, outputs {gib(self.output_bytes)} "
                f"({gib(self.alias_bytes)} donated), temporaries {gib(self.temp_bytes)}, host {gib(self.host_bytes)}; "

@@ -258,6 +258,15 @@ class VAETask(Task):
         return pipeline.make_iterator(self.config.data, data_dir=data_dir,
                                       process_index=process_index, process_count=process_count)
 
+    def example_batch(self, video_shape=None, batch_size: int = 1) -> dict:
+        """Zero batch of clips (T, H, W) (default: the smallest valid one); param shapes do not
+        depend on the clip size. `train --compile_only --video_shape=T,H,W` compiles with it."""
+        if video_shape is None:
+            return {"video": jnp.zeros(autoencoder.min_video_shape(self.config.model, batch_size), jnp.float32)}
+        shape = (batch_size, *video_shape, int(self.config.model.in_channels))
+        autoencoder.check_video_shape(shape, self.config.model)
+        return {"video": jnp.zeros(shape, jnp.float32)}
+
     def init(self, rng, batch):
         x = batch["video"]
         # Param init draws from an RBG key derived from `rng` (deterministic): XLA:CPU compiles
