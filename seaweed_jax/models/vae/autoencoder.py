@@ -26,8 +26,9 @@ Model config (`config.model`, a FrozenConfigDict) fields:
   scan_blocks        run each level's same-width ResBlocks as one nn.scan (params and Causal Cache
                      stacked on a leading 'layers' axis; remat applies to the scanned body; a
                      width-changing block 0 stays unrolled). scan_params / unscan_params convert.
-                     Pays only with remat (CPU: -42% temp memory on seaweed_48x with 'minimal',
-                     +19-27% with 'none'); off by default
+                     Off by default: on XLA:CPU it cuts seaweed_48x's temp memory 42% under remat
+                     'minimal', but compiled for TPU v5p it costs 30% more (17.5 vs 13.5 GB at
+                     1x17x256x256) and compiles no faster (benchmarks/vae_scan.py)
   chunk_frames, chunk_latent_frames   Causal Cache chunk sizes for long inputs (callers pass them)
 
 Public functions (params = the 'params' collection, boxed or not):
