@@ -294,29 +294,29 @@ def _flat(tree) -> dict[tuple[str, ...], object]:
 # ----------------------------------------------------------------------------- params
 
 
-def params_from_state_dict(state: dict, config):
-    """Our params (boxed with logical axes, fp32) from a diffusers AutoencoderKL state dict."""
+def fill_params(state: dict, entries, config, convert: Callable, what: str):
+    """Our params (boxed with logical axes, fp32) from a torch state dict through a key map.
+
+    `convert(entry, arrays)` turns the entry's torch arrays (fp32 numpy, in `entry.torch`
+    order) into ours, raising ValueError with a message naming the key. Checks, each naming
+    keys: the file holds exactly the map's keys; the map covers exactly the model's params
+    (else the map is out of date: a bug here); every converted array has our shape. `what`
+    names the format in errors (e.g. 'AutoencoderKL weights do not match the config')."""
     cfg = autoencoder.model_section(config)
-    entries = key_map(cfg)
-    state = rename_legacy_keys(state)
     expected = {k for e in entries for k in e.torch}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
-        raise ValueError(f"AutoencoderKL weights do not match the config: {len(missing)} missing key(s) "
-                         f"[{_listing(missing)}]; {len(unexpected)} unexpected key(s) [{_listing(unexpected)}]")
+        raise ValueError(f"{what}: {len(missing)} missing key(s) [{_listing(missing)}]; "
+                         f"{len(unexpected)} unexpected key(s) [{_listing(unexpected)}]")
     boxed = autoencoder.abstract_params(cfg)
     want = _flat(nn.unbox(boxed))
     mapped = {e.ours for e in entries}
     if set(want) != mapped:   # the map and the model disagree: a bug here, not in the file
-        raise AssertionError(f"diffusers key map out of date: {_listing(map('/'.join, set(want) ^ mapped))}")
+        raise AssertionError(f"key map out of date for this model: {_listing(map('/'.join, set(want) ^ mapped))}")
     values = {}
     for e in entries:
         ws = [np.asarray(state[k], np.float32) for k in e.torch]
-        try:
-            v = _CONVERT[e.kind][0](ws)
-        except (ValueError, IndexError) as err:
-            raise ValueError(f"{', '.join(e.torch)}: shape(s) {[w.shape for w in ws]} cannot be a {e.kind} "
-                             f"weight ({err})") from None
+        v = convert(e, ws)
         if v.shape != want[e.ours].shape:
             raise ValueError(f"{', '.join(e.torch)}: shape(s) {[w.shape for w in ws]} give {v.shape}, but "
                              f"{'/'.join(e.ours)} needs {tuple(want[e.ours].shape)}")
@@ -325,6 +325,20 @@ def params_from_state_dict(state: dict, config):
     def fill(path, leaf):
         return leaf.replace_boxed(jnp.asarray(values[tuple(k.key for k in path)], jnp.float32))
     return jax.tree_util.tree_map_with_path(fill, boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def _convert_in(e: _Entry, ws: list) -> np.ndarray:
+    try:
+        return _CONVERT[e.kind][0](ws)
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{', '.join(e.torch)}: shape(s) {[w.shape for w in ws]} cannot be a {e.kind} "
+                         f"weight ({err})") from None
+
+
+def params_from_state_dict(state: dict, config):
+    """Our params (boxed with logical axes, fp32) from a diffusers AutoencoderKL state dict."""
+    return fill_params(rename_legacy_keys(state), key_map(autoencoder.model_section(config)), config,
+                       _convert_in, "AutoencoderKL weights do not match the config")
 
 
 def state_dict_from_params(params, config) -> dict[str, np.ndarray]:

@@ -15,15 +15,12 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
 import ml_collections as mc
 import numpy as np
-from flax import linen as nn
 
 from seaweed_jax import paths
 from seaweed_jax.models.vae import autoencoder
-from seaweed_jax.models.vae.diffusers_io import CONFIG_NAME, WEIGHTS_NAME, _Entry, _flat, _listing, read_safetensors
+from seaweed_jax.models.vae.diffusers_io import CONFIG_NAME, WEIGHTS_NAME, _Entry, fill_params, read_safetensors
 
 CLASS_NAME = "AutoencoderKLWan"
 EXTRA_FIELDS = ("latents_mean", "latents_std", "scale_factor_temporal", "scale_factor_spatial")
@@ -168,36 +165,18 @@ def key_map(config) -> list[_Entry]:
 # ----------------------------------------------------------------------------- params
 
 
+def _convert_in(e: _Entry, ws: list) -> np.ndarray:
+    (w,) = ws
+    try:
+        return _CONVERT[e.kind](w)
+    except ValueError as err:
+        raise ValueError(f"{e.torch[0]}: shape {w.shape} cannot be a {e.kind} weight ({err})") from None
+
+
 def params_from_state_dict(state: dict, config):
     """Our params (boxed with logical axes, fp32) from a diffusers AutoencoderKLWan state dict."""
-    cfg = autoencoder.model_section(config)
-    entries = key_map(cfg)
-    expected = {k for e in entries for k in e.torch}
-    missing, unexpected = expected - state.keys(), state.keys() - expected
-    if missing or unexpected:
-        raise ValueError(f"AutoencoderKLWan weights do not match config.json: {len(missing)} missing key(s) "
-                         f"[{_listing(missing)}]; {len(unexpected)} unexpected key(s) [{_listing(unexpected)}]")
-    boxed = autoencoder.abstract_params(cfg)
-    want = _flat(nn.unbox(boxed))
-    mapped = {e.ours for e in entries}
-    if set(want) != mapped:   # the map and the model disagree: a bug here, not in the file
-        raise AssertionError(f"Wan key map out of date: {_listing(map('/'.join, set(want) ^ mapped))}")
-    values = {}
-    for e in entries:
-        (key,) = e.torch
-        w = np.asarray(state[key], np.float32)
-        try:
-            v = _CONVERT[e.kind](w)
-        except ValueError as err:
-            raise ValueError(f"{key}: shape {w.shape} cannot be a {e.kind} weight ({err})") from None
-        if v.shape != want[e.ours].shape:
-            raise ValueError(f"{key}: shape {w.shape} gives {v.shape}, but {'/'.join(e.ours)} needs "
-                             f"{tuple(want[e.ours].shape)}")
-        values[e.ours] = v
-
-    def fill(path, leaf):
-        return leaf.replace_boxed(jnp.asarray(values[tuple(k.key for k in path)], jnp.float32))
-    return jax.tree_util.tree_map_with_path(fill, boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    return fill_params(state, key_map(autoencoder.model_section(config)), config, _convert_in,
+                       "AutoencoderKLWan weights do not match config.json")
 
 # ----------------------------------------------------------------------------- directories
 
