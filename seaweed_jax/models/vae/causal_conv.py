@@ -195,14 +195,21 @@ class CausalConv3d(nn.Module):
                     f"later chunks must be multiples of the temporal compression")
             pad = self.get_variable(CACHE, "tail")
         padded = jnp.concatenate([pad, x], axis=1) if kt > 1 else x
-        if caching(self):
-            n_out = (padded.shape[1] - kt) // st + 1
-            tail = padded[:, n_out * st:]   # frames the next chunk's windows still need
-            if start:
-                self.variable(CACHE, "tail", lambda: tail)
-            else:
-                self.put_variable(CACHE, "tail", tail)
+        carry_tail(self, padded, kt, st, start)
         return padded
+
+
+def carry_tail(module: nn.Module, padded: jax.Array, kt: int, st: int, start: bool) -> None:
+    """Causal Cache (when `module` is caching): store the frames of the past-padded input that
+    the next chunk's windows (kernel kt, stride st) still need, as the module's CACHE 'tail'."""
+    if not caching(module):
+        return
+    n_out = max(0, (padded.shape[1] - kt) // st + 1)
+    tail = padded[:, n_out * st:]
+    if start:
+        module.variable(CACHE, "tail", lambda: tail)
+    else:
+        module.put_variable(CACHE, "tail", tail)
 
 
 class FrameConv2d(nn.Module):

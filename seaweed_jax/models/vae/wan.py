@@ -34,7 +34,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from seaweed_jax.models.vae.blocks import NORM_AXES, EndPaddedConv2d, upsample_nearest_spatial
 from seaweed_jax.models.vae.causal_conv import (
-    _HALO_AXIS, BIAS_AXES, CACHE, KERNEL_3D_AXES, FrameConv2d, PointwiseConv, at_sequence_start, caching,
+    _HALO_AXIS, BIAS_AXES, CACHE, KERNEL_3D_AXES, FrameConv2d, PointwiseConv, at_sequence_start, carry_tail,
     conv3d_valid_time, default_kernel_init)
 from seaweed_jax.parallel.remat import maybe_remat
 
@@ -107,13 +107,7 @@ class WanConv3d(nn.Module):
                 raise ValueError(f"chunk of {x.shape[1]} frames reaches a time conv with stride {st}; "
                                  f"later chunks must be multiples of the temporal compression")
             padded = jnp.concatenate([self.get_variable(CACHE, "tail"), x], axis=1)
-        if caching(self):
-            n_out = max(0, (padded.shape[1] - kt) // st + 1)
-            tail = padded[:, n_out * st:]          # frames the next chunk's windows still need
-            if start:
-                self.variable(CACHE, "tail", lambda: tail)
-            else:
-                self.put_variable(CACHE, "tail", tail)
+        carry_tail(self, padded, kt, st, start)
         return padded
 
 
