@@ -43,7 +43,12 @@ backward passes that do not reach the last layer).
 State: params / opt_state / EMA of the VAE in TrainState; the discriminators' params,
 spectral-norm vectors and optimizer state in `state.extra` = {"disc_params",
 "disc_stats", "disc_opt_state"} (absent when adversarial training is off:
-adv_weight == 0 or both disc weights 0).
+adv_weight == 0 or both disc weights 0); with lpips_weight > 0 the frozen LPIPS network's
+weights in `state.extra["lpips"]` (never trained: no gradient or optimizer state). Being
+state, they enter the jitted step as (replicated) arguments rather than as jit constants
+(~59 MB of VGG16 baked into every compiled step otherwise). `init` gives them zeros of the
+file's shapes; `on_fresh_start` loads loss.lpips_weights_path into them; a resume restores them
+from the checkpoint, like the distillation teacher (see `on_fresh_start` for why).
 
 `config.loss` fields (defaults in LOSS_DEFAULTS): see that dict. Evaluation: PSNR / SSIM on
 data.val_examples validation clips (EMA params when present): `psnr` is the papers' per-frame
@@ -215,14 +220,17 @@ class VAETask(Task):
         self.lc = lc = loss_config(config)
         self.model = autoencoder.CausalVAE(autoencoder.model_section(config.model))
         self.wavelet = config.model.arch == "wavelet"
-        self.lpips_params = None
+        # Host (numpy) copy of the LPIPS weights: its shapes shape state.extra["lpips"] in
+        # `init`, its values go there in `on_fresh_start`. None when the LPIPS term is off or a
+        # subclass overrides `perceptual_loss` (then it brings its own network).
+        self.lpips_host = None
         if lc.lpips_weight > 0 and type(self).perceptual_loss is VAETask.perceptual_loss:
             if not lc.lpips_weights_path:
                 raise ValueError(
                     f"config.loss.lpips_weight={lc.lpips_weight} needs config.loss.lpips_weights_path "
                     f"(an LPIPS .npz written by scripts/convert_lpips.py); or set loss.lpips_weight=0")
             try:
-                self.lpips_params = lpips_lib.load(lc.lpips_weights_path)
+                self.lpips_host = jax.tree.map(np.asarray, lpips_lib.load(lc.lpips_weights_path))
             except (FileNotFoundError, ValueError) as e:
                 raise ValueError(f"config.loss.lpips_weights_path={lc.lpips_weights_path}: {e}") from None
         if lc.disc_start_step < 0:
@@ -284,6 +292,8 @@ class VAETask(Task):
             dvars = self.disc.init({"params": k_disc}, jnp.zeros((1,) + x.shape[1:], jnp.float32))
             extra = {"disc_params": dvars["params"], "disc_stats": dvars[SPECTRAL],
                      "disc_opt_state": self.disc_tx.init(dvars["params"])}
+        if self.lpips_host is not None:   # placeholders (unboxed: replicated); on_fresh_start fills them
+            extra["lpips"] = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), self.lpips_host)
         return TrainState.create(params=params, tx=self.tx, ema_decay=self.ema_decay, extra=extra)
 
     def restore_init_from(self, workdir: str, params, key: str = "params"):
@@ -302,9 +312,28 @@ class VAETask(Task):
         ours = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), ours, params)
         return ours, step, missing
 
+    def with_lpips_weights(self, state: TrainState) -> TrainState:
+        """state.extra['lpips'] = the weights of loss.lpips_weights_path, placed on the shardings
+        `init` gave them (replicated); the state unchanged when LPIPS is not in it."""
+        if self.lpips_host is None:
+            return state
+        lpips = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
+                             self.lpips_host, state.extra["lpips"])
+        return state.replace(extra={**state.extra, "lpips": lpips})
+
     def on_fresh_start(self, state: TrainState) -> TrainState:
-        """With config.tail_init_from: the tail-inflated image-VAE params, placed on the
-        state's shardings; EMA reset to them; optimizer state (built from shapes) stays fresh."""
+        """The LPIPS weights into state.extra['lpips'] (with lpips_weight > 0). With
+        config.tail_init_from: the tail-inflated image-VAE params, placed on the state's
+        shardings; EMA reset to them; optimizer state (built from shapes) stays fresh.
+
+        The LPIPS weights are then checkpointed with the state and a resume restores them from
+        there, as the distillation teacher's params are (distill_task.py), rather than reloaded
+        from the file: the loop restores the whole TrainState onto `init`'s shapes and calls no
+        task hook on resume, so leaving them out would need a save filter plus a resume hook in
+        the loop; and a checkpoint then holds exactly the weights its run trained against,
+        whatever later happens to the file. Cost: 59 MB (VGG16 + heads, fp32) per checkpoint,
+        ~2% of a configs/vae/wfvae.py one (2.5 GB of params + Adam moments + EMA)."""
+        state = self.with_lpips_weights(state)
         if not self.tail_init_from:
             return state
         params, what = tail_init_params(self.config.model, self.tail_init_from)
@@ -319,23 +348,40 @@ class VAETask(Task):
 
     # ------------------------------------------------------------------ losses
 
-    def perceptual_loss(self, recon, x):
-        """LPIPS (seaweed_jax/eval/lpips.py) of x̂ vs x, the mean over clips and frames. The
-        frozen weights from loss.lpips_weights_path are closed over (jit constants)."""
-        return lpips_lib.perceptual_loss(self.lpips_params, recon, x)
+    def perceptual_loss(self, recon, x, lpips_params=None):
+        """LPIPS (seaweed_jax/eval/lpips.py) of x̂ vs x, the mean over clips and frames, with
+        the frozen weights `lpips_params` = state.extra['lpips'] (step arguments, not jit
+        constants). A subclass may override it as `perceptual_loss(self, recon, x)` with its
+        own network: then no weights are loaded and it is called without `lpips_params`."""
+        if lpips_params is None:
+            raise ValueError("VAETask.perceptual_loss needs lpips_params=state.extra['lpips'] (a "
+                             "subclass overriding perceptual_loss brings its own network and "
+                             "cannot call this one)")
+        return lpips_lib.perceptual_loss(lpips_params, recon, x)
 
-    def _rec_terms(self, outs, x):
-        """{'l1': .., ['lpips': ..]}: the terms the adaptive weight balances against."""
+    def _perceptual_term(self, recon, x, extra):
+        """perceptual_loss with the weights in `extra` (state.extra) when this task owns them,
+        else the subclass's override (called as perceptual_loss(recon, x))."""
+        if self.lpips_host is None:
+            return self.perceptual_loss(recon, x)
+        if not extra or "lpips" not in extra:
+            raise ValueError("loss.lpips_weight > 0: pass extra=state.extra (it holds the LPIPS "
+                             "weights under 'lpips') to the VAE loss functions")
+        return self.perceptual_loss(recon, x, lpips_params=extra["lpips"])
+
+    def _rec_terms(self, outs, x, extra=None):
+        """{'l1': .., ['lpips': ..]}: the terms the adaptive weight balances against. `extra`
+        (state.extra) carries the LPIPS weights when lpips_weight > 0."""
         err = outs["recon"].astype(jnp.float32) - x
         terms = {"l1": jnp.mean(jnp.abs(err))}
         if self.lc.l2_weight > 0:
             terms["l2"] = jnp.mean(jnp.square(err))
         if self.lc.lpips_weight > 0:
-            terms["lpips"] = self.perceptual_loss(outs["recon"], x)
+            terms["lpips"] = self._perceptual_term(outs["recon"], x, extra)
         return terms
 
-    def _rec_loss(self, outs, x):
-        t = self._rec_terms(outs, x)
+    def _rec_loss(self, outs, x, extra=None):
+        t = self._rec_terms(outs, x, extra)
         return (self.lc.l1_weight * t["l1"] + self.lc.l2_weight * t.get("l2", 0.0)
                 + self.lc.lpips_weight * t.get("lpips", 0.0))
 
@@ -375,9 +421,9 @@ class VAETask(Task):
 
     # ------------------------------------------------------------------ steps
 
-    def _metrics(self, outs, x, *, loss, grads, extra_metrics):
+    def _metrics(self, outs, x, extra, *, loss, grads, extra_metrics):
         m = {"loss": loss, "grad_norm": optimizers.global_norm(grads)}
-        m.update({f"loss_{k}": v for k, v in self._rec_terms(outs, x).items()})
+        m.update({f"loss_{k}": v for k, v in self._rec_terms(outs, x, extra).items()})
         m.update({f"loss_{k}": v for k, v in self._reg_terms(outs, x).items()})
         m["latent_std"] = jnp.std(outs["mean"])
         m.update(extra_metrics)
@@ -392,17 +438,17 @@ class VAETask(Task):
     def _vae_step(self, state, x, rng):
         def loss_fn(p):
             outs = self._forward(p, x, rng)
-            return self._rec_loss(outs, x) + self._reg_loss(outs, x), outs
+            return self._rec_loss(outs, x, state.extra) + self._reg_loss(outs, x), outs
 
-        (loss, outs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, )
+        (loss, outs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new = state.apply_gradients(grads)
         extra = self._zero_adv_metrics() if self.adversarial else {}
-        return new, self._metrics(outs, x, loss=loss, grads=grads, extra_metrics=extra)
+        return new, self._metrics(outs, x, state.extra, loss=loss, grads=grads, extra_metrics=extra)
 
     def _gan_step(self, state, x, rng):
         lc = self.lc
         outs, vjp = jax.vjp(lambda p: self._forward(p, x, rng), state.params)
-        rec, cot_rec = jax.value_and_grad(self._rec_loss)(outs, x)
+        rec, cot_rec = jax.value_and_grad(self._rec_loss)(outs, x, state.extra)   # d/d outs only
         reg, cot_reg = jax.value_and_grad(self._reg_loss)(outs, x)
         adv, cot_adv_recon = jax.value_and_grad(lambda r: self._g_adv(state.extra, r))(outs["recon"])
         cot_adv = jax.tree.map(jnp.zeros_like, outs)
@@ -439,13 +485,15 @@ class VAETask(Task):
             state.extra["disc_params"])
         d_upd, d_opt = self.disc_tx.update(d_grads, state.extra["disc_opt_state"],
                                            state.extra["disc_params"])
-        new_extra = {"disc_params": optax.apply_updates(state.extra["disc_params"], d_upd),
+        new_extra = {**state.extra,   # + the frozen LPIPS weights, passed through unchanged
+                     "disc_params": optax.apply_updates(state.extra["disc_params"], d_upd),
                      "disc_stats": updates[SPECTRAL], "disc_opt_state": d_opt}
         new = new.replace(extra=new_extra)
         extra_metrics = {"loss_g_adv": adv, "adv_lambda": lam, "disc_loss": d_loss,
                          "disc_grad_norm": optimizers.global_norm(d_grads),
                          "disc_active": jnp.ones((), jnp.float32), **d_aux}
-        return new, self._metrics(outs, x, loss=loss, grads=grads, extra_metrics=extra_metrics)
+        return new, self._metrics(outs, x, state.extra, loss=loss, grads=grads,
+                                  extra_metrics=extra_metrics)
 
     def step_phase(self, step: int):
         """'vae' before loss.disc_start_step, 'gan' from it on (None without a GAN)."""
@@ -477,12 +525,15 @@ class VAETask(Task):
             params = jax.eval_shape(lambda: nn.unbox(self.model.init(
                 {"params": jax.random.key(0)}, jnp.zeros((1,) + x.shape[1:]))["params"]))
 
-            def f(p, x):
+            extra = {} if self.lpips_host is None else {"lpips": jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32), self.lpips_host)}
+
+            def f(p, x, extra):
                 def loss_fn(p):
                     outs = self._forward(p, x, jax.random.key(0))
-                    return self._rec_loss(outs, x) + self._reg_loss(outs, x)
+                    return self._rec_loss(outs, x, extra) + self._reg_loss(outs, x)
                 return jax.grad(loss_fn)(p)
-            cost = jax.jit(f).lower(params, x).cost_analysis()
+            cost = jax.jit(f).lower(params, x, extra).cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             return float(cost.get("flops", 0.0)) or None
         except Exception:  # best effort: the loop falls back to its own estimate
