@@ -328,10 +328,13 @@ def make_latent_dataset(data_config, *, data_dir: str, encoder: LatentEncoder,
         return ds if example_fn is None else ds.map(example_fn)
 
     if pack is not None:
-        # Every source in one stream, whatever its shape (packing mixes sizes); each process
-        # packs its own shard of the examples, so the packed state is per process.
-        mixed = pipe.mix([examples(p, shard=True) for p in plans], [p.weight for p in plans])
-        return pipe.prefetch_batches(data_config, packed.PackedDataset(mixed, pack))
+        # Every source in one stream, whatever its shape (packing mixes sizes). Scope 'host':
+        # each process packs its own shard of the examples, so the packed state is per process;
+        # 'global': every process packs the global stream and lays out its block of rows.
+        host = pack.scope == "host"
+        mixed = pipe.mix([examples(p, shard=host) for p in plans], [p.weight for p in plans])
+        return pipe.prefetch_batches(data_config, packed.PackedDataset(
+            mixed, pack, process_index=process_index, process_count=process_count))
     batched, bucket_weights = [], []
     for members in pipe.buckets(plans).values():
         weights = [p.weight for p in members]

@@ -447,6 +447,9 @@ class DiTTask(Task):
         real = frames > 0
         aux = {"t_mean": jnp.sum(jnp.where(real, draws["t"], 0.0)) / jnp.maximum(real.sum(), 1),
                "samples": real.sum().astype(jnp.float32), "padding_fraction": 1.0 - slots}
+        if "row_cost" in batch:   # data.packing.scope='global': rows of every host, max / mean
+            for name, key in (("row_imbalance", "row_cost"), ("row_imbalance_host", "row_cost_host")):
+                aux[name] = jnp.max(batch[key]) / jnp.maximum(jnp.mean(batch[key]), 1e-9)
         for task_id in self.metric_tasks:
             sel = ((tasks == task_id) & has).astype(jnp.float32)
             n = sel.sum()
