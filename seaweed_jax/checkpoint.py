@@ -129,8 +129,9 @@ def _iterator_state(manager, step: int) -> dict:
 
     The batch pipelines give every process its rows of the same global batches
     (`data.pipeline.ProcessRows`), so every process saved the same state, which means the
-    same in any process count. Per-process states (packed data: each process packs its own
-    shard) cannot be split or merged: that is an error naming the way out."""
+    same in any process count; so does packed data in `data.packing.scope='global'`. Per-process
+    states (packed data in host scope: each process packs its own shard) cannot be split or
+    merged: that is an error naming the way out."""
     states = {f.read_text() for f in _iterator_files(manager, step)}
     state = json.loads(states.pop()) if len(states) == 1 else None
     # the packed iterator marks its state {"per_process": true, ...} (data/packed.py)
