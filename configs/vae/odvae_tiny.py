@@ -72,7 +72,7 @@ def get_config(arg=None):
     if a.stage not in STAGES:
         raise ValueError(f"odvae_tiny stage={a.stage!r} must be one of {STAGES} "
                          f"(e.g. configs/vae/odvae_tiny.py:stage=image)")
-    c = common.cpu_config(DATASET, num_steps=1000, log_every=100)
+    c = common.cpu_config(DATASET, num_steps=1000, log_every=100, lr=1e-3)   # the measured lr
     c.loss.latent_stats_examples = 256   # the default 1024 clips cost more than a short run
     if a.stage == "image":
         if a.image:
