@@ -16,13 +16,17 @@ $(STAMP): setup.py
 
 venv: $(STAMP)
 
-# Fast suite: every capability at tiny size (<= 15 min on 2 cores).
+# Fast suite: every capability at tiny size (<= 15 min on 2 cores). Two pytest-xdist workers
+# (TEST_WORKERS=0: one process): much of a test is single-threaded XLA compilation. Whole files
+# go to one worker (their module fixtures are built once), slowest files first (tests/conftest.py).
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS) tests
 
 # Everything, including the slow matrices.
 test-all: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS) tests
 
 # Mutation testing of the core math and the resume path (not part of `make test`; about an hour
 # on 2 cores from scratch, minutes when rerun). Scope and tests: mutmut_config.py; scores: docs/testing.md.

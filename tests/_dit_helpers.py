@@ -2,8 +2,8 @@
 
 A tiny "VAE run" is written directly (config + a checkpoint whose `params` are a randomly
 initialized CausalVAE, + latent_stats.json): the DiT side only needs the VAE run's layout,
-not a trained VAE. Everything is built once per pytest session under the session's base
-temp dir (a lock + marker file, so several test modules share it).
+not a trained VAE. Everything is built once per pytest run under the run's base temp dir
+(a lock + marker file, so several test modules, and pytest-xdist workers, share it).
 
 Sizes: moving_shapes/16x16_f5 (48 train / 16 validation clips), VAE compression (4, 4, 4)
 with 4 latent channels -> latents (2, 4, 4, 4); DiT hidden 32, 2 layers.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import socket
 import sys
 
@@ -109,13 +110,24 @@ def env(cache_dir: str) -> dict:
     return e
 
 
+def run_tmp_root(tmp_path_factory) -> pathlib.Path:
+    """The base temp dir of the whole pytest run. Under pytest-xdist each worker's base temp
+    is a `gwN` folder of the run's, so this is that parent, shared by the workers; without
+    xdist it is the base temp. What is built under it must tolerate a concurrent builder in
+    another process (a file lock and a marker, as in `shared_setup` and datasets.build)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def shared_setup(tmp_path_factory) -> dict:
     """{root, data_dir, vae, cache}: the tiny VAE run and its latent cache, built once per
-    session (other modules reuse them)."""
-    root = str(tmp_path_factory.getbasetemp() / "dit_shared")
+    pytest run (other modules, and other xdist workers, reuse them)."""
+    root = str(run_tmp_root(tmp_path_factory) / "dit_shared")
     os.makedirs(root, exist_ok=True)
+    # The persistent compilation cache stays per worker: JAX writes its entries in place (no
+    # temp file + rename), so two workers' subprocesses could read each other's half-written files.
     out = {"root": root, "data_dir": os.path.join(root, "data"), "vae": os.path.join(root, "vae"),
-           "jax_cache": os.path.join(root, "jax_cache")}
+           "jax_cache": str(tmp_path_factory.getbasetemp() / "dit_jax_cache")}
     marker = os.path.join(root, "ready.json")
     from seaweed_jax.data import datasets
     with datasets.build_lock(os.path.join(root, ".lock")):

@@ -37,6 +37,7 @@ def test_quickstart_notebook_runs_and_writes_samples(tmp_path, monkeypatch):
     pytest.importorskip("ipykernel", reason="needs the [dev] extra (ipykernel)")
     jupyter_path = _kernelspec(tmp_path / "jupyter")
     monkeypatch.setenv("JUPYTER_PATH", jupyter_path)
+    monkeypatch.setenv("IPYTHONDIR", os.fspath(tmp_path / "ipython"))   # own history database
     work = tmp_path / "quickstart"
     monkeypatch.setenv("QUICKSTART_DIR", os.fspath(work))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
@@ -70,6 +71,7 @@ def test_distill_notebook_runs_and_compares_nfe(tmp_path, monkeypatch):
     """colabs/distill.ipynb: a tiny teacher, CFG distillation, TSCD into 4 steps, side by side."""
     pytest.importorskip("ipykernel", reason="needs the [dev] extra (ipykernel)")
     monkeypatch.setenv("JUPYTER_PATH", _kernelspec(tmp_path / "jupyter"))
+    monkeypatch.setenv("IPYTHONDIR", os.fspath(tmp_path / "ipython"))
     work = tmp_path / "distill"
     monkeypatch.setenv("DISTILL_DIR", os.fspath(work))
     monkeypatch.delenv("DISTILL_TEACHER", raising=False)
@@ -96,6 +98,7 @@ def test_cascade_notebook_runs_stage1_then_the_refiner(tmp_path, monkeypatch):
     from the command line and from Python, and `sample --input` on a low-resolution file."""
     pytest.importorskip("ipykernel", reason="needs the [dev] extra (ipykernel)")
     monkeypatch.setenv("JUPYTER_PATH", _kernelspec(tmp_path / "jupyter"))
+    monkeypatch.setenv("IPYTHONDIR", os.fspath(tmp_path / "ipython"))
     work = tmp_path / "cascade"
     monkeypatch.setenv("CASCADE_DIR", os.fspath(work))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")

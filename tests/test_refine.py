@@ -268,7 +268,13 @@ def test_refiner_resumes_exactly_after_sigkill(shared, runs):
     assert any("eval/val_loss" in m for m in metrics)
 
 
-def test_refiner_refines_videos_and_a_cascade(shared, runs, tmp_path):
+@pytest.fixture(scope="module")
+def dit_run(shared, tmp_path_factory):
+    """A Stage I DiT run (random init, no training) for the cascades; only read."""
+    return H.write_dit_run(str(tmp_path_factory.mktemp("refine_stage1") / "dit"), shared["vae"])
+
+
+def test_refiner_refines_videos_and_a_cascade(runs, dit_run):
     from seaweed_jax.inference.dit_sampler import DiTSampler
     from seaweed_jax.inference.refiner import Refiner, cascade
     refiner = Refiner(runs["straight"])
@@ -288,14 +294,13 @@ def test_refiner_refines_videos_and_a_cascade(shared, runs, tmp_path):
     assert np.abs(one[0].astype(int) - high[1].astype(int)).max() <= 1
     with pytest.raises(ValueError, match="level"):
         refiner.refine(low, None, height=16, width=16, level=1000, progress=False)
-    dit = H.write_dit_run(str(tmp_path / "dit"), shared["vae"])
-    s1, s2, cinfo = cascade(DiTSampler(dit), refiner, ["a blue square moving up"], height=32, width=32,
+    s1, s2, cinfo = cascade(DiTSampler(dit_run), refiner, ["a blue square moving up"], height=32, width=32,
                             progress=False)
     assert s1.shape == (1, 5, 16, 16, 3) and s2.shape == (1, 5, 32, 32, 3)
     assert cinfo["total_nfe"] == cinfo["nfe"] + 2
 
 
-def test_sample_cli_refines_input_videos_and_runs_the_cascade(shared, runs, tmp_path):
+def test_sample_cli_refines_input_videos_and_runs_the_cascade(shared, runs, dit_run, tmp_path):
     env = H.env(shared["jax_cache"])
     inputs = tmp_path / "low"
     inputs.mkdir()
@@ -313,9 +318,8 @@ def test_sample_cli_refines_input_videos_and_runs_the_cascade(shared, runs, tmp_
     for stem in ("a", "b"):
         v = np.load(out / f"{stem}.npy")
         assert v.shape == (5, 16, 16, 3) and (out / f"{stem}.mp4").exists()
-    dit = H.write_dit_run(str(tmp_path / "dit"), shared["vae"])
     out2 = tmp_path / "cascade"
-    r = subprocess.run([H.python(), "-m", "seaweed_jax.sample", f"--workdir={dit}",
+    r = subprocess.run([H.python(), "-m", "seaweed_jax.sample", f"--workdir={dit_run}",
                         f"--refiner_workdir={runs['straight']}", "--refine_resolution=32x32",
                         "--prompt=a red circle moving right", "--steps=2", f"--output_dir={out2}"],
                        cwd=H.REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -325,7 +329,7 @@ def test_sample_cli_refines_input_videos_and_runs_the_cascade(shared, runs, tmp_
     assert np.load(out2 / "stage2" / "000.npy").shape == (5, 32, 32, 3)
     assert os.path.exists(result["side_by_side"]) and result["total_nfe"] == result["nfe"] + 2
     # a refiner run is not a base model, and the refine flags need each other
-    bad = subprocess.run([H.python(), "-m", "seaweed_jax.sample", f"--refiner_workdir={dit}",
+    bad = subprocess.run([H.python(), "-m", "seaweed_jax.sample", f"--refiner_workdir={dit_run}",
                           f"--input={inputs}", "--refine_resolution=16x16", f"--output_dir={out}"],
                          cwd=H.REPO, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "refiner" in bad.stderr
