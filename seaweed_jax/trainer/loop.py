@@ -333,8 +333,9 @@ def _restore_readable(manager, workdir: str, abstract, iterator):
         raise ValueError(
             f"no checkpoint in {ckpt_lib.checkpoint_dir(workdir)} restores onto this config (newest: "
             f"step {step}: {_summary(e)}); if settings that shape the train state changed "
-            f"(optimizer, EMA, data.worker_count), resume with the run's own config "
-            f"({workdir}/config.json) or start another run with --config.init_from={workdir}") from e
+            f"(optimizer, EMA, data.worker_count, a VAE's loss.lpips_weight or GAN weights), resume "
+            f"with the run's own config ({workdir}/config.json) or start another run with "
+            f"--config.init_from={workdir}") from e
     return None, None
 
 

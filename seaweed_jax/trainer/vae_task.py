@@ -293,7 +293,9 @@ class VAETask(Task):
             extra = {"disc_params": dvars["params"], "disc_stats": dvars[SPECTRAL],
                      "disc_opt_state": self.disc_tx.init(dvars["params"])}
         if self.lpips_host is not None:   # placeholders (unboxed: replicated); on_fresh_start fills them
-            extra["lpips"] = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), self.lpips_host)
+            # NaN, not zeros: a state that skipped on_fresh_start would train with LPIPS = 0
+            # silently; with NaN every update is rejected as non-finite, loudly.
+            extra["lpips"] = jax.tree.map(lambda a: jnp.full(a.shape, jnp.nan, jnp.float32), self.lpips_host)
         return TrainState.create(params=params, tx=self.tx, ema_decay=self.ema_decay, extra=extra)
 
     def restore_init_from(self, workdir: str, params, key: str = "params"):
@@ -330,8 +332,9 @@ class VAETask(Task):
         there, as the distillation teacher's params are (distill_task.py), rather than reloaded
         from the file: the loop restores the whole TrainState onto `init`'s shapes and calls no
         task hook on resume, so leaving them out would need a save filter plus a resume hook in
-        the loop; and a checkpoint then holds exactly the weights its run trained against,
-        whatever later happens to the file. Cost: 59 MB (VGG16 + heads, fp32) per checkpoint,
+        the loop; and a checkpoint then holds exactly the weights its run trained against, even
+        if the file's values change later (the file must still exist: `__init__` reads it for
+        the shapes). Cost: 59 MB (VGG16 + heads, fp32) per checkpoint,
         ~2% of a configs/vae/wfvae.py one (2.5 GB of params + Adam moments + EMA)."""
         state = self.with_lpips_weights(state)
         if not self.tail_init_from:
