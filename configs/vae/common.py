@@ -36,8 +36,9 @@ def cpu_config(dataset: str, num_steps: int, log_every: int, *, base_channels: i
                num_res_blocks: int = 2, lr: float = 2e-3) -> mc.ConfigDict:
     """The 2-core CPU recipe (why each choice: configs/vae/tiny.py) on a moving_shapes dataset.
 
-    The defaults (widths 32 / 64, two ResNet blocks per level, lr 2e-3) are tiny.py's; small.py
-    and tiny_mixed.py keep the lighter widths 16 / 32, one block, lr 1e-3 they were measured with."""
+    The defaults (widths 32 / 64, two ResNet blocks per level, lr 2e-3) are tiny.py's and
+    small.py's; tiny_mixed.py keeps the lighter widths 16 / 32, one block, lr 1e-3 it was
+    measured with."""
     c = _base(num_steps, dataset)
     c.cpu_devices = 2            # the data axis runs the two batch halves on the two cores
     c.data.global_batch_size = 8
