@@ -1,7 +1,9 @@
 """Multi-process training: two local processes (jax.distributed over gloo, through the train
 CLI) train the toy DiT with the same losses as one process with the same global batch; a
 two-process checkpoint resumes in one process on another mesh, and a one-process checkpoint
-in two processes, both continuing the one-process run's loss curve.
+in two processes, both continuing the one-process run's loss curve. With sequence packing in
+cross-host balance mode (data.packing.scope='global') two processes also follow one, and a
+two-process checkpoint resumes in one process.
 
 Every process reads its rows of the same global batches (data.pipeline.ProcessRows), so the
 data order, and the iterator state in a checkpoint, do not depend on the process count."""
@@ -15,13 +17,19 @@ import subprocess
 import sys
 import time
 
+import jax
+import ml_collections as mc
 import numpy as np
 import pytest
 
 import _dit_helpers as H
 from seaweed_jax import checkpoint as ckpt_lib
+from seaweed_jax import config_lib
+from seaweed_jax.data import packed
+from seaweed_jax.parallel import make_mesh
+from seaweed_jax.trainer.dit_task import DiTTask
 
-pytestmark = pytest.mark.slow   # ~6 min: six training runs, two of them in two processes
+pytestmark = pytest.mark.slow   # ~10 min: ten training runs, three of them in two processes
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +38,24 @@ def shared(tmp_path_factory):
 
 
 
-def _train(shared, root, workdir, *, steps, processes, devices, mesh=None, model=None):
+def _config(shared, *, steps, packing=None):
+    """The tiny DiT config; `packing` (data.packing fields) packs images + clips into
+    data.global_batch_size = 8 sequences."""
+    config = H.dit_config(shared["vae"], num_steps=steps, log_every=1, eval_every=0, ckpt_every=5)
+    config.data.global_batch_size = 8
+    if packing:
+        config.data.sources = [{"name": "moving_shapes/16x16_f1", "split": "train", "weight": 0.5},
+                               {"name": H.DATASET, "split": "train", "weight": 0.5}]
+        config.data.packing = packed.default_config()
+        config.data.packing.update(packing)
+    return config
+
+
+def _train(shared, root, workdir, *, steps, processes, devices, mesh=None, model=None, packing=None):
     """The train CLI on the tiny DiT config: `processes` processes with `devices` CPU devices
     each; returns each process's output."""
-    config = H.dit_config(shared["vae"], num_steps=steps, log_every=1, eval_every=0, ckpt_every=5)
+    config = _config(shared, steps=steps, packing=packing)
     config.cpu_devices = devices
-    config.data.global_batch_size = 8
     if mesh:
         config.mesh.shape = mesh
     if model:
@@ -56,9 +76,9 @@ def _train(shared, root, workdir, *, steps, processes, devices, mesh=None, model
     return outs
 
 
-def _losses(workdir) -> dict[int, float]:
+def _losses(workdir, key="loss") -> dict[int, float]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+        return {r["step"]: r[key] for r in map(json.loads, f) if key in r}
 
 
 def _max_rel(got, want, steps) -> float:
@@ -112,6 +132,77 @@ def test_processes_sharing_a_batch_shard_read_the_same_rows(shared, tmp_path):
     np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [want[s] for s in (1, 2, 3)], rtol=1e-4)
     print("tensor x context over 2 processes, max relative loss difference:",
           f"{_max_rel(got, want, (1, 2, 3)):.1e}")
+
+
+# Cross-host balance: images (4 tokens) + 5-frame clips (8 tokens), 8 sequences of 32 video tokens.
+GLOBAL_PACKING = {"enabled": True, "max_tokens": 32, "max_samples": 6, "text_tokens": 48,
+                  "balance": True, "scope": "global"}
+
+
+def _imbalance_from_the_packer(shared, steps, processes):
+    """Per step (row_imbalance, row_imbalance_host) recomputed in this process: the packer of
+    each of `processes` processes over the global stream, max / mean over all their rows."""
+    task = DiTTask(config_lib.freeze(_config(shared, steps=steps, packing=GLOBAL_PACKING)),
+                   make_mesh(mc.ConfigDict({"shape": {"data": 1}}), devices=jax.devices()[:1]))
+    its = [task.make_train_iterator(data_dir=shared["data_dir"], process_index=p, process_count=processes)
+           for p in range(processes)]
+    out = {}
+    for step in range(1, steps + 1):
+        batches = [next(it) for it in its]
+        out[step] = tuple(packed.row_imbalance(np.concatenate([b[k] for b in batches]))[2]
+                          for k in ("row_cost", "row_cost_host"))
+    return out
+
+
+def test_global_packing_in_two_processes_follows_one_and_resumes_in_one(shared, tmp_path):
+    """data.packing.scope='global' (cross-host balance): 2 processes x 2 devices, each laying out
+    its 4 of the 8 globally balanced rows, train with the losses of 1 process x 4 devices; the
+    logged row_imbalance is max / mean over BOTH processes' rows; the 2-process checkpoint's
+    data state (the same on both processes) is the 1-process one, and resumes in 1 process on
+    the 1-process curve."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    kw = dict(devices=4, packing=GLOBAL_PACKING)
+    _train(shared, tmp_path, one, steps=10, processes=1, **kw)
+    _train(shared, tmp_path, one, steps=14, processes=1, **kw)             # the reference, resumed at 10
+    reference = _losses(one)
+    assert sorted(reference) == list(range(1, 15))
+
+    _train(shared, tmp_path, two, steps=10, processes=2, devices=2, packing=GLOBAL_PACKING)
+    got = _losses(two)
+    assert sorted(got) == list(range(1, 11))
+    # Same rows on the same 4 data shards: only the cross-device sums (gloo between processes)
+    # may round differently, ~1 float32 ulp (1e-7) per step, left 100x to grow through Adam.
+    np.testing.assert_allclose([got[s] for s in range(1, 11)], [reference[s] for s in range(1, 11)], rtol=1e-5)
+    diffs = {"2 processes, steps 1-10": _max_rel(got, reference, range(1, 11))}
+    assert all(r > 2 for r in _losses(two, "samples").values())          # several samples per row
+
+    # The imbalance metrics against the packers rerun here: after balancing the 8 rows are the
+    # same at any process count; host scope's estimate deals the samples to 2 processes.
+    imb = {n: {k: (_losses(d, "row_imbalance")[k], _losses(d, "row_imbalance_host")[k]) for k in range(1, 11)}
+           for n, d in ((1, one), (2, two))}
+    for n in (1, 2):
+        want = _imbalance_from_the_packer(shared, 10, n)
+        np.testing.assert_allclose(np.array(list(imb[n].values())), np.array(list(want.values())), rtol=1e-6)
+    np.testing.assert_allclose([imb[2][k][0] for k in imb[2]], [imb[1][k][0] for k in imb[1]], rtol=1e-6)
+    assert all(after == pytest.approx(before, rel=1e-6) and after >= 1.0 for after, before in imb[1].values())
+
+    # The data state: the same file on both processes, equal to the 1-process run's.
+    data_iter = two / "checkpoints" / "10" / "data_iter"
+    files = sorted(f for f in os.listdir(data_iter) if f.endswith(".json"))
+    assert files == ["process_0-of-2.json", "process_1-of-2.json"]
+    states = [json.loads((data_iter / f).read_text()) for f in files]
+    want = json.loads((one / "checkpoints" / "10" / "data_iter" / "process_0-of-1.json").read_text())
+    assert states[0] == states[1] == want and want["scope"] == "global"
+
+    out = _train(shared, tmp_path, two, steps=14, processes=1, **kw)[0]   # 2 -> 1 process
+    assert "resumed from" in out and "step 10" in out
+    got = _losses(two)
+    np.testing.assert_allclose([got[s] for s in range(11, 15)], [reference[s] for s in range(11, 15)], rtol=1e-5)
+    diffs["2 -> 1 process, steps 11-14"] = _max_rel(got, reference, range(11, 15))
+    print("losses 1..14 (one process):", [round(reference[s], 5) for s in range(1, 15)])
+    print("max relative loss difference vs one process:", {k: f"{v:.1e}" for k, v in diffs.items()})
+    print("row_imbalance / row_imbalance_host, 1 process:", [tuple(round(x, 4) for x in v) for v in imb[1].values()])
+    print("row_imbalance / row_imbalance_host, 2 processes:", [tuple(round(x, 4) for x in v) for v in imb[2].values()])
 
 
 def test_cluster_autodetection_joins_and_a_preemption_saves_on_every_process(tmp_path):
