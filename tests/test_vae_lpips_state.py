@@ -160,8 +160,27 @@ def test_loss_functions_need_the_extra_state(setup):
     x = batch["video"]
     with pytest.raises(ValueError, match=r"extra=state\.extra"):
         task._rec_terms({"recon": x}, x)
-    with pytest.raises(ValueError, match="lpips_params"):
-        task.perceptual_loss(x, x)
+    with pytest.raises(ValueError, match=r"extra=state\.extra"):
+        task._rec_terms({"recon": x}, x, extra={})
+
+
+def test_an_override_scores_the_term_without_weights():
+    """A subclass's perceptual_loss(recon, x) is the lpips term: no weights are loaded (even
+    with the weight file configured), init adds no state.extra['lpips'], and the loss
+    functions need no extra. Here 2 * mean|x̂ - x| with x̂ = x + 0.25: 0.5 by hand."""
+    class Own(VAETask):
+        def perceptual_loss(self, recon, x):
+            return 2.0 * jnp.mean(jnp.abs(recon - x))
+
+    task = Own(config_lib.freeze(tiny_config()), None)
+    assert task.lpips_host is None
+    batch = {"video": jax.ShapeDtypeStruct((2, 5, 16, 16, 3), jnp.float32)}
+    state = jax.eval_shape(lambda b: nn.unbox(task.init(loop.init_rng(SEED), b)), batch)
+    assert "lpips" not in state.extra
+    x = jnp.linspace(-1, 1, 2 * 5 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 5, 4, 4, 3)
+    terms = task._rec_terms({"recon": x + 0.25}, x)
+    np.testing.assert_allclose(float(terms["lpips"]), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(float(terms["l1"]), 0.25, rtol=1e-6)
 
 
 def test_lpips_off_and_missing_path():

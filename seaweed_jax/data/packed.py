@@ -220,11 +220,8 @@ class PackedIterator(grain.DatasetIterator):
     def _padding(self, template: packing.Item) -> dict:
         """Rows of padding only, shaped by one of the step's examples (layout's empty values)."""
         spec = self._spec
-        out = packing.layout([[self._examples[template.key]]] + [[]] * (spec.num_sequences - 1),
-                             spec.capacity, spec.patch, spec.min_text_tokens)
-        for k, v in out.items():
-            v[0] = -1 if k in ("source", "index") else 0
-        return out
+        return packing.layout([[]] * spec.num_sequences, spec.capacity, spec.patch,
+                              spec.min_text_tokens, template=self._examples[template.key])
 
     def get_state(self) -> dict:
         waiting = [[int(item.key), int(item.age)] for item in self._items]

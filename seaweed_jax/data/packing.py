@@ -130,10 +130,12 @@ def text_slots(text_mask: np.ndarray, min_tokens: int) -> int:
 
 
 def layout(bins: Sequence[Sequence[dict]], cap: Capacity, patch: Sequence[int],
-           min_text_tokens: int) -> dict:
+           min_text_tokens: int, template: dict | None = None) -> dict:
     """Packed host batch from bins of examples (`latents` (T, H, W, C), `text_ids` /
     `text_mask` (L,), `source`, `index`). Samples are numbered 1..n in each sequence;
-    segment 0 and sample slots past n are padding. Returns (B = len(bins)):
+    segment 0 and sample slots past n are padding. `template`: an example read only for its
+    latent channels C and text length L (default: the bins' first example), so bins that are
+    all empty lay out rows of padding only. Returns (B = len(bins)):
 
       video_tokens    float32 (B, Nv, pt*ph*pw*C)  patch tokens (models.dit.patchify layout)
       video_segment   int32 (B, Nv)       video_positions int32 (B, Nv, 3) in the sample's grid
@@ -143,7 +145,7 @@ def layout(bins: Sequence[Sequence[dict]], cap: Capacity, patch: Sequence[int],
       sample_tokens   int32 (B, S)        video tokens of the sample
       source, index   int32 (B, S)        where the sample came from (-1 = empty slot)
     """
-    first = bins_first_example(bins)
+    first = bins_first_example(bins) if template is None else template
     width = math.prod(patch) * first["latents"].shape[-1]
     text_len = first["text_ids"].shape[-1]
     b, nv, nt, s = len(bins), cap.video_tokens, cap.text_tokens, cap.samples
@@ -182,4 +184,5 @@ def bins_first_example(bins) -> dict:
     for examples in bins:
         if examples:
             return examples[0]
-    raise ValueError("every packed sequence is empty: no samples were read")
+    raise ValueError("every packed sequence is empty: no samples were read (to lay out rows of "
+                     "padding only, pass layout(..., template=an example) for the shapes)")

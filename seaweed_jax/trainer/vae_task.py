@@ -65,7 +65,7 @@ the optimizer state stays fresh. Exclusive with `config.init_from`.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -214,6 +214,11 @@ def wavelet_loss(pred: Mapping[str, Any], true: Mapping[str, Any], *,
 class VAETask(Task):
     """Causal video VAE with L1 / KL / WL / 2D+3D PatchGAN (spectral norm) losses."""
 
+    # Subclass hook: define `perceptual_loss(self, recon, x)` -> scalar to score the LPIPS term
+    # with your own network (it brings its own weights: none are loaded). None: the built-in
+    # LPIPS with the frozen weights in state.extra["lpips"] (see `_perceptual_term`).
+    perceptual_loss: Callable[[Any, Any], Any] | None = None
+
     def __init__(self, config, mesh):
         super().__init__(config, mesh)
         autoencoder.validate_model_config(config.model)
@@ -222,9 +227,9 @@ class VAETask(Task):
         self.wavelet = config.model.arch == "wavelet"
         # Host (numpy) copy of the LPIPS weights: its shapes shape state.extra["lpips"] in
         # `init`, its values go there in `on_fresh_start`. None when the LPIPS term is off or a
-        # subclass overrides `perceptual_loss` (then it brings its own network).
+        # subclass defines `perceptual_loss` (then it brings its own network).
         self.lpips_host = None
-        if lc.lpips_weight > 0 and type(self).perceptual_loss is VAETask.perceptual_loss:
+        if lc.lpips_weight > 0 and self.perceptual_loss is None:
             if not lc.lpips_weights_path:
                 raise ValueError(
                     f"config.loss.lpips_weight={lc.lpips_weight} needs config.loss.lpips_weights_path "
@@ -351,26 +356,16 @@ class VAETask(Task):
 
     # ------------------------------------------------------------------ losses
 
-    def perceptual_loss(self, recon, x, lpips_params=None):
-        """LPIPS (seaweed_jax/eval/lpips.py) of x̂ vs x, the mean over clips and frames, with
-        the frozen weights `lpips_params` = state.extra['lpips'] (step arguments, not jit
-        constants). A subclass may override it as `perceptual_loss(self, recon, x)` with its
-        own network: then no weights are loaded and it is called without `lpips_params`."""
-        if lpips_params is None:
-            raise ValueError("VAETask.perceptual_loss needs lpips_params=state.extra['lpips'] (a "
-                             "subclass overriding perceptual_loss brings its own network and "
-                             "cannot call this one)")
-        return lpips_lib.perceptual_loss(lpips_params, recon, x)
-
     def _perceptual_term(self, recon, x, extra):
-        """perceptual_loss with the weights in `extra` (state.extra) when this task owns them,
-        else the subclass's override (called as perceptual_loss(recon, x))."""
-        if self.lpips_host is None:
+        """The LPIPS term of x̂ vs x: a subclass's `perceptual_loss(recon, x)` when it defines
+        one, else LPIPS (seaweed_jax/eval/lpips.py, the mean over clips and frames) with the
+        frozen weights extra['lpips'] = state.extra['lpips'] (step arguments, not jit constants)."""
+        if self.perceptual_loss is not None:
             return self.perceptual_loss(recon, x)
         if not extra or "lpips" not in extra:
             raise ValueError("loss.lpips_weight > 0: pass extra=state.extra (it holds the LPIPS "
                              "weights under 'lpips') to the VAE loss functions")
-        return self.perceptual_loss(recon, x, lpips_params=extra["lpips"])
+        return lpips_lib.perceptual_loss(extra["lpips"], recon, x)
 
     def _rec_terms(self, outs, x, extra=None):
         """{'l1': .., ['lpips': ..]}: the terms the adaptive weight balances against. `extra`
