@@ -1,14 +1,16 @@
 """Runtime balance (data.balance): cost table against hand values, assignments against hand
 optima and brute force, capacity, and the background balancer against the synchronous one."""
 import itertools
+import math
+from typing import Sequence
 
 import ml_collections as mc
 import numpy as np
 import pytest
 
 from seaweed_jax.data import packing
-from seaweed_jax.data.balance import (BackgroundBalancer, CostTable, balance, balance_batch, contiguous,
-                                      cost_from_config, fill_bins_balanced, imbalance)
+from seaweed_jax.data.balance import (BackgroundBalancer, Cost, CostTable, _first_fit, _improve, _lpt, balance,
+                                      balance_batch, contiguous, cost_from_config, fill_bins_balanced, imbalance)
 
 LINEAR = CostTable.analytic(1.0, 0.0)
 SQUARE = CostTable.analytic(0.0, 1.0)
@@ -159,6 +161,284 @@ def test_fill_bins_balanced_keeps_the_step_and_its_left_overs():
         assert row_cost(rows) <= row_cost(first)
     one = [packing.Item(0, 5, 1), packing.Item(1, 7, 1)]
     assert fill_bins_balanced(one, 1, cap, SQUARE) == packing.fill_bins(one, 1, cap)   # nothing to move
+
+
+# --------------------------------------------------------------------------- exactness
+# FROZEN REFERENCE: a verbatim copy of seaweed_jax/data/balance.py's balancer as it was before
+# it was vectorised (only the names gained `ref`). Do not edit: the tests below require the
+# current `balance` / `fill_bins_balanced` to return exactly what these return, and
+# benchmarks/balance_cost.py times them as the "old" side.
+
+def ref_balance(lengths: Sequence[int], num_ranks: int, cost: Cost, capacity: int | None = None
+            ) -> list[list[int]]:
+    """Sample indices per rank (ascending) minimising the slowest rank's summed cost, each
+    rank holding at most `capacity` tokens if given.
+
+    Longest-processing-time first (costliest sample to the cheapest rank with room), then
+    pairwise moves and swaps out of the slowest rank while they lower it. The same search
+    also starts from `contiguous` and first-fit-decreasing splits and the cheapest result is
+    kept, so the slowest rank is never worse than the contiguous split. Deterministic.
+    """
+    if num_ranks < 1:
+        raise ValueError(f"num_ranks={num_ranks} must be >= 1")
+    lengths = [int(n) for n in lengths]
+    if any(n < 0 for n in lengths):
+        raise ValueError(f"sample lengths must be >= 0, got {min(lengths)}")
+    limits = None
+    if capacity is not None:
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity} tokens per rank must be >= 1 (or None for no limit)")
+        too_long = [(i, n) for i, n in enumerate(lengths) if n > capacity]
+        if too_long:
+            raise ValueError(f"sample {too_long[0][0]} has {too_long[0][1]} tokens, more than "
+                             f"capacity={capacity} per rank; raise the capacity or crop the sample")
+        if sum(lengths) > num_ranks * capacity:
+            raise ValueError(f"the batch has {sum(lengths)} tokens, more than num_ranks x capacity = "
+                             f"{num_ranks} x {capacity}; raise the capacity or read fewer samples")
+        limits = (int(capacity),)
+    costs = [float(cost(n)) for n in lengths]
+    sizes = [(n,) for n in lengths]
+    naive = [0] * len(lengths)
+    for r, part in enumerate(contiguous(len(lengths), num_ranks)):
+        for i in part:
+            naive[i] = r
+    starts = [ref_lpt(costs, sizes, num_ranks, limits), naive if ref_fits(naive, sizes, num_ranks, limits) else None,
+              ref_first_fit(sizes, num_ranks, limits)]
+    rank_of = ref_best(costs, sizes, num_ranks, limits, starts)
+    if rank_of is None:
+        raise ValueError(f"could not fit {len(lengths)} samples ({sum(lengths)} tokens) into "
+                         f"{num_ranks} ranks of capacity={capacity} tokens; raise the capacity")
+    return [[i for i in range(len(lengths)) if rank_of[i] == r] for r in range(num_ranks)]
+
+
+def ref_fill_bins_balanced(items: Sequence[packing.Item], num_bins: int, cap: packing.Capacity,
+                       cost: Cost) -> tuple[list[list[packing.Item]], list[packing.Item]]:
+    """`packing.fill_bins` whose placed samples are re-spread over the `num_bins` rows to
+    minimise the costliest row (a sample costs cost(video + text tokens)). The step holds
+    the same samples and leaves the same left-overs (so the packer's checkpoint state is
+    unchanged); every row keeps within `cap`; when nothing beats first fit, the bins are
+    first fit's exactly. Within a row, samples follow first fit's rows read row by row."""
+    bins, left = packing.fill_bins(items, num_bins, cap)
+    placed = [it for b in bins for it in b]
+    costs = [float(cost(it.video + it.text)) for it in placed]
+    sizes = [(it.video, it.text, 1) for it in placed]
+    limits = (cap.video_tokens, cap.text_tokens, cap.samples)
+    first = [b for b, row in enumerate(bins) for _ in row]
+    rank_of = ref_best(costs, sizes, num_bins, limits, [first, ref_lpt(costs, sizes, num_bins, limits)])
+    return [[it for it, r in zip(placed, rank_of) if r == b] for b in range(num_bins)], left
+
+
+def ref_fits(rank_of, sizes, num_ranks, limits) -> bool:
+    if limits is None:
+        return True
+    used = np.zeros((num_ranks, len(limits)), np.int64)
+    for i, r in enumerate(rank_of):
+        used[r] += sizes[i]
+    return bool((used <= np.array(limits)).all())
+
+
+def ref_lpt(costs, sizes, num_ranks, limits) -> list[int] | None:
+    """Costliest first (ties: lower index) onto the cheapest rank (ties: lower rank) with room;
+    None when some sample finds no room."""
+    loads = [0.0] * num_ranks
+    used = [[0] * len(limits) for _ in range(num_ranks)] if limits else None
+    rank_of = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        for r in sorted(range(num_ranks), key=lambda r: (loads[r], r)):
+            if used is None or all(u + s <= l for u, s, l in zip(used[r], sizes[i], limits)):
+                break
+        else:
+            return None
+        rank_of[i] = r
+        loads[r] += costs[i]
+        if used is not None:
+            used[r] = [u + s for u, s in zip(used[r], sizes[i])]
+    return rank_of
+
+
+def ref_first_fit(sizes, num_ranks, limits) -> list[int] | None:
+    """First fit, largest first: a feasible start when the capacity is tight (None: none found)."""
+    if limits is None:
+        return None
+    used = [[0] * len(limits) for _ in range(num_ranks)]
+    rank_of = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (tuple(-s for s in sizes[i]), i)):
+        for r in range(num_ranks):
+            if all(u + s <= l for u, s, l in zip(used[r], sizes[i], limits)):
+                break
+        else:
+            return None
+        rank_of[i] = r
+        used[r] = [u + s for u, s in zip(used[r], sizes[i])]
+    return rank_of
+
+
+def ref_best(costs, sizes, num_ranks, limits, starts) -> list[int] | None:
+    """Improve every feasible start; keep the lowest slowest rank (ties: the earlier start)."""
+    best, best_top = None, math.inf
+    for start in starts:
+        if start is None:
+            continue
+        rank_of = ref_improve(list(start), costs, sizes, num_ranks, limits)
+        loads = [0.0] * num_ranks
+        for i, r in enumerate(rank_of):
+            loads[r] += costs[i]
+        if max(loads) < best_top:
+            best, best_top = rank_of, max(loads)
+    return best
+
+
+def ref_improve(rank_of, costs, sizes, num_ranks, limits) -> list[int]:
+    """Local search: take the slowest rank r; among moving one of its samples to another rank
+    s, or swapping it for a cheaper sample of s, apply the one minimising max(new r, new s)
+    if that is below r's cost; repeat. Each step lowers the sorted load vector, so it ends."""
+    limit = tuple(limits) if limits else ()
+    loads = [0.0] * num_ranks
+    used = [[0] * len(limit) for _ in range(num_ranks)]
+    members: list[list[int]] = [[] for _ in range(num_ranks)]
+    for i, r in enumerate(rank_of):
+        loads[r] += costs[i]
+        used[r] = [u + s for u, s in zip(used[r], sizes[i])]
+        members[r].append(i)
+
+    def room(rank: int, add: int, sub: int | None) -> bool:
+        gone = sizes[sub] if sub is not None else (0,) * len(limit)
+        return all(u + a - g <= l for u, a, g, l in zip(used[rank], sizes[add], gone, limit))
+
+    for _ in range(8 * len(costs) + 8):
+        r = max(range(num_ranks), key=lambda k: (loads[k], -k))
+        target = loads[r] - 1e-9 * abs(loads[r])   # strictly lower (float noise cannot cycle)
+        best = None                                # (new pair max, i, s, j or -1)
+        for i in sorted(members[r]):
+            for s in range(num_ranks):
+                if s == r:
+                    continue
+                cand = (max(loads[r] - costs[i], loads[s] + costs[i]), i, s, -1)
+                if cand[0] < target and (best is None or cand < best) and room(s, i, None):
+                    best = cand
+                for j in sorted(members[s]):
+                    if costs[j] >= costs[i]:
+                        continue
+                    cand = (max(loads[r] - costs[i] + costs[j], loads[s] - costs[j] + costs[i]), i, s, j)
+                    if (cand[0] < target and (best is None or cand < best)
+                            and room(r, j, i) and room(s, i, j)):
+                        best = cand
+        if best is None:
+            break
+        _, i, s, j = best
+        for item, src, dst in ((i, r, s),) + (((j, s, r),) if j >= 0 else ()):
+            members[src].remove(item)
+            members[dst].append(item)
+            loads[src] -= costs[item]
+            loads[dst] += costs[item]
+            used[src] = [u - z for u, z in zip(used[src], sizes[item])]
+            used[dst] = [u + z for u, z in zip(used[dst], sizes[item])]
+            rank_of[item] = dst
+    return rank_of
+
+
+def same_outcome(new, ref, *args):
+    """Both calls return equal values, or both raise the same error type and message."""
+    try:
+        want = ref(*args)
+    except ValueError as e:
+        with pytest.raises(ValueError) as got:
+            new(*args)
+        assert str(got.value) == str(e)
+        return None
+    assert new(*args) == want
+    return want
+
+
+def exact_fill(rng, ranks, capacity):
+    """Lengths that fill `ranks` ranks of `capacity` tokens exactly (each cut into 1-4 pieces),
+    shuffled: LPT and the contiguous split often overflow, first fit sometimes fits."""
+    lengths = []
+    for _ in range(ranks):
+        cuts = np.sort(rng.choice(np.arange(1, capacity), int(rng.integers(0, 4)), replace=False))
+        lengths += np.diff(np.concatenate([[0], cuts, [capacity]])).tolist()
+    return [int(x) for x in rng.permutation(lengths)]
+
+
+def test_balance_returns_exactly_the_frozen_reference_assignment():
+    rng = np.random.default_rng(11)
+    table = CostTable.from_points([(64, 0.002), (256, 0.006), (1024, 0.05)])
+    costs = (LINEAR, SQUARE, table, CostTable.analytic(1.0, 0.05), lambda n: float(n // 16))  # last: many ties
+    seen = {"no_limit": 0, "loose": 0, "tight": 0, "first_fit_only": 0, "infeasible": 0}
+    for trial in range(200):
+        ranks = int(rng.choice([1, 2, 3, 5, 8, 13, 70]))     # 70: more ranks than items
+        kind = ("no_limit", "loose", "tight", "exact")[trial % 4]
+        if kind == "exact":
+            capacity = 20
+            lengths = exact_fill(rng, min(ranks, 8), capacity)
+        else:
+            n = int(rng.integers(0, 60))
+            ties = [int(x) for x in rng.choice([0, 1, 2, 3, 16, 32], n)]   # equal costs, zero lengths
+            lengths = ties if trial % 3 == 0 else long_tailed(rng, n)
+            fair = sum(lengths) / ranks * (1.3 if kind == "loose" else 1.0)
+            capacity = None if kind == "no_limit" or not lengths else max(max(lengths), 1, math.ceil(fair))
+        cost = costs[trial % len(costs)]
+        if same_outcome(balance, ref_balance, lengths, ranks, cost, capacity) is None:
+            kind = "infeasible"
+        elif kind == "exact":
+            sizes = [(x,) for x in lengths]
+            naive = [r for r, part in enumerate(contiguous(len(lengths), ranks)) for _ in part]
+            lpt = ref_lpt([float(cost(x)) for x in lengths], sizes, ranks, (capacity,))
+            kind = "first_fit_only" if lpt is None and not ref_fits(naive, sizes, ranks, (capacity,)) else "tight"
+        seen[kind] += 1
+    # The hand case where LPT and the contiguous split both overflow and only first fit fits.
+    assert same_outcome(balance, ref_balance, [3, 3, 2, 2, 2], 2, LINEAR, 6) == [[0, 1], [2, 3, 4]]
+    assert all(v > 0 for v in seen.values()), seen     # every regime was exercised
+
+
+def test_fill_bins_balanced_returns_exactly_the_frozen_reference_rows():
+    rng = np.random.default_rng(12)
+    costs = (SQUARE, CostTable.analytic(1.0, 0.05), lambda n: float(n // 8))
+    for trial in range(60):
+        cap = packing.Capacity(video_tokens=int(rng.choice([16, 64, 256])), text_tokens=int(rng.choice([8, 40])),
+                               samples=int(rng.choice([1, 3, 8])))
+        n, bins = int(rng.integers(0, 160)), int(rng.choice([1, 2, 4, 9, 40]))   # 40 bins: often > items
+        video = rng.choice([4, 8, 12, 16], n) if trial % 2 else rng.integers(1, cap.video_tokens + 1, n)
+        items = [packing.Item(k, int(v), int(t), int(a)) for k, (v, t, a) in
+                 enumerate(zip(video, rng.integers(1, cap.text_tokens + 1, n), rng.integers(0, 2, n)))]
+        rows, _ = same_outcome(fill_bins_balanced, ref_fill_bins_balanced, items, bins, cap,
+                               costs[trial % len(costs)])
+        assert len(rows) == bins
+
+
+def test_fill_bins_balanced_matches_the_reference_on_many_rows():
+    """Enough rows that the local search scores swaps over several blocks of ranks: a
+    global-scope-like step (~7 samples a row), with a smooth cost and a cost with many ties."""
+    rng = np.random.default_rng(14)
+    cap = packing.Capacity(video_tokens=64, text_tokens=40, samples=8)
+    for rows, cost in ((96, CostTable.analytic(1.0, 0.05)), (128, lambda n: float(n // 4))):
+        video, text = rng.choice([4, 8, 12], 10 * rows, p=[0.5, 0.35, 0.15]), rng.integers(2, 5, 10 * rows)
+        items = [packing.Item(k, int(v), int(t)) for k, (v, t) in enumerate(zip(video, text))]
+        rows_got, _ = same_outcome(fill_bins_balanced, ref_fill_bins_balanced, items, rows, cap, cost)
+        assert sum(map(len, rows_got)) > 6 * rows
+
+
+def test_helpers_match_the_frozen_reference_from_any_start():
+    """_lpt, _first_fit and _improve alone on multi-limit sizes (the packed rows' 3 limits),
+    from random starts (or first fit's or LPT's when it overflows): the same result."""
+    rng = np.random.default_rng(13)
+    compared = 0
+    for trial in range(60):
+        n, ranks = int(rng.integers(1, 50)), int(rng.integers(1, 9))
+        sizes = [tuple(int(x) for x in s) for s in zip(rng.integers(0, 20, n), rng.integers(1, 5, n), [1] * n)]
+        costs = [float(x) for x in (rng.integers(0, 6, n) if trial % 2 else rng.random(n))]   # ties / none
+        fair = [sum(s[k] for s in sizes) / ranks * rng.uniform(1.0, 1.6) for k in range(3)]   # tight to loose
+        limits = None if trial % 4 == 0 else tuple(max(max(s[k] for s in sizes), math.ceil(fair[k])) for k in range(3))
+        assert _lpt(costs, sizes, ranks, limits) == ref_lpt(costs, sizes, ranks, limits)
+        assert _first_fit(sizes, ranks, limits) == ref_first_fit(sizes, ranks, limits)
+        start = [int(r) for r in rng.integers(0, ranks, n)]
+        if not ref_fits(start, sizes, ranks, limits):
+            start = ref_first_fit(sizes, ranks, limits) or ref_lpt(costs, sizes, ranks, limits)
+        if start is not None:
+            compared += 1
+            assert _improve(list(start), costs, sizes, ranks, limits) == ref_improve(
+                list(start), costs, sizes, ranks, limits)
+    assert compared > 40   # most cases reach the local search
 
 
 # --------------------------------------------------------------------------- background

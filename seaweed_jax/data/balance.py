@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import heapq
 import math
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -191,7 +192,7 @@ def balance(lengths: Sequence[int], num_ranks: int, cost: Cost, capacity: int | 
     if rank_of is None:
         raise ValueError(f"could not fit {len(lengths)} samples ({sum(lengths)} tokens) into "
                          f"{num_ranks} ranks of capacity={capacity} tokens; raise the capacity")
-    return [[i for i in range(len(lengths)) if rank_of[i] == r] for r in range(num_ranks)]
+    return _group(range(len(lengths)), rank_of, num_ranks)
 
 
 def fill_bins_balanced(items: Sequence[packing.Item], num_bins: int, cap: packing.Capacity,
@@ -208,32 +209,45 @@ def fill_bins_balanced(items: Sequence[packing.Item], num_bins: int, cap: packin
     limits = (cap.video_tokens, cap.text_tokens, cap.samples)
     first = [b for b, row in enumerate(bins) for _ in row]
     rank_of = _best(costs, sizes, num_bins, limits, [first, _lpt(costs, sizes, num_bins, limits)])
-    return [[it for it, r in zip(placed, rank_of) if r == b] for b in range(num_bins)], left
+    return _group(placed, rank_of, num_bins), left
+
+
+def _group(things: Iterable, rank_of: Sequence[int], num_ranks: int) -> list[list]:
+    """things[k] into group rank_of[k], keeping their order (one pass, not one per rank)."""
+    groups: list[list] = [[] for _ in range(num_ranks)]
+    for thing, r in zip(things, rank_of):
+        groups[r].append(thing)
+    return groups
 
 
 def _fits(rank_of, sizes, num_ranks, limits) -> bool:
     if limits is None:
         return True
     used = np.zeros((num_ranks, len(limits)), np.int64)
-    for i, r in enumerate(rank_of):
-        used[r] += sizes[i]
+    np.add.at(used, np.asarray(rank_of, np.int64), np.asarray(sizes, np.int64).reshape(-1, len(limits)))
     return bool((used <= np.array(limits)).all())
 
 
 def _lpt(costs, sizes, num_ranks, limits) -> list[int] | None:
     """Costliest first (ties: lower index) onto the cheapest rank (ties: lower rank) with room;
-    None when some sample finds no room."""
-    loads = [0.0] * num_ranks
+    None when some sample finds no room. A heap of (load, rank) pops the ranks in exactly
+    that order, so only the ranks tried are touched (not a sort of all ranks per sample)."""
+    heap = [(0.0, r) for r in range(num_ranks)]   # sorted, so already a heap
     used = [[0] * len(limits) for _ in range(num_ranks)] if limits else None
     rank_of = [0] * len(costs)
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        for r in sorted(range(num_ranks), key=lambda r: (loads[r], r)):
+        full = []                                 # cheaper ranks without room for i
+        while heap:
+            load, r = heapq.heappop(heap)
             if used is None or all(u + s <= l for u, s, l in zip(used[r], sizes[i], limits)):
                 break
+            full.append((load, r))
         else:
             return None
         rank_of[i] = r
-        loads[r] += costs[i]
+        heapq.heappush(heap, (load + costs[i], r))
+        for entry in full:                        # unchanged: they may fit a later sample
+            heapq.heappush(heap, entry)
         if used is not None:
             used[r] = [u + s for u, s in zip(used[r], sizes[i])]
     return rank_of
@@ -243,16 +257,16 @@ def _first_fit(sizes, num_ranks, limits) -> list[int] | None:
     """First fit, largest first: a feasible start when the capacity is tight (None: none found)."""
     if limits is None:
         return None
-    used = [[0] * len(limits) for _ in range(num_ranks)]
+    size = np.asarray(sizes, np.int64).reshape(-1, len(limits))
+    used, limit = np.zeros((num_ranks, len(limits)), np.int64), np.asarray(limits, np.int64)
     rank_of = [0] * len(sizes)
     for i in sorted(range(len(sizes)), key=lambda i: (tuple(-s for s in sizes[i]), i)):
-        for r in range(num_ranks):
-            if all(u + s <= l for u, s, l in zip(used[r], sizes[i], limits)):
-                break
-        else:
+        room = (used + size[i] <= limit).all(1)   # every rank at once; argmax: the first with room
+        r = int(np.argmax(room))
+        if not room[r]:
             return None
         rank_of[i] = r
-        used[r] = [u + s for u, s in zip(used[r], sizes[i])]
+        used[r] += size[i]
     return rank_of
 
 
@@ -263,61 +277,147 @@ def _best(costs, sizes, num_ranks, limits, starts) -> list[int] | None:
         if start is None:
             continue
         rank_of = _improve(list(start), costs, sizes, num_ranks, limits)
-        loads = [0.0] * num_ranks
-        for i, r in enumerate(rank_of):
-            loads[r] += costs[i]
-        if max(loads) < best_top:
-            best, best_top = rank_of, max(loads)
+        # bincount adds each rank's costs in index order from 0.0, as a Python loop would.
+        top = float(np.bincount(np.asarray(rank_of, np.int64), np.asarray(costs, np.float64),
+                                num_ranks).max())
+        if top < best_top:
+            best, best_top = rank_of, top
     return best
+
+
+_FIRST_RANKS = 16   # ranks whose swaps _improve scores first, to get a value to beat
 
 
 def _improve(rank_of, costs, sizes, num_ranks, limits) -> list[int]:
     """Local search: take the slowest rank r; among moving one of its samples to another rank
     s, or swapping it for a cheaper sample of s, apply the one minimising max(new r, new s)
-    if that is below r's cost; repeat. Each step lowers the sorted load vector, so it ends."""
-    limit = tuple(limits) if limits else ()
-    loads = [0.0] * num_ranks
-    used = [[0] * len(limit) for _ in range(num_ranks)]
-    members: list[list[int]] = [[] for _ in range(num_ranks)]
-    for i, r in enumerate(rank_of):
-        loads[r] += costs[i]
-        used[r] = [u + s for u, s in zip(used[r], sizes[i])]
-        members[r].append(i)
+    if that is below r's cost; repeat. Each step lowers the sorted load vector, so it ends.
 
-    def room(rank: int, add: int, sub: int | None) -> bool:
-        gone = sizes[sub] if sub is not None else (0,) * len(limit)
-        return all(u + a - g <= l for u, a, g, l in zip(used[rank], sizes[add], gone, limit))
-
-    for _ in range(8 * len(costs) + 8):
-        r = max(range(num_ranks), key=lambda k: (loads[k], -k))
-        target = loads[r] - 1e-9 * abs(loads[r])   # strictly lower (float noise cannot cycle)
-        best = None                                # (new pair max, i, s, j or -1)
-        for i in sorted(members[r]):
-            for s in range(num_ranks):
-                if s == r:
-                    continue
-                cand = (max(loads[r] - costs[i], loads[s] + costs[i]), i, s, -1)
-                if cand[0] < target and (best is None or cand < best) and room(s, i, None):
-                    best = cand
-                for j in sorted(members[s]):
-                    if costs[j] >= costs[i]:
-                        continue
-                    cand = (max(loads[r] - costs[i] + costs[j], loads[s] - costs[j] + costs[i]), i, s, j)
-                    if (cand[0] < target and (best is None or cand < best)
-                            and room(r, j, i) and room(s, i, j)):
-                        best = cand
-        if best is None:
+    Ties go to the lowest (sample i of r, rank s, sample j of s; a move before a swap). The
+    candidates are scored with numpy in float64 with the same sums in the same order as a
+    scalar loop over all of them, and only ranks that provably cannot hold the best swap
+    are skipped (`_swap_floor`), so the choice is bit-for-bit that of the full loop."""
+    n = len(costs)
+    rank = np.asarray(rank_of, np.int64).reshape(n)
+    cost = np.asarray(costs, np.float64).reshape(n)
+    size = np.asarray(sizes, np.int64).reshape(n, len(limits)) if limits else None
+    limit = np.asarray(limits, np.int64) if limits else None
+    loads = np.bincount(rank, cost, num_ranks)     # index order from 0.0, as a loop would add
+    used = None
+    if limits:
+        used = np.zeros((num_ranks, len(limits)), np.int64)
+        np.add.at(used, rank, size)
+    members = _Members(rank, cost, num_ranks)
+    for _ in range(8 * n + 8):
+        r = int(np.argmax(loads))                 # the first maximum: ties to the lowest rank
+        target = loads[r] - 1e-9 * abs(loads[r])  # strictly lower (float noise cannot cycle)
+        mine = members.of(r)
+        if mine.size == 0:
             break
-        _, i, s, j = best
+        ci = cost[mine]
+        stay = loads[r] - ci                      # r without i
+        # Moves i -> s, (m, R): the value everywhere, room only where the value wins.
+        move = np.maximum(stay[:, None], loads[None, :] + ci[:, None])
+        ok = move < target
+        ok[:, r] = False
+        mi, ms = np.nonzero(ok)
+        if limits and mi.size:
+            fit = (used[ms] + size[mine[mi]] <= limit).all(-1)
+            mi, ms = mi[fit], ms[fit]
+        found = [(move[mi, ms], mine[mi], ms, np.full(mi.size, -1, np.int64))]
+        best = found[0][0].min() if mi.size else target
+        # Swaps i <-> j, j a cheaper sample of s: first on the ranks with the lowest floors
+        # (a value to beat), then on every other rank whose floor can still reach it (ties count).
+        floor = _swap_floor(loads, stay, ci, members.cheapest, members.costliest).min(0)   # over i
+        floor[r] = np.inf
+        order = np.argsort(floor, kind="stable")
+        start, width = 0, _FIRST_RANKS
+        while start < num_ranks and not floor[order[start]] > best:
+            ranks = order[start:start + width]
+            start, width = start + width, 2 * width   # few passes, however many ranks qualify
+            other, sj = members.on(ranks[ranks != r])
+            cj = cost[other]
+            swap = np.maximum(stay[:, None] + cj[None, :], (loads[sj] - cj)[None, :] + ci[:, None])
+            # (swap <= best: one above the best value so far cannot win; room only for the rest)
+            si, sk = np.nonzero((cj[None, :] < ci[:, None]) & (swap < target) & (swap <= best))
+            if limits and si.size:
+                a, b = size[mine[si]], size[other[sk]]
+                fit = (used[r] + b - a <= limit).all(-1) & (used[sj[sk]] + a - b <= limit).all(-1)
+                si, sk = si[fit], sk[fit]
+            if si.size:
+                found.append((swap[si, sk], mine[si], sj[sk], other[sk]))
+                best = min(best, found[-1][0].min())
+        value, cand_i, cand_s, cand_j = map(np.concatenate, zip(*found))
+        if value.size == 0:
+            break
+        # The lowest (new pair max, i, s, j) with j = -1 for a move.
+        low = np.flatnonzero(value == value.min())
+        k = low[np.lexsort((cand_j[low], cand_s[low], cand_i[low]))[0]]
+        i, s, j = int(cand_i[k]), int(cand_s[k]), int(cand_j[k])
         for item, src, dst in ((i, r, s),) + (((j, s, r),) if j >= 0 else ()):
-            members[src].remove(item)
-            members[dst].append(item)
-            loads[src] -= costs[item]
-            loads[dst] += costs[item]
-            used[src] = [u - z for u, z in zip(used[src], sizes[item])]
-            used[dst] = [u + z for u, z in zip(used[dst], sizes[item])]
-            rank_of[item] = dst
-    return rank_of
+            loads[src] -= cost[item]
+            loads[dst] += cost[item]
+            if limits:
+                used[src] -= size[item]
+                used[dst] += size[item]
+            rank[item] = dst
+            members.move(item, src, dst)
+    return rank.tolist()
+
+
+def _swap_floor(loads, stay, ci, cheapest, costliest) -> np.ndarray:
+    """(m, R) a lower bound on the value of every swap of sample i of r (cost ci, r without it:
+    stay) for a sample j of rank s: max(A(c_j), B(c_j)) with A(c) = stay + c rising and
+    B(c) = (loads[s] - c) + ci falling in c (float rounding is monotone), so for c_j in
+    [cheapest[s], costliest[s]] it is >= A(cheapest), >= B(costliest), and >= min(A(t), B(t))
+    for ANY t (t near where they cross: ~(loads[r] + loads[s]) / 2). NaN (inf - inf) counts
+    as no bound."""
+    a_lo = stay[:, None] + cheapest[None, :]
+    b_hi = (loads[None, :] - costliest[None, :]) + ci[:, None]
+    t = 0.5 * (loads[None, :] - stay[:, None] + ci[:, None])
+    cross = np.minimum(stay[:, None] + t, (loads[None, :] - t) + ci[:, None])
+    floor = np.maximum(np.maximum(a_lo, b_hi), cross)
+    return np.where(np.isnan(floor), -np.inf, floor)
+
+
+class _Members:
+    """Each rank's sample indices as rows of a padded (R, width) matrix (-1: empty), with its
+    cheapest and costliest sample cost (inf / -inf when empty): a rank's samples without a
+    pass over all N."""
+
+    def __init__(self, rank: np.ndarray, cost: np.ndarray, num_ranks: int):
+        self.cost = cost
+        counts = np.bincount(rank, minlength=num_ranks)
+        self.slots = np.full((num_ranks, max(1, int(counts.max(initial=0)))), -1, np.int64)
+        by_rank = np.argsort(rank, kind="stable")
+        column = np.arange(len(rank)) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.slots[rank[by_rank], column] = by_rank
+        self.cheapest = np.full(num_ranks, np.inf)
+        self.costliest = np.full(num_ranks, -np.inf)
+        np.minimum.at(self.cheapest, rank, cost)
+        np.maximum.at(self.costliest, rank, cost)
+
+    def of(self, r: int) -> np.ndarray:
+        row = self.slots[r]
+        return row[row >= 0]
+
+    def on(self, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The samples on `ranks` and the rank of each."""
+        rows = self.slots[ranks]
+        keep = rows >= 0
+        return rows[keep], np.broadcast_to(ranks[:, None], rows.shape)[keep]
+
+    def move(self, item: int, src: int, dst: int) -> None:
+        self.slots[src, np.flatnonzero(self.slots[src] == item)[0]] = -1
+        free = np.flatnonzero(self.slots[dst] < 0)
+        if free.size == 0:                        # widen: double the columns
+            free = [self.slots.shape[1]]
+            self.slots = np.concatenate([self.slots, np.full_like(self.slots, -1)], 1)
+        self.slots[dst, free[0]] = item
+        for r in (src, dst):
+            c = self.cost[self.of(r)]
+            self.cheapest[r] = c.min(initial=np.inf)
+            self.costliest[r] = c.max(initial=-np.inf)
 
 
 # --------------------------------------------------------------------------- background

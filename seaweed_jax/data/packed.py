@@ -27,9 +27,10 @@ Scope (`data.packing.scope`, with `data.packing.balance`):
             and as host scope would pack the same step (see `host_scope_rows`); max / mean over
             the global arrays is the cross-host imbalance after / before (`row_imbalance`).
             Every process reads every example of the global step for its lengths (see
-            `PackedIterator._add`) and balances all rows of the slice (pure Python, faster
-            than linear in rows: ~3 s a step for 256 rows, ~10 s for 512 on a 2-core host, so
-            past a few hundred rows it can fall behind the step); needs data.packing.balance=True.
+            `PackedIterator._add`) and balances all rows of the slice (faster than linear in
+            rows: ~0.17 s a step for 256 rows, ~0.6 s for 512, ~1.8 s for 1,024 on a 2-core
+            host, benchmarks/balance_cost.py, so around a thousand rows it can still fall
+            behind a fast step); needs data.packing.balance=True.
 """
 from __future__ import annotations
 
