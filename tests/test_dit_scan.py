@@ -12,6 +12,16 @@ from seaweed_jax.parallel.remat import POLICY_NAMES
 
 import test_dit_packing as packing_case
 
+# The tests' own jits compile with LLVM at -O0: about half of XLA:CPU's compile time, which is
+# most of these tests' time. Scan, remat and the train step are built by JAX before XLA sees
+# them; every comparison below is between programs compiled alike.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _run_jit(fn, *args):
+    """jax.jit(fn)(*args), compiled with FAST_COMPILE."""
+    return jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args)
+
 
 def _inputs(cfg, seed=0, latent_shape=(4, 8, 8)):
     rng = np.random.default_rng(seed)
@@ -22,16 +32,17 @@ def _inputs(cfg, seed=0, latent_shape=(4, 8, 8)):
 
 
 def _params(cfg, inputs, seed=1):
-    params = nn.meta.unbox(jax.jit(D.DiT(cfg).init)(jax.random.key(0), *inputs)["params"])
+    params = nn.meta.unbox(_run_jit(D.DiT(cfg).init, jax.random.key(0), *inputs)["params"])
     rng = np.random.default_rng(seed)  # perturb the zero-initialized gates so every path matters
     return jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
 
 
 def _rel_err(a, b):
-    """Largest leaf-wise max |a - b| / max |b| (an all-zero leaf must stay all zero)."""
+    """Largest leaf-wise max |a - b| / max |b| (an all-zero leaf must stay all zero). In NumPy:
+    eager jnp ops would compile a kernel per leaf shape (seconds over a model's leaves)."""
     assert jax.tree.structure(a) == jax.tree.structure(b)
-    return max(float(jnp.max(jnp.abs(x - y)) / max(float(jnp.max(jnp.abs(y))), 1e-30))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-30)
+               for x, y in zip(map(np.asarray, jax.tree.leaves(a)), map(np.asarray, jax.tree.leaves(b))))
 
 
 def test_groups_follow_the_layer_structure():
@@ -67,7 +78,7 @@ def test_remat_presets_give_the_unrolled_gradients():
     params = _params(cfg, inputs)
 
     def grads(c, p):
-        return jax.jit(jax.grad(lambda q: jnp.sum(D.DiT(c).apply({"params": q}, *inputs) ** 2)))(p)
+        return _run_jit(jax.grad(lambda q: jnp.sum(D.DiT(c).apply({"params": q}, *inputs) ** 2)), p)
 
     reference = grads(cfg, params)
     for preset in POLICY_NAMES:
@@ -109,13 +120,15 @@ def test_a_scanned_training_step_equals_the_unrolled_one():
         task = DiTTask(config, mesh)
         batch = task.example_batch((3, 4, 4), batch_size=2)
         batch["latents"] = jnp.asarray(np.random.default_rng(0).standard_normal(batch["latents"].shape), jnp.float32)
-        state = unbox(jax.jit(task.init)(loop.init_rng(0), batch))
-        if scan:  # start from the unrolled run's params, converted
-            dit = D.scan_params(states[False][0]["dit"], config.model)
-            state = state.replace(params={**state.params, "dit": dit}, ema_params={**state.ema_params, "dit": dit},
-                                  opt_state=task.tx.init({**state.params, "dit": dit}))
+        if not scan:
+            state = init = unbox(_run_jit(task.init, loop.init_rng(0), batch))
+        else:  # the unrolled run's initial state, its DiT params converted (no second init compile)
+            dit = D.scan_params(init.params["dit"], config.model)
+            params = {**init.params, "dit": dit}
+            state = init.replace(params=params, ema_params={**init.ema_params, "dit": dit},
+                                 opt_state=task.tx.init(params), tx=task.tx)
         start = state.params
-        new, m = jax.jit(loop.make_train_step(task, seed=0, num_steps=10))(state, batch)
+        new, m = _run_jit(loop.make_train_step(task, seed=0, num_steps=10), state, batch)
         states[scan] = (start, new)
         metrics[scan] = m
     assert float(metrics[True]["loss"]) == pytest.approx(float(metrics[False]["loss"]), rel=1e-5)
@@ -132,7 +145,6 @@ def test_init_from_an_unrolled_run_into_a_scanned_model(tmp_path):
     import _dit_helpers as H
     from seaweed_jax import checkpoint as ckpt_lib
     from seaweed_jax.config_lib import freeze
-    from seaweed_jax.parallel.sharding import unbox
     from seaweed_jax.parallel import make_mesh
     from seaweed_jax.trainer import loop
     from seaweed_jax.trainer.dit_task import DiTTask
@@ -147,8 +159,9 @@ def test_init_from_an_unrolled_run_into_a_scanned_model(tmp_path):
     def saved_dit(workdir, scan):  # the run's params, restored onto its own layout
         config = freeze(H.dit_config(vae, model=model(scan)))
         task = DiTTask(config, make_mesh(config.mesh, devices=jax.devices()[:1]))
-        params = unbox(jax.jit(task.init)(loop.init_rng(0), task.example_batch())).params
-        restored, _, missing = ckpt_lib.restore_params_over(workdir, params)
+        # the layout alone (shapes + shardings, no init compile) is what Orbax restores onto
+        target = loop.Setup(config, mesh=task.mesh, task=task, batch=task.example_batch()).abstract.params
+        restored, _, missing = ckpt_lib.restore_params_over(workdir, target)
         assert not missing
         return restored["dit"]
 
