@@ -6,6 +6,10 @@ go out first."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# LLVM at -O0: the suite's time is mostly XLA:CPU compiling tiny programs, about half of it in
+# LLVM's optimizer, and at these sizes the slower code costs less than that. Tests compare
+# programs compiled alike; set XLA_FLAGS yourself to test at the default level.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)

@@ -17,10 +17,6 @@ nbformat = pytest.importorskip("nbformat", reason="needs the [dev] extra (nbform
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "colabs", "quickstart.ipynb")
 KERNEL = "seaweed-jax-test"
-# The kernels (and the `!python` commands they start) compile with LLVM at -O0: the notebooks'
-# time is mostly XLA:CPU compiling small models, about half of it in LLVM, and at these sizes
-# the slower code costs less than that. Same cells and checks (floats may differ in the last bits).
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def _kernelspec(root) -> str:
@@ -45,7 +41,6 @@ def test_quickstart_notebook_runs_and_writes_samples(tmp_path, monkeypatch):
     work = tmp_path / "quickstart"
     monkeypatch.setenv("QUICKSTART_DIR", os.fspath(work))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_FLAGS)
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
@@ -81,7 +76,6 @@ def test_distill_notebook_runs_and_compares_nfe(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_DIR", os.fspath(work))
     monkeypatch.delenv("DISTILL_TEACHER", raising=False)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_FLAGS)
 
     nb = nbformat.read(os.path.join(REPO, "colabs", "distill.ipynb"), as_version=4)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
@@ -108,7 +102,6 @@ def test_cascade_notebook_runs_stage1_then_the_refiner(tmp_path, monkeypatch):
     work = tmp_path / "cascade"
     monkeypatch.setenv("CASCADE_DIR", os.fspath(work))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_FLAGS)
 
     nb = nbformat.read(os.path.join(REPO, "colabs", "cascade.ipynb"), as_version=4)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]

@@ -12,16 +12,6 @@ from seaweed_jax.parallel.remat import POLICY_NAMES
 
 import test_dit_packing as packing_case
 
-# The tests' own jits compile with LLVM at -O0: about half of XLA:CPU's compile time, which is
-# most of these tests' time. Scan, remat and the train step are built by JAX before XLA sees
-# them; every comparison below is between programs compiled alike.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _run_jit(fn, *args):
-    """jax.jit(fn)(*args), compiled with FAST_COMPILE."""
-    return jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args)
-
 
 def _inputs(cfg, seed=0, latent_shape=(4, 8, 8)):
     rng = np.random.default_rng(seed)
@@ -32,7 +22,7 @@ def _inputs(cfg, seed=0, latent_shape=(4, 8, 8)):
 
 
 def _params(cfg, inputs, seed=1):
-    params = nn.meta.unbox(_run_jit(D.DiT(cfg).init, jax.random.key(0), *inputs)["params"])
+    params = nn.meta.unbox(jax.jit(D.DiT(cfg).init)(jax.random.key(0), *inputs)["params"])
     rng = np.random.default_rng(seed)  # perturb the zero-initialized gates so every path matters
     return jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
 
@@ -78,7 +68,7 @@ def test_remat_presets_give_the_unrolled_gradients():
     params = _params(cfg, inputs)
 
     def grads(c, p):
-        return _run_jit(jax.grad(lambda q: jnp.sum(D.DiT(c).apply({"params": q}, *inputs) ** 2)), p)
+        return jax.jit(jax.grad(lambda q: jnp.sum(D.DiT(c).apply({"params": q}, *inputs) ** 2)))(p)
 
     reference = grads(cfg, params)
     for preset in POLICY_NAMES:
@@ -121,14 +111,14 @@ def test_a_scanned_training_step_equals_the_unrolled_one():
         batch = task.example_batch((3, 4, 4), batch_size=2)
         batch["latents"] = jnp.asarray(np.random.default_rng(0).standard_normal(batch["latents"].shape), jnp.float32)
         if not scan:
-            state = init = unbox(_run_jit(task.init, loop.init_rng(0), batch))
+            state = init = unbox(jax.jit(task.init)(loop.init_rng(0), batch))
         else:  # the unrolled run's initial state, its DiT params converted (no second init compile)
             dit = D.scan_params(init.params["dit"], config.model)
             params = {**init.params, "dit": dit}
             state = init.replace(params=params, ema_params={**init.ema_params, "dit": dit},
                                  opt_state=task.tx.init(params), tx=task.tx)
         start = state.params
-        new, m = _run_jit(loop.make_train_step(task, seed=0, num_steps=10), state, batch)
+        new, m = jax.jit(loop.make_train_step(task, seed=0, num_steps=10))(state, batch)
         states[scan] = (start, new)
         metrics[scan] = m
     assert float(metrics[True]["loss"]) == pytest.approx(float(metrics[False]["loss"]), rel=1e-5)
