@@ -107,7 +107,6 @@ def env(cache_dir: str) -> dict:
              JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-    e["XLA_FLAGS"] = "--xla_backend_optimization_level=0"   # as tests/conftest.py (nothing else of the parent's)
     return e
 
 

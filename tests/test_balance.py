@@ -8,6 +8,7 @@ import ml_collections as mc
 import numpy as np
 import pytest
 
+from seaweed_jax.data import balance as balance_module
 from seaweed_jax.data import packing
 from seaweed_jax.data.balance import (BackgroundBalancer, Cost, CostTable, _first_fit, _improve, _lpt, balance,
                                       balance_batch, contiguous, cost_from_config, fill_bins_balanced, imbalance)
@@ -439,6 +440,44 @@ def test_helpers_match_the_frozen_reference_from_any_start():
             assert _improve(list(start), costs, sizes, ranks, limits) == ref_improve(
                 list(start), costs, sizes, ranks, limits)
     assert compared > 40   # most cases reach the local search
+
+
+def test_non_finite_costs_are_refused_naming_the_sample():
+    with pytest.raises(ValueError, match="finite linear"):
+        CostTable.analytic(float("nan"), 1.0)
+    cost = lambda n: float("inf") if n > 30 else float(n)
+    with pytest.raises(ValueError, match="cost of a 40-token sample is inf"):
+        balance([10, 40, 20], 2, cost)
+    items = [packing.Item(key=i, video=v, text=2) for i, v in enumerate([8, 40, 4])]
+    with pytest.raises(ValueError, match="cost of a 42-token sample is inf.*data.packing.cost_table"):
+        fill_bins_balanced(items, 2, packing.Capacity(64, 8, 4), cost)
+
+
+@pytest.mark.parametrize("first_ranks", [None, 1])
+def test_improve_matches_the_reference_on_decimal_costs_over_many_ranks(first_ranks, monkeypatch):
+    """Costs of 0.1 / 0.2 / 0.3 / 0.6 / 0.7 (their float sums depend on the order of the adds,
+    and values tie often) over 20-70 ranks, starts crowded onto the first third of the ranks,
+    every other trial under a 1.3x capacity: catches a swap value summed in another order and
+    a stale per-rank min / max in the rank skipping (which one block of 16 ranks can hide,
+    hence first_ranks=1 too)."""
+    if first_ranks:
+        monkeypatch.setattr(balance_module, "_FIRST_RANKS", first_ranks)
+    rng = np.random.default_rng(15)
+    compared = 0
+    for trial in range(40):
+        n, ranks = int(rng.integers(20, 120)), int(rng.choice([20, 33, 70]))
+        costs = [float(x) for x in rng.choice([0.1, 0.2, 0.3, 0.6, 0.7], n)]
+        sizes = [(int(x),) for x in rng.integers(1, 6, n)]
+        limits = None if trial % 2 else (max(5, -(-sum(s[0] for s in sizes) * 13 // (10 * ranks))),)
+        start = [int(r) for r in rng.integers(0, max(1, ranks // 3), n)]
+        if not ref_fits(start, sizes, ranks, limits):
+            start = ref_first_fit(sizes, ranks, limits)
+        if start is None:
+            continue
+        compared += 1
+        assert _improve(list(start), costs, sizes, ranks, limits) == ref_improve(
+            list(start), costs, sizes, ranks, limits)
+    assert compared > 30
 
 
 # --------------------------------------------------------------------------- background

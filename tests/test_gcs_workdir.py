@@ -71,7 +71,6 @@ def gcs(tmp_path_factory):
 def _run(args, cwd, env, timeout=600):
     full_env = dict(os.environ, **env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8",
                     PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests"), REPO]))
-    full_env.pop("XLA_FLAGS", None)
     p = subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True,
                        text=True, timeout=timeout)
     assert p.returncode == 0, f"{args} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"

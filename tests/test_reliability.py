@@ -28,7 +28,6 @@ VAE = os.path.join(REPO, "tests", "_vae_tiny.py")
 def _env():
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
                PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests"), REPO]))
-    env.pop("XLA_FLAGS", None)
     return env
 
 

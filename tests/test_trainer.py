@@ -40,7 +40,6 @@ def _env(cache_dir):
                PYTHONPATH=os.pathsep.join([os.path.join(REPO, "tests"), REPO]),
                JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
-    env.pop("XLA_FLAGS", None)
     return env
 
 

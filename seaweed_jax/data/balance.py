@@ -69,8 +69,9 @@ class CostTable:
 
     @classmethod
     def analytic(cls, linear: float, quadratic: float) -> "CostTable":
-        if linear < 0 or quadratic < 0 or linear + quadratic <= 0:
-            raise ValueError(f"analytic cost needs linear, quadratic >= 0, not both 0; got "
+        if not (math.isfinite(linear) and math.isfinite(quadratic)) or linear < 0 or quadratic < 0 \
+                or linear + quadratic <= 0:
+            raise ValueError(f"analytic cost needs finite linear, quadratic >= 0, not both 0; got "
                              f"linear={linear}, quadratic={quadratic}")
         return cls((), (), float(linear), float(quadratic))
 
@@ -180,7 +181,7 @@ def balance(lengths: Sequence[int], num_ranks: int, cost: Cost, capacity: int | 
             raise ValueError(f"the batch has {sum(lengths)} tokens, more than num_ranks x capacity = "
                              f"{num_ranks} x {capacity}; raise the capacity or read fewer samples")
         limits = (int(capacity),)
-    costs = [float(cost(n)) for n in lengths]
+    costs = _sample_costs(cost, lengths)
     sizes = [(n,) for n in lengths]
     naive = [0] * len(lengths)
     for r, part in enumerate(contiguous(len(lengths), num_ranks)):
@@ -204,7 +205,7 @@ def fill_bins_balanced(items: Sequence[packing.Item], num_bins: int, cap: packin
     first fit's exactly. Within a row, samples follow first fit's rows read row by row."""
     bins, left = packing.fill_bins(items, num_bins, cap)
     placed = [it for b in bins for it in b]
-    costs = [float(cost(it.video + it.text)) for it in placed]
+    costs = _sample_costs(cost, [it.video + it.text for it in placed])
     sizes = [(it.video, it.text, 1) for it in placed]
     limits = (cap.video_tokens, cap.text_tokens, cap.samples)
     first = [b for b, row in enumerate(bins) for _ in row]
@@ -218,6 +219,17 @@ def _group(things: Iterable, rank_of: Sequence[int], num_ranks: int) -> list[lis
     for thing, r in zip(things, rank_of):
         groups[r].append(thing)
     return groups
+
+
+def _sample_costs(cost: Cost, lengths: Sequence[int]) -> list[float]:
+    """cost(length) of every sample; a NaN or infinite cost would make the search meaningless
+    (no load compares below it), so it is refused naming the length."""
+    costs = [float(cost(n)) for n in lengths]
+    bad = next((i for i, c in enumerate(costs) if not math.isfinite(c)), None)
+    if bad is not None:
+        raise ValueError(f"the balancing cost of a {lengths[bad]}-token sample is {costs[bad]}: it must "
+                         "be finite; check data.packing.cost_table (or the cost function passed in)")
+    return costs
 
 
 def _fits(rank_of, sizes, num_ranks, limits) -> bool:
