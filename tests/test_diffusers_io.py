@@ -6,9 +6,9 @@ save_pretrained files plus its encoder posterior and decoder output on fixed inp
 those numbers is the independent reference; negative controls show the parity check would catch
 a wrong kernel layout or the wrong downsample padding.
 """
+import functools
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from _diffusers_fixture import copy_fixture, fixture_state
 from seaweed_jax.models.vae import autoencoder as ae
 from seaweed_jax.models.vae import diffusers_io as dio
 
@@ -46,21 +47,9 @@ def _encode(params, cfg, x):
     return _nchw(mean), _nchw(logvar)
 
 
-def _copy_fixture(tmp_path, state=None, config_edit=None):
-    d = tmp_path / "vae"
-    d.mkdir()
-    dcfg = json.load(open(os.path.join(FIXTURE, "config.json")))
-    dcfg.update(config_edit or {})
-    (d / "config.json").write_text(json.dumps(dcfg))
-    if state is None:
-        shutil.copy(os.path.join(FIXTURE, dio.WEIGHTS_NAME), d / dio.WEIGHTS_NAME)
-    else:
-        dio.write_safetensors(str(d / dio.WEIGHTS_NAME), state)
-    return str(d)
-
-
-def _fixture_state():
-    return dio.read_safetensors(os.path.join(FIXTURE, dio.WEIGHTS_NAME))
+# Editable copies of FIXTURE for the error tests (tests/_diffusers_fixture.py).
+_copy_fixture = functools.partial(copy_fixture, FIXTURE)
+_fixture_state = functools.partial(fixture_state, FIXTURE)
 
 
 # ----------------------------------------------------------------------------- parity

@@ -6,9 +6,9 @@ save_pretrained files plus its encoder posterior (frame 0, then two 4-frame chun
 caches) and decoder output (one latent frame at a time) on fixed inputs. Our full-sequence model
 must reproduce those numbers. The layer tests check the Wan-specific time handling by hand.
 """
+import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from _diffusers_fixture import copy_fixture, fixture_state
 from seaweed_jax.models.vae import autoencoder as ae
 from seaweed_jax.models.vae import diffusers_io as dio
 from seaweed_jax.models.vae import wan, wan_io
@@ -45,21 +46,10 @@ def _torch(video):
     return np.asarray(video).transpose(0, 4, 1, 2, 3)
 
 
-def _fixture_state():
-    return dio.read_safetensors(os.path.join(FIXTURE, dio.WEIGHTS_NAME))
+# Editable copies of FIXTURE for the error tests (tests/_diffusers_fixture.py).
+_copy_fixture = functools.partial(copy_fixture, FIXTURE)
+_fixture_state = functools.partial(fixture_state, FIXTURE)
 
-
-def _copy_fixture(tmp_path, state=None, config_edit=None):
-    d = tmp_path / "wan"
-    d.mkdir()
-    dcfg = json.load(open(os.path.join(FIXTURE, "config.json")))
-    dcfg.update(config_edit or {})
-    (d / "config.json").write_text(json.dumps(dcfg))
-    if state is None:
-        shutil.copy(os.path.join(FIXTURE, dio.WEIGHTS_NAME), d / dio.WEIGHTS_NAME)
-    else:
-        dio.write_safetensors(str(d / dio.WEIGHTS_NAME), state)
-    return str(d)
 
 # ----------------------------------------------------------------------------- parity
 

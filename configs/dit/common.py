@@ -48,3 +48,20 @@ def flow_sections(c: mc.ConfigDict, diffusion: dict | None = None,
     plus only the fields that differ, so config.json records the full sections."""
     c.diffusion = default_diffusion_config(**(diffusion or {}))
     c.sample = default_sample_config(**(sample or {}))
+
+
+def cpu_schedule(c: mc.ConfigDict, *, ema_decay: float, every: int) -> None:
+    """The 2-core toy schedule of moving_shapes.py (DiT) and ../refine/moving_shapes.py: lr 1e-3
+    (10x the base: a small model, a few thousand steps) after 100 warm-up steps, cosine to 10%,
+    no weight decay, clip 1.0; log every 50 steps, evaluate and checkpoint every `every`, keep 2."""
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = 100
+    c.optimizer.schedule = "cosine"
+    c.optimizer.end_lr_ratio = 0.1
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip = 1.0
+    c.ema_decay = ema_decay
+    c.log_every = 50
+    c.eval_every = every
+    c.ckpt_every = every
+    c.keep_checkpoints = 2

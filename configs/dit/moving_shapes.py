@@ -110,17 +110,7 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
                                  mlp_dim=128)
     common.flow_sections(c)      # the trainer's defaults: logit-normal t, CFG 4, 50 Euler steps
 
-    c.optimizer.lr = 1e-3
-    c.optimizer.warmup_steps = 100
-    c.optimizer.schedule = "cosine"
-    c.optimizer.end_lr_ratio = 0.1
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.grad_clip = 1.0
-    c.ema_decay = 0.995
-    c.log_every = 50
-    c.eval_every = 500
-    c.ckpt_every = 500
-    c.keep_checkpoints = 2
+    common.cpu_schedule(c, ema_decay=0.995, every=500)
     if args.mode == "t2v_long":
         c.ckpt_every = 1000
         c.keep_checkpoints = 10   # every 1,000 steps, to score the checker along the run

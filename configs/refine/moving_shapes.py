@@ -85,15 +85,5 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
         c.refine.pixel = dict(scale=(1.5, 3.0), blur=None, noise=None, jpeg=None)
     c.sample = mc.ConfigDict({"num_frames": None, "height": None, "width": None, "fps": 8.0})
 
-    c.optimizer.lr = 1e-3
-    c.optimizer.warmup_steps = 100
-    c.optimizer.schedule = "cosine"
-    c.optimizer.end_lr_ratio = 0.1
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.grad_clip = 1.0
-    c.ema_decay = 0.99
-    c.log_every = 50
-    c.eval_every = 300
-    c.ckpt_every = 300
-    c.keep_checkpoints = 2
+    common.cpu_schedule(c, ema_decay=0.99, every=300)
     return c

@@ -67,7 +67,8 @@ from etils import epath
 from PIL import Image, ImageOps
 
 from seaweed_jax.data.video_io import _SIZE_TAG
-from seaweed_jax.moving_shapes.builder import _DeterministicSerializer
+from seaweed_jax.moving_shapes.builder import (ArrayRecordBuilder, _DeterministicSerializer,
+                                              video_feature)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".avi", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -472,30 +473,18 @@ def _video_clips(config: VideoFolderConfig, path: str) -> list[tuple[int, np.nda
 
 
 # ----------------------------------------------------------------------------- builder
-class VideoFolder(tfds.core.GeneratorBasedBuilder):
+class VideoFolder(ArrayRecordBuilder):
     """Fixed-size clips from a folder of videos / images (see module doc)."""
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {str(VERSION): "Initial release."}
     BUILDER_CONFIGS: list = []  # every build is a custom config named by the user
 
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        # Same reason as MovingShapes.code_path: TFDS's lookup needs a missing backport.
-        return epath.Path(__file__)
-
-    def __init__(self, *, file_format=None, **kwargs):
-        # ArrayRecord: random access without TensorFlow (as moving_shapes).
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.builder_config
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
-                "video": tfds.features.Tensor(
-                    shape=(c.frames, c.height, c.width, 3), dtype=np.uint8,
-                    encoding=tfds.features.Encoding.BYTES),
+                "video": video_feature(c.frames, c.height, c.width),
                 "caption": tfds.features.Text(),
                 "path": tfds.features.Text(),
                 "clip_index": tfds.features.Scalar(dtype=np.int32),

@@ -21,6 +21,7 @@ or count never reuses a cached build: `-seed{S}` when seed != 0, `-n{N}` when nu
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import re
@@ -194,7 +195,29 @@ class _DeterministicSerializer(example_serializer.ExampleSerializer):
         return self.get_tf_example(example).SerializeToString(deterministic=True)
 
 
-class MovingShapes(tfds.core.GeneratorBasedBuilder):
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of this repo's video builders (MovingShapes, data.video_folder.VideoFolder): they
+    write ArrayRecord shards, the only format that needs no TensorFlow and supports random
+    access. Not a dataset itself (skip_registration: TFDS does not list it)."""
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        # TFDS's own lookup needs the `importlib_resources` backport, which it only declares
+        # for Python < 3.9; the subclass's file is the answer it would compute anyway.
+        return epath.Path(inspect.getfile(cls))
+
+    def __init__(self, *, file_format=None, **kwargs):
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+
+def video_feature(frames: int, height: int, width: int) -> tfds.features.Tensor:
+    """The `video` feature of both builders: uint8 (T, H, W, 3) stored as raw bytes."""
+    return tfds.features.Tensor(shape=(frames, height, width, 3), dtype=np.uint8,
+                                encoding=tfds.features.Encoding.BYTES)
+
+
+class MovingShapes(ArrayRecordBuilder):
     """One solid shape moving in a straight line on a uniform background (see module doc)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -202,24 +225,11 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [make_config(h, w, t) for h, w, t in REGISTERED_SIZES]
     DEFAULT_BUILDER_CONFIG_NAME = "32x32_f17"
 
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls):
-        # TFDS's own lookup needs the `importlib_resources` backport, which it only declares
-        # for Python < 3.9; this file is the answer it would compute anyway.
-        return epath.Path(__file__)
-
-    def __init__(self, *, file_format=None, **kwargs):
-        # ArrayRecord is the only format that needs no TensorFlow and supports random access.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.builder_config
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
-                "video": tfds.features.Tensor(
-                    shape=(c.num_frames, c.height, c.width, 3), dtype=np.uint8,
-                    encoding=tfds.features.Encoding.BYTES),
+                "video": video_feature(c.num_frames, c.height, c.width),
                 "caption": tfds.features.Text(),
                 "color": tfds.features.ClassLabel(names=list(COLOR_NAMES)),
                 "shape": tfds.features.ClassLabel(names=list(SHAPES)),

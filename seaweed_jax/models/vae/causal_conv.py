@@ -177,11 +177,7 @@ class CausalConv3d(nn.Module):
             padded = self._pad_past(x, kt, st)
         y = conv3d_valid_time(padded, kernel.astype(self.dtype), self.strides, self.conv_impl,
                               self.spatial_pad)
-        if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
-                              (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return checkpoint_name(y, "conv_out")
+        return checkpoint_name(add_bias(self, y), "conv_out")
 
     def _pad_past(self, x: jax.Array, kt: int, st: int) -> jax.Array:
         """Single device: repeat frame 0 at the sequence start, else prepend the cached tail."""
@@ -197,6 +193,16 @@ class CausalConv3d(nn.Module):
         padded = jnp.concatenate([pad, x], axis=1) if kt > 1 else x
         carry_tail(self, padded, kt, st, start)
         return padded
+
+
+def add_bias(module: nn.Module, y: jax.Array) -> jax.Array:
+    """`y` plus the conv `module`'s float32 "bias" param (module.features,) cast to module.dtype,
+    initialized by module.bias_init; `y` itself when module.use_bias is False."""
+    if not module.use_bias:
+        return y
+    bias = module.param("bias", nn.with_logical_partitioning(module.bias_init, BIAS_AXES),
+                        (module.features,), jnp.float32)
+    return y + bias.astype(module.dtype)
 
 
 def carry_tail(module: nn.Module, padded: jax.Array, kt: int, st: int, start: bool) -> None:
@@ -228,11 +234,7 @@ class FrameConv2d(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, KERNEL_2D_AXES),
                             (kh, kw, x.shape[-1], self.features), jnp.float32)
         y = conv2d_frames(x.astype(self.dtype), kernel.astype(self.dtype), self.strides)
-        if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
-                              (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return checkpoint_name(y, "conv_out")
+        return checkpoint_name(add_bias(self, y), "conv_out")
 
 
 class PointwiseConv(nn.Module):
@@ -248,11 +250,7 @@ class PointwiseConv(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, KERNEL_1x1_AXES),
                             (x.shape[-1], self.features), jnp.float32)
         y = jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel.astype(self.dtype))
-        if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, BIAS_AXES),
-                              (self.features,), jnp.float32)
-            y = y + bias.astype(self.dtype)
-        return y
+        return add_bias(self, y)
 
 
 def make_conv(kind: str, features: int, *, kernel: int = 3, strides=(1, 1, 1), dtype=jnp.float32,

@@ -138,51 +138,44 @@ def _widths(channels: int, num_layers: int, max_mult: int = 8):
     return [channels * min(2 ** i, max_mult) for i in range(num_layers + 1)]
 
 
-class PatchGAN2D(nn.Module):
-    """pix2pix-style PatchGAN on every frame: `num_layers` stride-2 k4 convs, one stride-1 k4
-    conv, then a k4 conv to one logit per patch. LeakyReLU(0.2), no normalization layers."""
+class _PatchGAN(nn.Module):
+    """The conv stack both PatchGANs share: `num_layers` stride-2 convs, one stride-1 conv
+    (widths channels x 1, 2, 4, 8, 8, ...), then a conv to one logit per patch; every kernel
+    dim zero-padded by 1 on both sides, LeakyReLU(0.2), no normalization layers."""
     channels: int = 64
     num_layers: int = 3
     power_iterations: int = 1
     dtype: jnp.dtype = jnp.float32
+
+    def _convs(self, h, kernel: tuple[int, ...], update_stats: bool):
+        nd = len(kernel)
+        pad = ((1, 1),) * nd
+        for i, c in enumerate(_widths(self.channels, self.num_layers)):
+            s = 2 if i < self.num_layers else 1
+            h = SpectralConv(c, kernel, (s,) * nd, pad, power_iterations=self.power_iterations,
+                             dtype=self.dtype, name=f"conv{i}")(h, update_stats)
+            h = nn.leaky_relu(h, 0.2)
+        return SpectralConv(1, kernel, (1,) * nd, pad, power_iterations=self.power_iterations,
+                            dtype=self.dtype, name="logits")(h, update_stats)
+
+
+class PatchGAN2D(_PatchGAN):
+    """pix2pix-style PatchGAN on every frame: k4 convs (the _PatchGAN stack)."""
 
     @nn.compact
     def __call__(self, video, update_stats: bool = False):
         b, t = video.shape[:2]
-        h = video.reshape((b * t,) + video.shape[2:])
-        pad = ((1, 1), (1, 1))
-        widths = _widths(self.channels, self.num_layers)
-        for i, c in enumerate(widths):
-            stride = 2 if i < self.num_layers else 1
-            h = SpectralConv(c, (4, 4), (stride, stride), pad, power_iterations=self.power_iterations,
-                             dtype=self.dtype, name=f"conv{i}")(h, update_stats)
-            h = nn.leaky_relu(h, 0.2)
-        h = SpectralConv(1, (4, 4), (1, 1), pad, power_iterations=self.power_iterations,
-                         dtype=self.dtype, name="logits")(h, update_stats)
+        h = self._convs(video.reshape((b * t,) + video.shape[2:]), (4, 4), update_stats)
         return h.astype(jnp.float32).reshape((b, t) + h.shape[1:])
 
 
-class PatchGAN3D(nn.Module):
-    """Video PatchGAN: (3, 4, 4) convs, the first `num_layers` stride (2, 2, 2) (time is
-    zero-padded by 1 on both sides), then one stride-1 conv and a logit conv."""
-    channels: int = 64
-    num_layers: int = 3
-    power_iterations: int = 1
-    dtype: jnp.dtype = jnp.float32
+class PatchGAN3D(_PatchGAN):
+    """Video PatchGAN: (3, 4, 4) convs (the _PatchGAN stack; strides (2, 2, 2), so time is
+    halved too, and zero-padded by 1 on both sides)."""
 
     @nn.compact
     def __call__(self, video, update_stats: bool = False):
-        h = video
-        pad = ((1, 1), (1, 1), (1, 1))
-        widths = _widths(self.channels, self.num_layers)
-        for i, c in enumerate(widths):
-            s = 2 if i < self.num_layers else 1
-            h = SpectralConv(c, (3, 4, 4), (s, s, s), pad, power_iterations=self.power_iterations,
-                             dtype=self.dtype, name=f"conv{i}")(h, update_stats)
-            h = nn.leaky_relu(h, 0.2)
-        h = SpectralConv(1, (3, 4, 4), (1, 1, 1), pad, power_iterations=self.power_iterations,
-                         dtype=self.dtype, name="logits")(h, update_stats)
-        return h.astype(jnp.float32)
+        return self._convs(video, (3, 4, 4), update_stats).astype(jnp.float32)
 
 
 class VideoDiscriminators(nn.Module):
