@@ -85,6 +85,15 @@ def _max_rel(got, want, steps) -> float:
     return max(abs(got[s] - want[s]) / abs(want[s]) for s in steps)
 
 
+def _resumed_on_the_curve(out: str, workdir, reference: dict, rtol: float) -> float:
+    """The run printed `out` resumed at step 10 and its steps 11-14 follow `reference` within
+    `rtol`; returns the largest relative difference."""
+    assert "resumed from" in out and "step 10" in out
+    got = _losses(workdir)
+    np.testing.assert_allclose([got[s] for s in range(11, 15)], [reference[s] for s in range(11, 15)], rtol=rtol)
+    return _max_rel(got, reference, range(11, 15))
+
+
 def test_two_processes_follow_one_and_checkpoints_move_between_process_counts(shared, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _train(shared, tmp_path, one, steps=10, processes=1, devices=4)
@@ -103,18 +112,12 @@ def test_two_processes_follow_one_and_checkpoints_move_between_process_counts(sh
 
     # two processes -> one process on another mesh (fsdp 2): resumes at 10, same curve
     out = _train(shared, tmp_path, two, steps=14, processes=1, devices=2, mesh={"data": 1, "fsdp": 2})[0]
-    assert "resumed from" in out and "step 10" in out
-    got = _losses(two)
-    np.testing.assert_allclose([got[s] for s in range(11, 15)], [reference[s] for s in range(11, 15)], rtol=1e-4)
-    diffs["2 -> 1 process (fsdp 2), steps 11-14"] = _max_rel(got, reference, range(11, 15))
+    diffs["2 -> 1 process (fsdp 2), steps 11-14"] = _resumed_on_the_curve(out, two, reference, rtol=1e-4)
 
     # one process -> two processes
     moved = tmp_path / "one_to_two"
     out = _train(shared, tmp_path, moved, steps=14, processes=2, devices=2)[0]
-    assert "resumed from" in out and "step 10" in out
-    got = _losses(moved)
-    np.testing.assert_allclose([got[s] for s in range(11, 15)], [reference[s] for s in range(11, 15)], rtol=1e-4)
-    diffs["1 -> 2 processes, steps 11-14"] = _max_rel(got, reference, range(11, 15))
+    diffs["1 -> 2 processes, steps 11-14"] = _resumed_on_the_curve(out, moved, reference, rtol=1e-4)
     print("losses 1..14 (one process):", [round(reference[s], 5) for s in range(1, 15)])
     print("max relative loss difference vs one process:", {k: f"{v:.1e}" for k, v in diffs.items()})
 
@@ -195,10 +198,7 @@ def test_global_packing_in_two_processes_follows_one_and_resumes_in_one(shared, 
     assert states[0] == states[1] == want and want["scope"] == "global"
 
     out = _train(shared, tmp_path, two, steps=14, processes=1, **kw)[0]   # 2 -> 1 process
-    assert "resumed from" in out and "step 10" in out
-    got = _losses(two)
-    np.testing.assert_allclose([got[s] for s in range(11, 15)], [reference[s] for s in range(11, 15)], rtol=1e-5)
-    diffs["2 -> 1 process, steps 11-14"] = _max_rel(got, reference, range(11, 15))
+    diffs["2 -> 1 process, steps 11-14"] = _resumed_on_the_curve(out, two, reference, rtol=1e-5)
     print("losses 1..14 (one process):", [round(reference[s], 5) for s in range(1, 15)])
     print("max relative loss difference vs one process:", {k: f"{v:.1e}" for k, v in diffs.items()})
     print("row_imbalance / row_imbalance_host, 1 process:", [tuple(round(x, 4) for x in v) for v in imb[1].values()])
