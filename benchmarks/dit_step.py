@@ -1,7 +1,7 @@
 r"""DiT training-step throughput per remat preset on the current backend: one JSON line each.
 
     python benchmarks/dit_step.py [--presets=none,full,minimal,save_dots,save_qkv_attn]
-        [--offload] [--cpu_devices=0] [--scan] [--dtype=float32] [--hugepages] [--repeats=10]
+        [--offload] [--cpu_devices=0] [--scan] [--grad_boundary] [--dtype=float32] [--hugepages] [--repeats=10]
         [--xla_cpu_flags=...]
 
 The step: forward + backward + optax AdamW update of an 8-layer x 256-wide DiT (4 heads,
@@ -29,14 +29,24 @@ The offload presets (offload_block_in, offload_qkv_attn) have no host memory spa
 to on XLA:CPU (they run as remat there) and are only run with `--offload`.
 
 Defaults = the fastest setting measured on the 2-core development host (Xeon, AVX-512,
-jax 0.10.2, idle machine; model ratio to peak of `none` / `save_dots`, each line printing
-its `setting`): one CPU device, layers scanned, float32, huge pages for glibc's allocations
-(0.27 / 0.29). Slower there: no huge pages (0.25 / 0.27: ~40k page faults per step), two
-fake CPU devices with the batch split (0.24 / 0.23), layers unrolled (0.19 / 0.18: XLA:CPU
-duplicates the backward's residual-gradient chain into every consumer fusion), bfloat16
-(save_dots 0.24). XLA:CPU flags tried without a measurable change: ynn fusion of dots with
-epilogues (+dot), xnn dot/eltwise fusion, prefer_vector_width=512, the concurrency-optimized
-scheduler off, copy insertion with region analysis; ynn eltwise fusion is ~40% slower.
+jax 0.10.2; model ratio to peak of `none` / `save_dots`, each line printing its `setting`):
+one CPU device, layers unrolled with `model.layer_grad_boundary` (0.29-0.31 / 0.30-0.31), float32,
+huge pages for glibc's allocations. Measured against it, in the same hour (load 1.5-1.7):
+layers scanned, with or without the boundary, 0.27-0.29 / 0.27-0.29 (each scan iteration
+stacks ~80 residuals with dynamic-update-slices and zero-fills the stacks); layers unrolled
+WITHOUT the boundary 0.18 / 0.18 (XLA:CPU fuses the residual stream's gradient, a chain of adds
+across all layers, into each of its ~113 consumers: layer i's backward recomputes every layer
+above it). Earlier, on the scanned default: no huge pages 0.25 / 0.27 (~40k page faults per
+step), two fake CPU devices with the batch split 0.24 / 0.23, bfloat16 (save_dots 0.24).
+XLA:CPU flags tried without a measurable change: ynn fusion of dots with epilogues (+dot), xnn
+dot/eltwise fusion, prefer_vector_width=512, the concurrency-optimized scheduler off, copy
+insertion with region analysis, tiling propagation, fast math; ynn eltwise fusion is ~40%
+slower, the legacy (non-MLIR) fusion emitters ~13% slower.
+Where the rest goes (jax.profiler trace, unrolled + boundary, thunk time summed over both
+cores): dots 54%, at 80-150 GFLOP/s each in the step vs 167-227 alone in a loop (small GEMMs sharing
+the cores with concurrent thunks); AdamW's per-leaf update fusions 12%; the transposed
+operands of weight gradients 10%; ~460 small reductions (LayerNorm, modulation and gate
+gradients) 6%, ~40 us each.
 """
 from __future__ import annotations
 
@@ -81,7 +91,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("offload", False, f"Also run {', '.join(OFFLOAD_PRESETS)} (XLA:CPU has no host "
                       "memory space: they run as plain remat there).")
     flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices to shard the batch over (0 = JAX's one).")
-    flags.DEFINE_bool("scan", True, "model.scan_layers: nn.scan over repeating layer groups.")
+    flags.DEFINE_bool("scan", False, "model.scan_layers: nn.scan over repeating layer groups.")
+    flags.DEFINE_bool("grad_boundary", True, "model.layer_grad_boundary: the residual streams' "
+                      "gradient computed once per layer (XLA:CPU otherwise re-fuses it into every consumer).")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model.dtype (compute dtype).")
     flags.DEFINE_integer("batch", 4, "Examples per step (global).")
     flags.DEFINE_list("latent", ["5", "8", "8"], "Latent T,H,W.")
@@ -111,10 +123,11 @@ def malloc_hugepages(argv) -> bool:
     os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv[1:]], env)
 
 
-def model_config(preset: str, scan: bool, dtype: str) -> mc.ConfigDict:
+def model_config(preset: str, scan: bool, dtype: str, grad_boundary: bool = True) -> mc.ConfigDict:
     return D.tiny_config(hidden_size=256, num_layers=8, num_heads=4, mlp_hidden=512, rope_axes_dim=(16, 24, 24),
                          text_dim=64, max_text_len=TEXT_LEN, latent_channels=16, in_channels=16,
-                         num_shared_ffn_layers=4, dtype=dtype, scan_layers=scan, remat=preset)
+                         num_shared_ffn_layers=4, dtype=dtype, scan_layers=scan, remat=preset,
+                         layer_grad_boundary=grad_boundary)
 
 
 class MatmulPeak:
@@ -214,7 +227,7 @@ def memory(compiled) -> dict:
 
 
 def run_preset(preset: str, mesh, latent, setting: dict) -> dict:
-    cfg = model_config(preset, setting["scan"], setting["dtype"])
+    cfg = model_config(preset, setting["scan"], setting["dtype"], setting["grad_boundary"])
     host = make_batch(cfg, setting["batch"], latent)
     flops_batch = {"latents": host["latents"], "text_ids": host["text_mask"]}
     model_flops = dit_task.train_flops(cfg, flops_batch)
@@ -284,7 +297,7 @@ def main(argv) -> None:
     if FLAGS.batch % mesh.shape["data"]:
         raise app.UsageError(f"--batch={FLAGS.batch} does not split over {mesh.shape['data']} devices")
     setting = {"devices": len(jax.devices()), "platform": jax.devices()[0].platform,
-               "scan": FLAGS.scan, "dtype": FLAGS.dtype, "batch": FLAGS.batch, "latent": latent,
+               "scan": FLAGS.scan, "grad_boundary": FLAGS.grad_boundary, "dtype": FLAGS.dtype, "batch": FLAGS.batch, "latent": latent,
                "text_len": TEXT_LEN, "warmup": FLAGS.warmup, "repeats": FLAGS.repeats,
                "peak_size": FLAGS.peak_size, "peak_windows": FLAGS.peak_windows,
                "malloc_hugepages": hugepages, "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -204,7 +204,7 @@ def latest_step(workdir: str) -> int | None:
 # the same parameters are computed (RUNTIME_FIELDS) may change too, and a field that one of the
 # two configs lacks (a run recorded before the field existed) is not compared.
 IDENTITY_FIELDS = ("task", "model", "text_encoder")
-RUNTIME_FIELDS = ("model.remat", "model.dtype", "model.attention_backend",
+RUNTIME_FIELDS = ("model.remat", "model.dtype", "model.attention_backend", "model.layer_grad_boundary",
                   "model.attention_block_sizes", "model.chunk_frames", "model.chunk_latent_frames",
                   "text_encoder.path", "text_encoder.dtype")
 UNREADABLE_DIR = "unreadable_checkpoints"

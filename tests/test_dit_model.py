@@ -277,3 +277,40 @@ def test_sharded_forward_backward_on_fake_mesh():
     # adaLN-Zero style init: gates and the output projection start at zero, so v == 0.
     np.testing.assert_allclose(float(unsharded_loss(jax.device_get(init_params))), float(jnp.mean(x ** 2)),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_grad_boundary_keeps_gradients_and_cuts_the_fusion(scan):
+    """model.layer_grad_boundary changes how XLA:CPU fuses the backward, not the math: the
+    same loss and gradients; in the compiled step, one conditional per stream and layer."""
+    base = tiny_config(num_layers=4, num_shared_ffn_layers=2, scan_layers=scan)
+    x, t, text, mask = example_inputs(base, batch=2, latent_shape=(3, 4, 4), text_len=5)
+    x, text = _normal(x.shape, 1), _text(base, 2, 5, 1)
+    t = jnp.array([0.3, 0.8])
+    params = _random_params(base, (x, t, text, mask))
+
+    def grads(boundary):
+        cfg = tiny_config(num_layers=4, num_shared_ffn_layers=2, scan_layers=scan, layer_grad_boundary=boundary)
+        loss = lambda p: jnp.mean(jnp.square(DiT(cfg).apply(p, x, t, text, mask) - x))
+        step = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+        return step(params), step.as_text().count(" conditional(")
+
+    (loss_off, g_off), conds_off = grads(False)
+    (loss_on, g_on), conds_on = grads(True)
+    # Unrolled: 2 per layer, less the last layer's text stream (nothing reads it: no gradient).
+    # Scanned (layers 0-1 in a loop, 2 and 3 unrolled): 2 in the loop body + 2 + 1.
+    assert (conds_off, conds_on) == (0, 5 if scan else 7)
+    np.testing.assert_allclose(loss_on, loss_off, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_off)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_grad_boundary_backward_is_identity_and_keeps_nan():
+    from seaweed_jax.models.dit.layers import grad_boundary
+    x = jnp.arange(6.0).reshape(2, 3)
+    _, vjp = jax.vjp(grad_boundary, x)
+    ct = _normal((2, 3), 0)
+    np.testing.assert_array_equal(vjp(ct)[0], ct)
+    later_nan = ct.at[1, 2].set(jnp.nan)
+    np.testing.assert_array_equal(np.isnan(vjp(later_nan)[0]), np.isnan(later_nan))
+    assert np.isnan(vjp(ct.at[0, 0].set(jnp.nan))[0]).all()  # the other branch: still non-finite

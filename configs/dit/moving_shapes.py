@@ -101,7 +101,8 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
         mlp_hidden=256, num_shared_ffn_layers=2, text_dim=64, max_text_len=12,
         timestep_freq_dim=128,
         dtype="float32",                # bf16 is slower on CPU
-        remat="none")
+        remat="none",
+        layer_grad_boundary=True)       # XLA:CPU: 1.4x the steps/s of unrolled layers without it
     # None: filled from the VAE run when training starts (DiTTask.resolve_config);
     # placeholders so `--config.model.latent_channels=N` still overrides them
     c.model.latent_channels = mc.config_dict.placeholder(int)
