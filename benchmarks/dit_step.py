@@ -1,7 +1,7 @@
 r"""DiT training-step throughput per remat preset on the current backend: one JSON line each.
 
     python benchmarks/dit_step.py [--presets=none,full,minimal,save_dots,save_qkv_attn]
-        [--offload] [--cpu_devices=0] [--scan] [--grad_boundary] [--dtype=float32] [--hugepages] [--repeats=10]
+        [--offload] [--cpu_devices=0] [--scan] [--nograd_boundary] [--dtype=float32] [--hugepages] [--repeats=10]
         [--xla_cpu_flags=...]
 
 The step: forward + backward + optax AdamW update of an 8-layer x 256-wide DiT (4 heads,
@@ -28,25 +28,20 @@ Each line has:
 The offload presets (offload_block_in, offload_qkv_attn) have no host memory space to move
 to on XLA:CPU (they run as remat there) and are only run with `--offload`.
 
-Defaults = the fastest setting measured on the 2-core development host (Xeon, AVX-512,
-jax 0.10.2; model ratio to peak of `none` / `save_dots`, each line printing its `setting`):
-one CPU device, layers unrolled with `model.layer_grad_boundary` (0.29-0.31 / 0.30-0.31), float32,
-huge pages for glibc's allocations. Measured against it, in the same hour (load 1.5-1.7):
-layers scanned, with or without the boundary, 0.27-0.29 / 0.27-0.29 (each scan iteration
-stacks ~80 residuals with dynamic-update-slices and zero-fills the stacks); layers unrolled
-WITHOUT the boundary 0.18 / 0.18 (XLA:CPU fuses the residual stream's gradient, a chain of adds
-across all layers, into each of its ~113 consumers: layer i's backward recomputes every layer
-above it). Earlier, on the scanned default: no huge pages 0.25 / 0.27 (~40k page faults per
-step), two fake CPU devices with the batch split 0.24 / 0.23, bfloat16 (save_dots 0.24).
-XLA:CPU flags tried without a measurable change: ynn fusion of dots with epilogues (+dot), xnn
-dot/eltwise fusion, prefer_vector_width=512, the concurrency-optimized scheduler off, copy
-insertion with region analysis, tiling propagation, fast math; ynn eltwise fusion is ~40%
-slower, the legacy (non-MLIR) fusion emitters ~13% slower.
-Where the rest goes (jax.profiler trace, unrolled + boundary, thunk time summed over both
-cores): dots 54%, at 80-150 GFLOP/s each in the step vs 167-227 alone in a loop (small GEMMs sharing
-the cores with concurrent thunks); AdamW's per-leaf update fusions 12%; the transposed
-operands of weight gradients 10%; ~460 small reductions (LayerNorm, modulation and gate
-gradients) 6%, ~40 us each.
+Defaults: one CPU device, layers unrolled with `model.layer_grad_boundary`, float32, huge
+pages for glibc's allocations. Model ratio to peak of `none` / `save_dots` on the 2-core
+development host (Xeon, AVX-512, jax 0.10.2), each line printing its `setting`; the same
+evening, load 1.5-1.7: unrolled with the boundary 0.25-0.31 / 0.27-0.31; scanned, with or
+without it, 0.27-0.29 / 0.27-0.29 (within noise of the default; a scan iteration stacks ~80
+residuals with dynamic-update-slices); unrolled WITHOUT the boundary 0.18 / 0.18 (XLA:CPU
+recomputes the residual stream's gradient inside each consumer: models/dit/boundary.py).
+Earlier, on the scanned setting: no huge pages 0.25 / 0.27 (~40k page faults per step), two
+fake CPU devices with the batch split 0.24 / 0.23 (unrolled + boundary: 0.23 / 0.22),
+bfloat16 (save_dots 0.24). XLA:CPU flags tried without a measurable change: ynn fusion of
+dots with epilogues (+dot), xnn dot/eltwise fusion, prefer_vector_width=512, the
+concurrency-optimized scheduler off, copy insertion with region analysis, tiling propagation,
+fast math; ynn eltwise fusion is ~40% slower, the legacy fusion emitters ~13% slower.
+Where the time goes (a profile): docs/results.md, "DiT training step vs the matmul peak".
 """
 from __future__ import annotations
 
@@ -297,7 +292,8 @@ def main(argv) -> None:
     if FLAGS.batch % mesh.shape["data"]:
         raise app.UsageError(f"--batch={FLAGS.batch} does not split over {mesh.shape['data']} devices")
     setting = {"devices": len(jax.devices()), "platform": jax.devices()[0].platform,
-               "scan": FLAGS.scan, "grad_boundary": FLAGS.grad_boundary, "dtype": FLAGS.dtype, "batch": FLAGS.batch, "latent": latent,
+               "scan": FLAGS.scan, "grad_boundary": FLAGS.grad_boundary, "dtype": FLAGS.dtype,
+               "batch": FLAGS.batch, "latent": latent,
                "text_len": TEXT_LEN, "warmup": FLAGS.warmup, "repeats": FLAGS.repeats,
                "peak_size": FLAGS.peak_size, "peak_windows": FLAGS.peak_windows,
                "malloc_hugepages": hugepages, "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -1,8 +1,10 @@
 """Hybrid-stream DiT: shapes, validation, padding invariance, FFN sharing, logical axes, 7B
-config, sharded forward/backward on a fake-device mesh."""
+config, sharded forward/backward on a fake-device mesh, the layer gradient boundary."""
+import collections
 import importlib.util
 import math
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from flax import linen as nn
 
 from seaweed_jax import parallel
 from seaweed_jax.models.dit import DiT, count_params, example_inputs, forward_flops, tiny_config
+from seaweed_jax.models.dit.boundary import grad_boundary
 from seaweed_jax.models.dit.dit import abstract_params
 from seaweed_jax.parallel import sharding
 from seaweed_jax.parallel.rules import LOGICAL_AXES
@@ -279,18 +282,20 @@ def test_sharded_forward_backward_on_fake_mesh():
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_layer_grad_boundary_keeps_gradients_and_cuts_the_fusion(scan):
+@pytest.mark.parametrize("scan,remat,dtype", [(False, "none", "float32"), (True, "none", "float32"),
+                                              (False, "minimal", "bfloat16")])
+def test_layer_grad_boundary_keeps_gradients_and_adds_one_conditional_per_stream_and_layer(scan, remat, dtype):
     """model.layer_grad_boundary changes how XLA:CPU fuses the backward, not the math: the
     same loss and gradients; in the compiled step, one conditional per stream and layer."""
-    base = tiny_config(num_layers=4, num_shared_ffn_layers=2, scan_layers=scan)
+    kw = dict(num_layers=4, num_shared_ffn_layers=2, scan_layers=scan, remat=remat, dtype=dtype)
+    base = tiny_config(**kw)
     x, t, text, mask = example_inputs(base, batch=2, latent_shape=(3, 4, 4), text_len=5)
     x, text = _normal(x.shape, 1), _text(base, 2, 5, 1)
     t = jnp.array([0.3, 0.8])
     params = _random_params(base, (x, t, text, mask))
 
     def grads(boundary):
-        cfg = tiny_config(num_layers=4, num_shared_ffn_layers=2, scan_layers=scan, layer_grad_boundary=boundary)
+        cfg = tiny_config(**kw, layer_grad_boundary=boundary)
         loss = lambda p: jnp.mean(jnp.square(DiT(cfg).apply(p, x, t, text, mask) - x))
         step = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
         return step(params), step.as_text().count(" conditional(")
@@ -306,7 +311,6 @@ def test_layer_grad_boundary_keeps_gradients_and_cuts_the_fusion(scan):
 
 
 def test_grad_boundary_backward_is_identity_and_keeps_nan():
-    from seaweed_jax.models.dit.layers import grad_boundary
     x = jnp.arange(6.0).reshape(2, 3)
     _, vjp = jax.vjp(grad_boundary, x)
     ct = _normal((2, 3), 0)
@@ -314,3 +318,42 @@ def test_grad_boundary_backward_is_identity_and_keeps_nan():
     later_nan = ct.at[1, 2].set(jnp.nan)
     np.testing.assert_array_equal(np.isnan(vjp(later_nan)[0]), np.isnan(later_nan))
     assert np.isnan(vjp(ct.at[0, 0].set(jnp.nan))[0]).all()  # the other branch: still non-finite
+    empty = jnp.zeros((2, 0, 3))   # e.g. a zero-length text stream
+    assert jax.vjp(grad_boundary, empty)[1](empty)[0].shape == (2, 0, 3)
+
+
+def test_layer_grad_boundary_on_a_sharded_mesh_adds_only_scalar_collectives():
+    """On a data x fsdp x context mesh the boundary's predicate (one element of a sharded
+    cotangent) may cost a scalar broadcast, never a gather of the cotangent itself."""
+    mesh = parallel.make_mesh(mc.ConfigDict({"shape": {"data": 2, "fsdp": 2, "context": 2}}))
+    rules = parallel.DEFAULT_RULES
+    b = 4
+    base = tiny_config(num_layers=3, num_shared_ffn_layers=1)
+    x, t, text, mask = example_inputs(base, batch=b, latent_shape=(2, 4, 4), text_len=6)
+    x, text, t = _normal(x.shape, 1), _text(base, b, 6, seed=2), jnp.linspace(0.1, 0.9, b)
+    params = _random_params(base, (x, t, text, mask))
+
+    def compiled_grads(boundary):
+        model = DiT(tiny_config(num_layers=3, num_shared_ffn_layers=1, layer_grad_boundary=boundary))
+        loss = lambda p: jnp.mean(jnp.square(model.apply(p, x, t, text, mask) - x))
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            shardings = sharding.logical_to_shardings(jax.eval_shape(model.init, _key(), x, t, text, mask),
+                                                      mesh, rules)
+            p = jax.device_put(params, nn.meta.unbox(shardings))
+            step = jax.jit(jax.grad(loss)).lower(p).compile()
+            return step(p), step.as_text()
+
+    g_off, hlo_off = compiled_grads(False)
+    g_on, hlo_on = compiled_grads(True)
+    for a, c in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_off)):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7)
+
+    def collectives(hlo):
+        return collections.Counter(re.findall(
+            r"= (\w+\[[\d,]*\])\S* (all-gather|all-reduce|collective-permute|all-to-all)\(", hlo))
+
+    assert sum(collectives(hlo_off).values()) > 0   # the FSDP step's own gathers and reductions are seen
+    added = collectives(hlo_on) - collectives(hlo_off)
+    assert hlo_on.count(" conditional(") == 2 * 3 - 1
+    one_element = lambda shape: math.prod(int(d) for d in re.findall(r"\d+", shape.split("[")[1])) == 1
+    assert all(one_element(shape) for shape, _ in added), added   # e.g. {f32[1,1,1] all-reduce: 1}

@@ -34,7 +34,8 @@ from seaweed_jax import kernels
 from seaweed_jax.kernels.masks import SegmentMask, VideoWindowMask
 from seaweed_jax.models.dit.attention import layer_attention_types, layer_mask
 from seaweed_jax.models.dit.blocks import TOKEN_NAMES, HybridStreamBlock
-from seaweed_jax.models.dit.layers import Linear, grad_boundary, layer_norm, modulate
+from seaweed_jax.models.dit.boundary import grad_boundary
+from seaweed_jax.models.dit.layers import Linear, layer_norm, modulate
 from seaweed_jax.models.dit.modulation import AdaSingle, ScalarEmbedder
 from seaweed_jax.models.dit.rope import mm_rope_positions, rope_tables
 from seaweed_jax.parallel.remat import maybe_remat
@@ -73,7 +74,7 @@ def default_config() -> mc.ConfigDict:
     c.dtype = "bfloat16"            # compute dtype; params are always float32
     c.remat = "none"                # parallel.remat policy name for each block (or scanned group)
     c.scan_layers = False           # nn.scan over repeating layer groups (params on a `layers` axis)
-    c.layer_grad_boundary = False   # XLA:CPU: compute the residual streams' gradient once per layer (layers.grad_boundary)
+    c.layer_grad_boundary = False   # CPU backend only: the residual streams' gradient computed once per layer (boundary.py)
     return c
 
 
@@ -335,7 +336,7 @@ class BlockGroup(nn.Module):
     packed: bool
     window_partitions: tuple[tuple[int, int, int], ...]
     block_kw: Any
-    grad_boundary: bool = False
+    layer_grad_boundary: bool = False
 
     @nn.compact
     def __call__(self, carry, t0, text_mask, rope_cos, rope_sin, mask_source):
@@ -348,7 +349,7 @@ class BlockGroup(nn.Module):
             x_v, x_t = HybridStreamBlock(shared_ffn=spec.shared_ffn, text_output=spec.text_output,
                                          name=f"block_{j}", **self.block_kw)(
                 x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
-            if self.grad_boundary:
+            if self.layer_grad_boundary:
                 x_v, x_t = grad_boundary(x_v), grad_boundary(x_t)
         return (x_v, x_t), None
 
@@ -463,7 +464,8 @@ class DiT(nn.Module):
         mask_source = segments if packed else key_valid
         specs = layer_specs(cfg)
         groups = layer_groups(cfg) if cfg.get("scan_layers", False) else [LayerGroup(i, 1, 1) for i in range(len(specs))]
-        boundary = cfg.get("layer_grad_boundary", False)
+        # An XLA:CPU fusion boundary (models/dit/boundary.py); on other backends it is left out.
+        boundary = cfg.get("layer_grad_boundary", False) and jax.default_backend() == "cpu"
         for group in groups:
             layers = specs[group.start:group.start + group.period]
             if not group.scanned:  # the block itself, named block_{i} as in unrolled runs
@@ -482,7 +484,7 @@ class DiT(nn.Module):
                               metadata_params={nn.PARTITION_NAME: "layers"})
             (x_v, x_t), _ = scanned(layers=layers, grid=grid, packed=packed,
                                     window_partitions=tuple(map(tuple, cfg.window_partitions)),
-                                    block_kw=block_kw, grad_boundary=boundary, name=group.name)(
+                                    block_kw=block_kw, layer_grad_boundary=boundary, name=group.name)(
                 (x_v, x_t), t0, text_mask, rope_cos, rope_sin, mask_source)
 
         # Final layer: PixArt-style shift/scale = t_emb + learned (2, D) table.

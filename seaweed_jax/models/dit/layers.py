@@ -103,34 +103,6 @@ def modulate(x, shift, scale):
     return x * (1.0 + scale) + shift
 
 
-@jax.custom_vjp
-def grad_boundary(x):
-    """Identity whose backward materializes the cotangent once, as a fusion boundary.
-
-    Why: across unrolled layers the residual stream's gradient is a chain of cheap adds, and
-    XLA:CPU fuses that chain into every consumer (each weight gradient's transposed operand,
-    each LayerNorm-backward reduction) instead of computing it once, so layer i's backward
-    recomputes the sum of every layer above it: O(L^2) work (an 8 x 256 DiT step ran 1.9x
-    slower unrolled than scanned; benchmarks/dit_step.py). `lax.optimization_barrier` does not
-    stop it (XLA:CPU drops barriers before fusion); a conditional does. The branch taken is the
-    identity whenever the cotangent's first element is a number; when it is NaN the other
-    branch returns all NaN (the gradient is already non-finite, and the trainer skips the step).
-    """
-    return x
-
-
-def _grad_boundary_fwd(x):
-    return x, None
-
-
-def _grad_boundary_bwd(_, ct):
-    first = ct.reshape(-1)[0]
-    return (jax.lax.cond(first == first, lambda c: c, lambda c: c + first, ct),)
-
-
-grad_boundary.defvjp(_grad_boundary_fwd, _grad_boundary_bwd)
-
-
 def sinusoidal_embedding(t, dim: int, max_period: float = 10000.0):
     """(B,) float -> (B, dim) [cos | sin] features (float32)."""
     half = dim // 2
