@@ -6,8 +6,9 @@ above adds its branch's contribution). XLA:CPU fuses that chain into each of its
 computing it once, so layer i's backward recomputes the layers above it: O(L^2) work. An 8 x 256
 DiT step ran ~1.5x slower unrolled than scanned (a scan's carry is materialized anyway), the
 4 x 128 demo DiT 1.4x slower than with this boundary (benchmarks/dit_step.py, docs/results.md).
-`lax.optimization_barrier` does not stop it (XLA:CPU drops barriers before fusion); a
-conditional does, since XLA cannot fuse across one.
+`lax.optimization_barrier` does not stop it (none is left in XLA:CPU's compiled program, and
+barriers at the block outputs left the duplicated fusions as they were); a conditional does,
+since XLA cannot fuse across one.
 
 Used after every DiT block when `model.layer_grad_boundary` is on AND the backend is CPU:
 elsewhere the conditional's predicate costs a device-to-host sync (GPU) or, on a sharded
