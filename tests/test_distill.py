@@ -193,10 +193,11 @@ def test_new_embeddings_start_at_zero_so_the_student_is_the_teachers_conditional
 
     x = batch["latents"]
     t = jnp.linspace(0.1, 0.9, x.shape[0])
-    emb, mask = task.encode_text(state.params, batch["text_ids"], batch["text_mask"])
+    # jitted: op by op, each forward compiles hundreds of tiny programs
+    emb, mask = jax.jit(task.encode_text)(state.params, batch["text_ids"], batch["text_mask"])
     neg = jax.random.normal(jax.random.key(2), (x.shape[0], emb.shape[-1]))
-    v_student = task.student_velocity(state.params, x, t, (emb, mask, neg), jnp.full((x.shape[0],), 6.0))
-    v_teacher = task.teacher_model.apply({"params": state.extra["teacher"]["dit"]}, x, t, emb, mask)
+    v_student = jax.jit(task.student_velocity)(state.params, x, t, (emb, mask, neg), jnp.full((x.shape[0],), 6.0))
+    v_teacher = jax.jit(task.teacher_model.apply)({"params": state.extra["teacher"]["dit"]}, x, t, emb, mask)
     np.testing.assert_allclose(np.asarray(v_student), np.asarray(v_teacher), rtol=1e-5, atol=1e-6)
     assert float(jnp.std(v_teacher)) > 1e-3   # not two zero outputs
 

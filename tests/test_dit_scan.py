@@ -24,7 +24,18 @@ def _inputs(cfg, seed=0, latent_shape=(4, 8, 8)):
 def _params(cfg, inputs, seed=1):
     params = nn.meta.unbox(jax.jit(D.DiT(cfg).init)(jax.random.key(0), *inputs)["params"])
     rng = np.random.default_rng(seed)  # perturb the zero-initialized gates so every path matters
-    return jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+    # in NumPy: eager jnp ops would compile a kernel per leaf shape
+    return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape), p.dtype),
+                        params)
+
+
+def _apply(cfg, params, *inputs, **kwargs):
+    """The model's forward, jitted (op by op it compiles hundreds of tiny programs)."""
+    return jax.jit(lambda p, *a: D.DiT(cfg).apply({"params": p}, *a, **kwargs))(params, *inputs)
+
+
+def _scan(params, cfg):
+    return jax.jit(lambda p: D.scan_params(p, cfg))(params)
 
 
 def _rel_err(a, b):
@@ -52,14 +63,14 @@ def test_scanned_equals_unrolled(attention, layers, shared):
     scfg = D.tiny_config(attention=attention, num_layers=layers, num_shared_ffn_layers=shared, scan_layers=True)
     inputs = _inputs(cfg)
     params = _params(cfg, inputs)
-    scanned = D.scan_params(params, scfg)
+    scanned = _scan(params, scfg)
     # The scanned model's own init has exactly this layout (names and stacked shapes).
     init = nn.meta.unbox(jax.eval_shape(D.DiT(scfg).init, jax.random.key(0), *inputs)["params"])
     assert jax.tree.map(jnp.shape, init) == jax.tree.map(jnp.shape, scanned)
     assert any(k.startswith("layers_") for k in scanned)
     assert jax.tree.map(jnp.shape, D.unscan_params(scanned, scfg)) == jax.tree.map(jnp.shape, params)
-    out = D.DiT(cfg).apply({"params": params}, *inputs)
-    assert _rel_err(D.DiT(scfg).apply({"params": scanned}, *inputs), out) < 1e-5
+    out = _apply(cfg, params, *inputs)
+    assert _rel_err(_apply(scfg, scanned, *inputs), out) < 1e-5
 
 
 def test_remat_presets_give_the_unrolled_gradients():
@@ -85,8 +96,8 @@ def test_packed_sequences_scan_too():
     samples = packing_case._samples(cfg)
     params = packing_case._params(cfg, samples)
     x, t, text, packing = packing_case._pack(cfg, samples)
-    out = D.DiT(cfg).apply({"params": params}, x, t, text, None, packing=packing)
-    got = D.DiT(scfg).apply({"params": D.scan_params(params, scfg)}, x, t, text, None, packing=packing)
+    out = _apply(cfg, params, x, t, text, None, packing=packing)
+    got = _apply(scfg, _scan(params, scfg), x, t, text, None, packing=packing)
     assert _rel_err(got, out) < 1e-5
 
 

@@ -49,7 +49,8 @@ def test_step_is_flow_matching_loss_and_first_adamw_update():
     host["text"] = host["text"][:, :8]
     host["text_mask"] = host["text_mask"][:, :8]
     inputs = D.example_inputs(cfg, batch=1, latent_shape=(1, 2, 2), text_len=8)
-    params = D.DiT(cfg).init(jax.random.key(0), *inputs)["params"]
+    # jitted: op by op, init and the reference's backward compile hundreds of tiny programs
+    params = jax.jit(lambda k: D.DiT(cfg).init(k, *inputs)["params"])(jax.random.key(0))
     lr, wd, eps_adam = 1e-3, 0.01, 1e-8
     tx = optax.adamw(lr, eps=eps_adam, weight_decay=wd)
     rng = jax.random.key(7)
@@ -65,13 +66,14 @@ def test_step_is_flow_matching_loss_and_first_adamw_update():
         v = D.DiT(cfg).apply({"params": p}, x_t, t, host["text"], host["text_mask"])
         return jnp.mean((v - (noise - x0)) ** 2)
 
-    want_loss, grads = jax.value_and_grad(loss_fn)(params)
+    want_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
     # AdamW's first step in closed form: m_hat = g, v_hat = g^2, so the update is
     # -lr * (g / (|g| + eps) + wd * p).
-    want = jax.tree.map(lambda p, g: p - lr * (g / (jnp.abs(g) + eps_adam) + wd * p), params, grads)
+    want = jax.jit(lambda ps, gs: jax.tree.map(
+        lambda p, g: p - lr * (g / (jnp.abs(g) + eps_adam) + wd * p), ps, gs))(params, grads)
 
     step = bench.make_step(cfg, tx)
-    state = (params, tx.init(params))
+    state = (params, jax.jit(tx.init)(params))
     copy = jax.tree.map(jnp.array, state)   # the step donates its state
     (new_params, _), loss = step(copy, {k: jnp.asarray(v) for k, v in host.items()}, rng)
     assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)

@@ -181,7 +181,7 @@ def test_pairs_and_the_zero_initialized_level_embedding(shared):
     it = task.make_train_iterator(data_dir=shared["data_dir"], process_index=0, process_count=1)
     batch = {k: jnp.asarray(v) for k, v in next(it).items() if np.asarray(v).dtype.kind in "biuf"}
     assert batch["latents"].shape[-1] == 4 * 3                  # clean + 2 variants
-    x1, z = task.pairs(batch["latents"], jnp.array([1, 0] * 4))
+    x1, z = jax.jit(task.pairs)(batch["latents"], jnp.array([1, 0] * 4))
     np.testing.assert_array_equal(np.asarray(x1), np.asarray(batch["latents"][..., :4]))
     np.testing.assert_array_equal(np.asarray(z[0]), np.asarray(batch["latents"][0, ..., 8:12]))
     np.testing.assert_array_equal(np.asarray(z[1]), np.asarray(batch["latents"][1, ..., 4:8]))
@@ -190,16 +190,17 @@ def test_pairs_and_the_zero_initialized_level_embedding(shared):
     state = nn.meta.unbox(state)
     assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(state.params["dit"]["level_embed"]["fc2"]))
     # perturb everything but the level embedding's output layer: the level still changes nothing
-    params = jax.tree.map(lambda x: x + 0.05, state.params)
+    # Jitted throughout: op by op, the DiT's backward alone compiles hundreds of tiny programs.
+    params = jax.jit(lambda p: jax.tree.map(lambda x: x + 0.05, p))(state.params)
     params["dit"]["level_embed"]["fc2"] = state.params["dit"]["level_embed"]["fc2"]
-    emb, mask = task.encode_text(params, batch["text_ids"], batch["text_mask"])
+    emb, mask = jax.jit(task.encode_text)(params, batch["text_ids"], batch["text_mask"])
     t = jnp.linspace(0.1, 0.9, 8)
     velocity = jax.jit(task.refiner_velocity)
     v600 = velocity(params, x1, t, emb, mask, jnp.full((8,), 600))
     v0 = velocity(params, x1, t, emb, mask, jnp.full((8,), -1))
     np.testing.assert_allclose(np.asarray(v600), np.asarray(v0), atol=1e-6)
     # the loss reaches the embedding's zero output layer (through the trained rest of the model)
-    grads = jax.grad(lambda p: task._loss(p, batch, jax.random.key(1))[0])(params)
+    grads = jax.jit(jax.grad(lambda p: task._loss(p, batch, jax.random.key(1))[0]))(params)
     assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["dit"]["level_embed"]["fc2"]))
     # ... and once that layer is trained, the level is an input the model reads
     params["dit"]["level_embed"]["fc2"] = jax.tree.map(lambda x: x + 0.05, params["dit"]["level_embed"]["fc2"])

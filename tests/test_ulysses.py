@@ -40,7 +40,8 @@ def _inputs(cfg):
 def _params(cfg, inputs):
     params = jax.jit(DiT(cfg).init)(jax.random.key(0), *inputs)["params"]
     rng = np.random.default_rng(1)  # perturb the zero-initialized gates so every path matters
-    return jax.tree.map(lambda p: p + 0.05 * jnp.asarray(rng.standard_normal(p.shape), p.dtype),
+    # in NumPy: eager jnp ops would compile a kernel per leaf shape
+    return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape), p.dtype),
                         nn.meta.unbox(params))
 
 
@@ -75,9 +76,10 @@ def test_ulysses_equals_one_device(backend, attention):
         assert "all-to-all" in hlo, shape
         np.testing.assert_allclose(loss, want_loss, rtol=1e-4)
         for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(want_grads)):
-            scale = float(jnp.max(jnp.abs(w)))
+            g, w = np.asarray(g), np.asarray(w)   # NumPy: no kernel compiled per leaf shape
+            scale = float(np.max(np.abs(w)))
             if scale > 0:
-                assert float(jnp.max(jnp.abs(g - w))) <= 1e-4 * scale, (shape, jax.tree_util.keystr(path))
+                assert float(np.max(np.abs(g - w))) <= 1e-4 * scale, (shape, jax.tree_util.keystr(path))
 
 
 def test_shapes_that_do_not_split_are_rejected_before_compiling():

@@ -42,15 +42,19 @@ def _scanned(cfg, **kw):
     return mc.FrozenConfigDict({**cfg.to_dict(), "scan_blocks": True, **kw})
 
 
+def _leaf_pairs(a, b):
+    """The two trees' leaves as NumPy pairs (eager jnp ops would compile a kernel per leaf shape)."""
+    return zip(map(np.asarray, jax.tree.leaves(a)), map(np.asarray, jax.tree.leaves(b)))
+
+
 def _rel_err(a, b):
     """Largest leaf-wise max |a - b| / max |b| over two trees of the same structure."""
     assert jax.tree.structure(a) == jax.tree.structure(b)
-    return max(float(jnp.max(jnp.abs(x - y)) / max(float(jnp.max(jnp.abs(y))), 1e-30))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(y))), 1e-30)) for x, y in _leaf_pairs(a, b))
 
 
 def _max_abs(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(float(np.max(np.abs(x - y))) for x, y in _leaf_pairs(a, b))
 
 
 @pytest.fixture(scope="module")
