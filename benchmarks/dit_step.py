@@ -69,6 +69,7 @@ from seaweed_jax.parallel.mesh import make_mesh, use_cpu_devices  # noqa: E402
 from seaweed_jax.parallel.remat import POLICY_NAMES  # noqa: E402
 from seaweed_jax.parallel.rules import DEFAULT_RULES  # noqa: E402
 from seaweed_jax.trainer import dit_task  # noqa: E402
+from seaweed_jax.trainer.accounting import MatmulPeak  # noqa: E402
 
 OFFLOAD_PRESETS = tuple(p for p in POLICY_NAMES if p.startswith("offload"))
 DEFAULT_PRESETS = tuple(p for p in POLICY_NAMES if p not in OFFLOAD_PRESETS)
@@ -123,41 +124,6 @@ def model_config(preset: str, scan: bool, dtype: str, grad_boundary: bool = True
                          text_dim=64, max_text_len=TEXT_LEN, latent_channels=16, in_channels=16,
                          num_shared_ffn_layers=4, dtype=dtype, scan_layers=scan, remat=preset,
                          layer_grad_boundary=grad_boundary)
-
-
-class MatmulPeak:
-    """The host's float32 matmul FLOP/s: the best rate over windows of back-to-back jitted
-    (size x size) @ (size x size) products on one device (XLA:CPU runs a matmul this size on
-    every core of its shared thread pool). A window lasts about one training step and the
-    windows are sampled between timed steps, so a busy machine slows step and peak alike
-    (a lone matmul would find the short idle gaps a whole step cannot)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
-        self.matmul = jax.jit(jnp.matmul)
-        self.matmul(self.a, self.a).block_until_ready()   # compile
-        self.best = float("inf")   # seconds per matmul
-        self.per_window = 1
-
-    def fit_window(self, seconds: float) -> None:
-        """Size the window to `seconds` (e.g. a step's time)."""
-        single = min(self._time(1) for _ in range(3))
-        self.per_window = max(1, round(seconds / single))
-
-    def _time(self, count: int) -> float:
-        start = time.perf_counter()
-        for _ in range(count):
-            self.matmul(self.a, self.a).block_until_ready()
-        return (time.perf_counter() - start) / count
-
-    def sample(self, windows: int = 1) -> None:
-        for _ in range(windows):
-            self.best = min(self.best, self._time(self.per_window))
-
-    @property
-    def flops_per_s(self) -> float:
-        return 2.0 * self.size ** 3 / self.best
 
 
 def cpu_ticks() -> tuple[int, int] | None:

@@ -40,8 +40,7 @@ if __name__ == "__main__":  # run as `python benchmarks/vae.py`: make the repo's
 from seaweed_jax.data import datasets  # noqa: E402
 from seaweed_jax.models.vae import autoencoder  # noqa: E402
 from seaweed_jax.parallel.mesh import use_cpu_devices  # noqa: E402
-# The peak sampler dit_step.py uses (this script's folder is on sys.path when run as a script).
-from dit_step import MatmulPeak  # noqa: E402
+from seaweed_jax.trainer.accounting import MatmulPeak  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vae/tiny.py", "VAE training config.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Clips per encode/decode call.")

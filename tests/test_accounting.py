@@ -149,6 +149,16 @@ def test_peak_flops_of_devices(monkeypatch):
     assert peak == 10e9 and "measured" in source and "8 local CPU devices" in source
 
 
+def test_matmul_peak_is_two_n_cubed_per_matmul_time():
+    peak = accounting.MatmulPeak(64)
+    peak.best = 0.5e-3   # seconds per matmul
+    assert peak.flops_per_s == pytest.approx(2 * 64 ** 3 / 0.5e-3)
+    peak.sample(2)       # real timings only ever lower the best time
+    assert peak.best <= 0.5e-3
+    peak.fit_window(1.0)   # a one-second "step": a window of many 64x64 products, not one
+    assert peak.per_window > 1
+
+
 def test_host_matmul_peak_is_a_rate():
     rate = accounting.measure_host_matmul_peak(size=256, repeats=2)
     assert math.isfinite(rate) and rate > 0

@@ -109,22 +109,54 @@ def table_peak(device_kind: str) -> tuple[float, str] | None:
     return None
 
 
+class MatmulPeak:
+    """The host's float32 matmul FLOP/s: the best rate over windows of back-to-back jitted
+    (size x size) @ (size x size) products on one CPU device (XLA:CPU runs a matmul this size
+    on every core of its shared thread pool). A benchmark sizes the window to one of its steps
+    (`fit_window`) and samples between timed steps, so a busy machine slows step and peak alike
+    (a lone matmul would find the short idle gaps a whole step cannot). The training log takes
+    one sample of single products (`measure_host_matmul_peak`)."""
+
+    def __init__(self, size: int = 1024, device=None):
+        self.size = size
+        self.device = jax.local_devices(backend="cpu")[0] if device is None else device
+        # A one-device mesh: a training loop's mesh context would otherwise claim the jit.
+        self._mesh = jax.sharding.Mesh(np.array([self.device]), ("host",))
+        a = np.random.default_rng(0).standard_normal((size, size), np.float32)
+        self.a = jax.device_put(a, self.device)
+        self.matmul = jax.jit(jnp.matmul)
+        self._time(1)   # compile + warm up
+        self.best = float("inf")   # seconds per matmul
+        self.per_window = 1
+
+    def fit_window(self, seconds: float) -> None:
+        """Size the window to `seconds` (e.g. a step's time)."""
+        single = min(self._time(1) for _ in range(3))
+        self.per_window = max(1, round(seconds / single))
+
+    def _time(self, count: int) -> float:
+        with jax.set_mesh(self._mesh):
+            start = time.perf_counter()
+            for _ in range(count):
+                self.matmul(self.a, self.a).block_until_ready()
+            return (time.perf_counter() - start) / count
+
+    def sample(self, windows: int = 1) -> None:
+        for _ in range(windows):
+            self.best = min(self.best, self._time(self.per_window))
+
+    @property
+    def flops_per_s(self) -> float:
+        return 2.0 * self.size ** 3 / self.best
+
+
 @functools.lru_cache(maxsize=None)
 def measure_host_matmul_peak(size: int = 1024, repeats: int = 10) -> float:
-    """The host CPU's float32 matmul rate (FLOP/s): best of `repeats` timed jitted
-    (size x size) @ (size x size) products on the first CPU device. Measured once per process."""
-    device = jax.local_devices(backend="cpu")[0]
-    # A one-device mesh: a training loop's mesh context would otherwise claim the jit.
-    with jax.set_mesh(jax.sharding.Mesh(np.array([device]), ("host",))):
-        a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
-        matmul = jax.jit(jnp.matmul)
-        matmul(a, a).block_until_ready()   # compile + warm up
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            matmul(a, a).block_until_ready()
-            best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best
+    """The host CPU's float32 matmul rate (FLOP/s): the best of `repeats` timed products
+    (`MatmulPeak` with one-product windows). Measured once per process."""
+    peak = MatmulPeak(size)
+    peak.sample(repeats)
+    return peak.flops_per_s
 
 
 def peak_flops(device=None) -> tuple[float | None, str]:
