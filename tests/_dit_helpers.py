@@ -168,6 +168,20 @@ def to_np(tree):
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+def perturbed_init(cfg, inputs, seed: int = 1):
+    """A DiT's init params (key 0) plus 0.05 N(0, 1) noise, so the zero-initialized gates and
+    output layer do not hide any path. The noise is added in NumPy: eager jnp ops would compile
+    a kernel per leaf shape."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    from seaweed_jax.models.dit import DiT
+    params = nn.meta.unbox(jax.jit(DiT(cfg).init)(jax.random.key(0), *inputs)["params"])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape), p.dtype),
+                        params)
+
+
 def write_dit_run(workdir: str, vae_workdir: str, *, perturb: float = 0.05, step: int = 7,
                   **overrides) -> str:
     """A DiT run directory without training: init params + noise (so predictions are not

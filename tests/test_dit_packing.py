@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
+import _dit_helpers as H
 from seaweed_jax.models.dit import DiT, tiny_config
 from seaweed_jax.models.dit.dit import Packing, patchify
 from seaweed_jax.models.dit.rope import video_positions
@@ -56,15 +56,6 @@ def _pack(cfg, samples):
     return jnp.concatenate(tokens)[None], t, jnp.concatenate(texts)[None], packing
 
 
-def _params(cfg, samples):
-    x, t, text, mask = samples[0]
-    params = jax.jit(DiT(cfg).init)(jax.random.key(0), x, t, text, mask)["params"]
-    rng = np.random.default_rng(1)  # perturb the zero-initialized gates so every path matters
-    # in NumPy: eager jnp ops would compile a kernel per leaf shape
-    return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape), p.dtype),
-                        nn.meta.unbox(params))
-
-
 def _rel_err(a, b):
     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
@@ -73,7 +64,7 @@ def _rel_err(a, b):
 def test_each_packed_sample_equals_the_sample_alone(backend):
     cfg = _config(backend)
     samples = _samples(cfg)
-    params = _params(cfg, samples)
+    params = H.perturbed_init(cfg, samples[0])
     model = DiT(cfg)
     x, t, text, packing = _pack(cfg, samples)
     seg = np.asarray(packing.video_segment[0])

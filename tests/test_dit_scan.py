@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+import _dit_helpers as H
 from seaweed_jax.models.dit import dit as D
 from seaweed_jax.parallel.remat import POLICY_NAMES
 
@@ -19,14 +20,6 @@ def _inputs(cfg, seed=0, latent_shape=(4, 8, 8)):
     mask = jnp.asarray([[True] * 8, [True] * 5 + [False] * 3])
     return (jnp.asarray(rng.standard_normal(x.shape), jnp.float32), jnp.asarray([0.2, 0.7]),
             jnp.asarray(rng.standard_normal(text.shape), jnp.float32), mask)
-
-
-def _params(cfg, inputs, seed=1):
-    params = nn.meta.unbox(jax.jit(D.DiT(cfg).init)(jax.random.key(0), *inputs)["params"])
-    rng = np.random.default_rng(seed)  # perturb the zero-initialized gates so every path matters
-    # in NumPy: eager jnp ops would compile a kernel per leaf shape
-    return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape), p.dtype),
-                        params)
 
 
 def _apply(cfg, params, *inputs, **kwargs):
@@ -62,7 +55,7 @@ def test_scanned_equals_unrolled(attention, layers, shared):
     cfg = D.tiny_config(attention=attention, num_layers=layers, num_shared_ffn_layers=shared)
     scfg = D.tiny_config(attention=attention, num_layers=layers, num_shared_ffn_layers=shared, scan_layers=True)
     inputs = _inputs(cfg)
-    params = _params(cfg, inputs)
+    params = H.perturbed_init(cfg, inputs)
     scanned = _scan(params, scfg)
     # The scanned model's own init has exactly this layout (names and stacked shapes).
     init = nn.meta.unbox(jax.eval_shape(D.DiT(scfg).init, jax.random.key(0), *inputs)["params"])
@@ -76,7 +69,7 @@ def test_scanned_equals_unrolled(attention, layers, shared):
 def test_remat_presets_give_the_unrolled_gradients():
     cfg = D.tiny_config(num_layers=3, num_shared_ffn_layers=0)  # layers 0-1 scanned, 2 unrolled
     inputs = _inputs(cfg, latent_shape=(2, 4, 4))
-    params = _params(cfg, inputs)
+    params = H.perturbed_init(cfg, inputs)
 
     def grads(c, p):
         return jax.jit(jax.grad(lambda q: jnp.sum(D.DiT(c).apply({"params": q}, *inputs) ** 2)))(p)
@@ -94,7 +87,7 @@ def test_packed_sequences_scan_too():
     scfg = packing_case._config()
     scfg.num_layers, scfg.num_shared_ffn_layers, scfg.scan_layers = 4, 1, True
     samples = packing_case._samples(cfg)
-    params = packing_case._params(cfg, samples)
+    params = H.perturbed_init(cfg, samples[0])
     x, t, text, packing = packing_case._pack(cfg, samples)
     out = _apply(cfg, params, x, t, text, None, packing=packing)
     got = _apply(scfg, _scan(params, scfg), x, t, text, None, packing=packing)
@@ -143,7 +136,6 @@ def test_a_scanned_training_step_equals_the_unrolled_one():
 def test_init_from_an_unrolled_run_into_a_scanned_model(tmp_path):
     """Turning scan_layers on for a run that starts from an unrolled one (and back): the
     params arrive converted, every leaf from the source."""
-    import _dit_helpers as H
     from seaweed_jax import checkpoint as ckpt_lib
     from seaweed_jax.config_lib import freeze
     from seaweed_jax.parallel import make_mesh

@@ -37,14 +37,6 @@ def _inputs(cfg):
     return x, jnp.array([0.2, 0.7]), text, text_mask
 
 
-def _params(cfg, inputs):
-    params = jax.jit(DiT(cfg).init)(jax.random.key(0), *inputs)["params"]
-    rng = np.random.default_rng(1)  # perturb the zero-initialized gates so every path matters
-    # in NumPy: eager jnp ops would compile a kernel per leaf shape
-    return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + 0.05 * rng.standard_normal(p.shape), p.dtype),
-                        nn.meta.unbox(params))
-
-
 def _loss_and_grads(cfg):
     model = DiT(cfg)
 
@@ -63,7 +55,7 @@ def _loss_and_grads(cfg):
 def test_ulysses_equals_one_device(backend, attention):
     cfg = _config(attention, backend)
     inputs = _inputs(cfg)
-    params = _params(cfg, inputs)
+    params = H.perturbed_init(cfg, inputs)
     step = _loss_and_grads(cfg)
     want_loss, want_grads = step(params, *inputs)
     for shape in ({"context": 4}, {"context": 2, "tensor": 2}):
