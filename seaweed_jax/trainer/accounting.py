@@ -117,13 +117,12 @@ class MatmulPeak:
     (a lone matmul would find the short idle gaps a whole step cannot). The training log takes
     one sample of single products (`measure_host_matmul_peak`)."""
 
-    def __init__(self, size: int = 1024, device=None):
+    def __init__(self, size: int = 1024):
         self.size = size
-        self.device = jax.local_devices(backend="cpu")[0] if device is None else device
+        device = jax.local_devices(backend="cpu")[0]
         # A one-device mesh: a training loop's mesh context would otherwise claim the jit.
-        self._mesh = jax.sharding.Mesh(np.array([self.device]), ("host",))
-        a = np.random.default_rng(0).standard_normal((size, size), np.float32)
-        self.a = jax.device_put(a, self.device)
+        self._mesh = jax.sharding.Mesh(np.array([device]), ("host",))
+        self.a = jax.device_put(np.random.default_rng(0).standard_normal((size, size), np.float32), device)
         self.matmul = jax.jit(jnp.matmul)
         self._time(1)   # compile + warm up
         self.best = float("inf")   # seconds per matmul
