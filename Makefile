@@ -16,7 +16,7 @@ $(STAMP): setup.py
 
 venv: $(STAMP)
 
-# Fast suite: every capability at tiny size (aim <= 15 min on 2 cores; 14.3-19.5 min measured as the host's speed varies, 15.9 on 2026-12-02: docs/testing.md). Two pytest-xdist workers
+# Fast suite: every capability at tiny size (aim <= 15 min on 2 cores; 14.3-19.5 min measured as the host's speed varies, 15.9-17.4 on 2026-12-02: docs/testing.md). Two pytest-xdist workers
 # (TEST_WORKERS=0: one process): much of a test is single-threaded XLA compilation. Whole files
 # go to one worker (their module fixtures are built once), slowest files first (tests/conftest.py).
 TEST_WORKERS ?= 2
