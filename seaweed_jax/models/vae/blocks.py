@@ -22,8 +22,25 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(g for g in range(1, min(n, cap) + 1) if n % g == 0)
 
 
+def _frame_group_mean(v: jax.Array, groups: int) -> jax.Array:
+    """Mean of (B, T, H, W, C) over (H, W) and the channels of each of `groups` groups,
+    broadcast back to (B, T, 1, 1, C)."""
+    b, t, h, w, c = v.shape
+    per_channel = v.sum(axis=(2, 3))                              # (B, T, C): C stays contiguous
+    per_group = per_channel.reshape(b, t, groups, c // groups).sum(-1, keepdims=True) / (h * w * (c // groups))
+    return jnp.broadcast_to(per_group, (b, t, groups, c // groups)).reshape(b, t, 1, 1, c)
+
+
 class FrameGroupNorm(nn.Module):
-    """GroupNorm over (H, W, channels-in-group) of each frame separately (fp32 statistics)."""
+    """GroupNorm over (H, W, channels-in-group) of each frame separately (fp32 statistics).
+
+    The statistics are summed per channel over (H, W) first, then over each group's channels.
+    One reduction over (H, W, channel-in-group) of a (..., groups, C/groups) view strides across
+    the channel axis; XLA:CPU ran those reductions (YNNPACK reduce fusions) at about a tenth of
+    the speed of the surrounding convs, 10% of tiny.py's encode. Measured in one process on
+    2026-12-02 (2 CPU devices, batch 32, load 1.5-1.9): encode 0.155-0.160 -> 0.137-0.143 s,
+    decode 0.250-0.272 -> 0.234-0.256 s, training fwd+bwd 2.30-2.56 -> 2.28-2.33 s.
+    """
     num_groups: int = 32
     epsilon: float = 1e-6
 
@@ -33,10 +50,10 @@ class FrameGroupNorm(nn.Module):
         g = _largest_divisor_at_most(c, self.num_groups)
         scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, NORM_AXES), (c,))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, NORM_AXES), (c,))
-        xf = x.astype(jnp.float32).reshape(x.shape[:-1] + (g, c // g))
-        mean = xf.mean(axis=(2, 3, 5), keepdims=True)
-        var = jnp.square(xf - mean).mean(axis=(2, 3, 5), keepdims=True)
-        y = ((xf - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        xf = x.astype(jnp.float32)
+        centered = xf - _frame_group_mean(xf, g)
+        var = _frame_group_mean(jnp.square(centered), g)
+        y = centered * jax.lax.rsqrt(var + self.epsilon)
         return (y * scale + bias).astype(x.dtype)
 
 
