@@ -22,7 +22,8 @@ probes of 3-8 minutes and full 3,000-step runs, see docs/results.md):
   the posterior mean (no sampling: the target is reconstruction PSNR); GAN off.
 
 Hardware / time / result: 2 CPU cores, 3,000 steps (26.6 GFLOP each), ~4 steps/s on an idle
-2026-12-01 host (~13 min); val PSNR 28.10 dB per frame, SSIM 0.817; the prompt checker reads
+2026-12-01 host (~13 min); val PSNR 28.10 dB per frame, SSIM 0.817 (seed 0; seed 1 27.49, and
+27.65 / 27.97 for seeds 0 / 1 after the 2026-12-02 GroupNorm rewrite); the prompt checker reads
 shape right on 94.5% of its reconstructions of 128 held-out clips.
 Measured tables (PSNR / SSIM by step, design probes): docs/results.md.
 """
