@@ -26,9 +26,10 @@ def _frame_group_mean(v: jax.Array, groups: int) -> jax.Array:
     """Mean of (B, T, H, W, C) over (H, W) and the channels of each of `groups` groups,
     broadcast back to (B, T, 1, 1, C)."""
     b, t, h, w, c = v.shape
+    k = c // groups
     per_channel = v.sum(axis=(2, 3))                              # (B, T, C): C stays contiguous
-    per_group = per_channel.reshape(b, t, groups, c // groups).sum(-1, keepdims=True) / (h * w * (c // groups))
-    return jnp.broadcast_to(per_group, (b, t, groups, c // groups)).reshape(b, t, 1, 1, c)
+    per_group = per_channel.reshape(b, t, groups, k).sum(-1, keepdims=True) / (h * w * k)
+    return jnp.broadcast_to(per_group, (b, t, groups, k)).reshape(b, t, 1, 1, c)
 
 
 class FrameGroupNorm(nn.Module):
