@@ -168,6 +168,16 @@ def to_np(tree):
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+def tree_rel_err(a, b) -> float:
+    """Largest leaf-wise max |a - b| / max |b| over two trees (or arrays) of the same structure;
+    an all-zero leaf of `b` must stay all zero. In NumPy: eager jnp ops would compile a kernel
+    per leaf shape (seconds over a model's leaves)."""
+    import jax
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    return max(float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-30)
+               for x, y in zip(map(np.asarray, jax.tree.leaves(a)), map(np.asarray, jax.tree.leaves(b))))
+
+
 def perturbed_init(cfg, inputs, seed: int = 1):
     """A DiT's init params (key 0) plus 0.05 N(0, 1) noise, so the zero-initialized gates and
     output layer do not hide any path. The noise is added in NumPy: eager jnp ops would compile

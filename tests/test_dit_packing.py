@@ -56,10 +56,6 @@ def _pack(cfg, samples):
     return jnp.concatenate(tokens)[None], t, jnp.concatenate(texts)[None], packing
 
 
-def _rel_err(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-
-
 @pytest.mark.parametrize("backend", ["xla", pytest.param("splash", marks=pytest.mark.slow)])
 def test_each_packed_sample_equals_the_sample_alone(backend):
     cfg = _config(backend)
@@ -84,7 +80,7 @@ def test_each_packed_sample_equals_the_sample_alone(backend):
     for i in range(len(samples)):
         (loss_a, out_a), grads_a = alone_step(params, i)
         (loss_p, out_p), grads_p = packed_step(params, i)
-        assert _rel_err(out_p[seg == i + 1], out_a) <= 1e-5, i
+        assert H.tree_rel_err(out_p[seg == i + 1], out_a) <= 1e-5, i
         np.testing.assert_allclose(float(loss_p), float(loss_a), rtol=1e-5)
         for (path, gp), ga in zip(jax.tree_util.tree_leaves_with_path(grads_p), jax.tree.leaves(grads_a)):
             gp, ga = np.asarray(gp), np.asarray(ga)   # NumPy: no kernel compiled per leaf shape

@@ -31,14 +31,6 @@ def _scan(params, cfg):
     return jax.jit(lambda p: D.scan_params(p, cfg))(params)
 
 
-def _rel_err(a, b):
-    """Largest leaf-wise max |a - b| / max |b| (an all-zero leaf must stay all zero). In NumPy:
-    eager jnp ops would compile a kernel per leaf shape (seconds over a model's leaves)."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    return max(float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-30)
-               for x, y in zip(map(np.asarray, jax.tree.leaves(a)), map(np.asarray, jax.tree.leaves(b))))
-
-
 def test_groups_follow_the_layer_structure():
     """7B layout: 8 dual-stream layers, 23 FFN-sharing ones, the last (no text output) alone;
     window layers repeat in pairs (the two partitions), a pair broken by the FFN switch."""
@@ -63,7 +55,7 @@ def test_scanned_equals_unrolled(attention, layers, shared):
     assert any(k.startswith("layers_") for k in scanned)
     assert jax.tree.map(jnp.shape, D.unscan_params(scanned, scfg)) == jax.tree.map(jnp.shape, params)
     out = _apply(cfg, params, *inputs)
-    assert _rel_err(_apply(scfg, scanned, *inputs), out) < 1e-5
+    assert H.tree_rel_err(_apply(scfg, scanned, *inputs), out) < 1e-5
 
 
 def test_remat_presets_give_the_unrolled_gradients():
@@ -78,7 +70,7 @@ def test_remat_presets_give_the_unrolled_gradients():
     for preset in POLICY_NAMES:
         scfg = D.tiny_config(num_layers=3, num_shared_ffn_layers=0, scan_layers=True, remat=preset)
         got = D.unscan_params(grads(scfg, D.scan_params(params, scfg)), scfg)
-        assert _rel_err(got, reference) < 1e-5, preset
+        assert H.tree_rel_err(got, reference) < 1e-5, preset
 
 
 def test_packed_sequences_scan_too():
@@ -91,7 +83,7 @@ def test_packed_sequences_scan_too():
     x, t, text, packing = packing_case._pack(cfg, samples)
     out = _apply(cfg, params, x, t, text, None, packing=packing)
     got = _apply(scfg, _scan(params, scfg), x, t, text, None, packing=packing)
-    assert _rel_err(got, out) < 1e-5
+    assert H.tree_rel_err(got, out) < 1e-5
 
 
 def test_a_scanned_training_step_equals_the_unrolled_one():
@@ -130,7 +122,7 @@ def test_a_scanned_training_step_equals_the_unrolled_one():
     for field in ("params", "ema_params"):
         got = getattr(states[True][1], field)
         got = {**got, "dit": D.unscan_params(got["dit"], config.model)}
-        assert _rel_err(got, getattr(states[False][1], field)) < 1e-4, field
+        assert H.tree_rel_err(got, getattr(states[False][1], field)) < 1e-4, field
 
 
 def test_init_from_an_unrolled_run_into_a_scanned_model(tmp_path):
@@ -175,4 +167,4 @@ def test_init_from_an_unrolled_run_into_a_scanned_model(tmp_path):
         got = state.params["dit"]
         want = D.scan_params(unrolled, config.model) if scan else unrolled
         assert jax.tree.structure(got) == jax.tree.structure(want)
-        assert _rel_err(got, want) == 0.0
+        assert H.tree_rel_err(got, want) == 0.0

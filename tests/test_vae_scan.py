@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+import _dit_helpers as H
 from _vae_params import random_params
 from seaweed_jax.models.vae import autoencoder as ae
 from seaweed_jax.parallel.rules import DEFAULT_RULES
@@ -45,12 +46,6 @@ def _scanned(cfg, **kw):
 def _leaf_pairs(a, b):
     """The two trees' leaves as NumPy pairs (eager jnp ops would compile a kernel per leaf shape)."""
     return zip(map(np.asarray, jax.tree.leaves(a)), map(np.asarray, jax.tree.leaves(b)))
-
-
-def _rel_err(a, b):
-    """Largest leaf-wise max |a - b| / max |b| over two trees of the same structure."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    return max(float(np.max(np.abs(x - y)) / max(float(np.max(np.abs(y))), 1e-30)) for x, y in _leaf_pairs(a, b))
 
 
 def _max_abs(a, b):
@@ -180,7 +175,7 @@ def test_remat_presets_give_the_unrolled_gradients(params, name, presets):
         scfg = _scanned(cfg, remat=preset)
         loss, g = _grads(scfg, ae.scan_params(p, scfg), x)
         assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6), preset
-        assert _rel_err(ae.unscan_params(g, scfg), reference) < 1e-5, preset
+        assert H.tree_rel_err(ae.unscan_params(g, scfg), reference) < 1e-5, preset
 
 
 def test_remat_wraps_the_scanned_body():
