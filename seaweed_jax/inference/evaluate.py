@@ -14,10 +14,11 @@ from typing import Callable
 from seaweed_jax import checkpoint, config_lib
 from seaweed_jax.eval import reconstruction
 from seaweed_jax.inference import compare
+from seaweed_jax.inference import vae as vae_lib
 from seaweed_jax.inference.dit_sampler import DiTSampler
 from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.parallel import make_mesh
-from seaweed_jax.trainer import loop, vae_task
+from seaweed_jax.trainer import loop
 from seaweed_jax.trainer.task import get_task
 
 
@@ -26,8 +27,8 @@ def evaluate_vae(workdir: str, *, step=None, num_examples=None, data_dir=None, u
     """`source` (a dataset name, e.g. moving_shapes/64x64_f17): score its validation clips whole
     instead of the run's data.sources[0] (e.g. a size the VAE never trained on)."""
     if latent_stats:
-        stats = vae_task.compute_latent_stats(workdir, data_dir=data_dir, num_examples=num_examples,
-                                              step=step, use_ema=use_ema)
+        stats = vae_lib.compute_latent_stats(workdir, data_dir=data_dir, num_examples=num_examples,
+                                             step=step, use_ema=use_ema)
         return {"task": "vae", "latent_stats": f"{workdir.rstrip('/')}/{codec_lib.STATS_FILE}",
                 **stats}
     codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)

@@ -1,8 +1,10 @@
-"""A trained VAE run at work: reconstruct video files, encode a dataset into a latent cache.
+"""A trained VAE run at work: reconstruct video files, encode a dataset into a latent cache,
+compute its latent statistics.
 
 `reconstruct_files` is what `python -m seaweed_jax.reconstruct` runs; `encode_dataset` is the
-`--vae_workdir` part of `python -m seaweed_jax.prepare`. Both load the run with
-`VAECodec.load` (params only).
+`--vae_workdir` part of `python -m seaweed_jax.prepare`; `compute_latent_stats` is
+`python -m seaweed_jax.evaluate --latent_stats` (and fills in a run stopped before its end). All
+load the run with `VAECodec.load` (params only).
 """
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ import sys
 
 import numpy as np
 
-from seaweed_jax import paths
+from seaweed_jax import config_lib, paths
 from seaweed_jax.data import latent_cache, video_io
 from seaweed_jax.eval import metrics, reconstruction
 from seaweed_jax.models.vae import codec as codec_lib
 from seaweed_jax.models.vae.tiling import Tiling
-from seaweed_jax.trainer.vae_task import compute_latent_stats
+from seaweed_jax.trainer.vae_task import loss_config
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +87,19 @@ def encode_dataset(dataset: str, data_dir: str, vae_workdir: str, *, seed: int =
     if codec.tiling is not None:
         summary["vae_tiling"] = codec.tiling.describe()
     return summary
+
+
+def compute_latent_stats(workdir: str, *, data_dir: str | None = None,
+                         num_examples: int | None = None, step: int | None = None,
+                         use_ema: bool = True) -> dict:
+    """Per-channel mean / std of the posterior-mean latents over the training split of a VAE
+    run, written to W/latent_stats.json (also returned). Reads only the run's params."""
+    codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)
+    config = codec.run_config
+    data_dir = config_lib.data_dir_for(config, data_dir)
+    n = int(num_examples or loss_config(config).latent_stats_examples)
+    stats = reconstruction.latent_stats(codec.posterior_means, config.data, data_dir=data_dir,
+                                        num_examples=n)
+    stats.update(step=codec.step, params="ema" if codec.params_key == "ema_params" else "params")
+    codec_lib.write_stats(workdir, stats)
+    return stats

@@ -74,7 +74,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from seaweed_jax import checkpoint, config_lib, paths
+from seaweed_jax import checkpoint, paths
 from seaweed_jax.data import pipeline
 from seaweed_jax.eval import lpips as lpips_lib
 from seaweed_jax.eval import reconstruction
@@ -561,18 +561,3 @@ class VAETask(Task):
         path = codec_lib.write_stats(workdir, stats)
         if jax.process_index() == 0:
             print(f"latent stats ({stats['num_examples']} train clips) -> {path}", flush=True)
-
-
-def compute_latent_stats(workdir: str, *, data_dir: str | None = None, num_examples: int | None = None,
-                         step: int | None = None, use_ema: bool = True) -> dict:
-    """Per-channel mean / std of the posterior-mean latents over the training split of a VAE
-    run, written to W/latent_stats.json (also returned). Reads only the run's params."""
-    codec = codec_lib.load(workdir, step=step, use_ema=use_ema, raw=True)
-    config = codec.run_config
-    data_dir = config_lib.data_dir_for(config, data_dir)
-    n = int(num_examples or loss_config(config).latent_stats_examples)
-    stats = reconstruction.latent_stats(codec.posterior_means, config.data, data_dir=data_dir,
-                                        num_examples=n)
-    stats.update(step=codec.step, params="ema" if codec.params_key == "ema_params" else "params")
-    codec_lib.write_stats(workdir, stats)
-    return stats
