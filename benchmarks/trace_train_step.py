@@ -31,6 +31,14 @@ class _Stop(Exception):
     pass
 
 
+def _caused_by_stop(e: BaseException | None) -> bool:
+    while e is not None:
+        if isinstance(e, _Stop):
+            return True
+        e = e.__cause__
+    return False
+
+
 def main(argv) -> None:
     roots = (os.path.join(REPO, "seaweed_jax") + os.sep, os.path.join(REPO, "configs") + os.sep)
     stack, files, reentries = [], [], collections.Counter()
@@ -60,8 +68,9 @@ def main(argv) -> None:
     sys.setprofile(profile)
     try:
         train.main(argv)
-    except _Stop:
-        pass
+    except Exception as e:   # the loop wraps a failed save (here: _Stop) in RunWriteError
+        if not _caused_by_stop(e):
+            raise
     finally:
         sys.setprofile(None)
     packages = list(dict.fromkeys(os.path.dirname(f) if f.count("/") > 1 else f for f in files))
