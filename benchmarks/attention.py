@@ -41,8 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seaweed_jax import kernels
-from seaweed_jax.kernels import splash
+if __name__ == "__main__":  # run as `python benchmarks/attention.py`: make the repo's seaweed_jax importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from seaweed_jax import kernels  # noqa: E402
+from seaweed_jax.kernels import splash  # noqa: E402
 
 SIZES = {
     "mid": dict(grid=(9, 16, 16), text=64, heads=8, head_dim=64),

@@ -1,7 +1,7 @@
 """Which project files one training run enters, in call order, up to its first checkpoint save.
 
     python benchmarks/trace_train_step.py --config=configs/dit/moving_shapes.py:t2v,vae=runs/demo/vae \
-        --workdir=/tmp/trace_dit --data_dir=runs/demo/data --config.num_steps=1
+        --workdir=/tmp/trace_dit --data_dir=runs/demo/data --config.num_steps=1 --config.eval_every=0
 
 Runs the train CLI's `main` under `sys.setprofile` and records every Python call whose code
 lives in this repository (seaweed_jax/ or configs/). Prints ONE JSON line: `files` (each
