@@ -131,18 +131,18 @@ def main(argv):
         result[f"{name}_ratio_to_matmul"] = round(rate / peak_gflops, 3)
 
     if not _SKIP_MEMORY.value:
-        mem = {}
+        mem, raw = {}, {}
         for frames in (int(f) for f in _MEMORY_FRAMES.value):
             shape = (1, frames, h, w, cfg.in_channels)
             full = autoencoder.compiled_temp_bytes(params, shape, config=cfg, kind="encode")
             chunked = autoencoder.compiled_temp_bytes(params, shape, config=cfg, kind="encode",
                                                       chunk=cfg.chunk_frames)
             mem[str(frames)] = {"full_mb": round(full / 2 ** 20, 3), "chunked_mb": round(chunked / 2 ** 20, 3)}
+            raw[frames] = (full, chunked)
         result["encode_temp_memory"] = mem
         result["chunk_frames"] = cfg.chunk_frames
-        frames = sorted(int(f) for f in mem)
-        result["chunked_max_over_full_min"] = round(
-            mem[str(frames[-1])]["chunked_mb"] / mem[str(frames[0])]["full_mb"], 3)
+        frames = sorted(raw)
+        result["chunked_max_over_full_min"] = round(raw[frames[-1]][1] / raw[frames[0]][0], 3)
     result["load_avg"] = float(open("/proc/loadavg").read().split()[0]) if os.path.exists("/proc/loadavg") else None
     print(json.dumps(result), flush=True)
 

@@ -37,12 +37,11 @@ import ml_collections as mc
 from flax import linen as nn
 from jax.sharding import SingleDeviceSharding
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == "__main__":  # run as `python benchmarks/vae_scan.py`: make the repo's seaweed_jax importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, REPO)
 from seaweed_jax.models.vae import autoencoder as ae  # noqa: E402
 from seaweed_jax.trainer import aot  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_model_config(path: str, arg: str | None) -> mc.ConfigDict:

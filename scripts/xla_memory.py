@@ -27,8 +27,12 @@ import os
 import re
 import sys
 
+# buffer assignment: "allocation 2652: size 22551708000, preallocated-temp:" (colour 0) or
+# "allocation 2654: size 14591983616, color 5, preallocated-temp:", then one line per value:
+# " value: <40767 wide.param.1{56} (phi) @0> (size=455081984,offset=597524480): f32[...]"
 _ALLOC = re.compile(r"^allocation (\d+): size (\d+), (?:color (\d+), )?preallocated-temp", re.M)
-_VALUE = re.compile(r"value: <\d+ ([^ >]+) @\d+> \(size=(\d+),offset=(\d+)\)")
+_VALUE = re.compile(r"value: <\d+ ([^ >]+)(?: \([^)]*\))? @\d+> \(size=(\d+),offset=(\d+)\)")
+# live ranges, under "BufferLiveRange:": "    dynamic-update-slice.312{}:3154-5356"
 _RANGE = re.compile(r"^ {4}([^\s:]+):(\d+)-(\d+)", re.M)
 
 
@@ -58,13 +62,20 @@ def temp_allocations(buffer_assignment: str) -> dict[int, tuple[int, list[tuple[
         end = heads[i + 1].start() if i + 1 < len(heads) else len(buffer_assignment)
         body = buffer_assignment[m.end():end].split("\nallocation ", 1)[0]
         color, size = int(m.group(3) or 0), int(m.group(2))
+        values = [(_key(n), int(s), int(o)) for n, s, o in _VALUE.findall(body)]
+        if len(values) != body.count(" value: <"):
+            raise SystemExit(f"allocation {m.group(1)}: parsed {len(values)} of {body.count(' value: <')} "
+                             f"value lines; the buffer-assignment format changed (update _VALUE)")
         if color not in out or size > out[color][0]:
-            out[color] = (size, [(_key(n), int(s), int(o)) for n, s, o in _VALUE.findall(body)])
+            out[color] = (size, values)
     return out
 
 
 def live_ranges(live_range_text: str) -> dict[str, tuple[int, int]]:
     """Value name -> (first, last) step of the flattened schedule."""
+    if "BufferLiveRange:" not in live_range_text:
+        raise SystemExit("the live-range dump has no BufferLiveRange section: a truncated file, or an "
+                         "XLA that writes another format; recompile with --xla_dump_to")
     text = live_range_text[live_range_text.index("BufferLiveRange:"):]
     end = text.find("Live ranges at")
     ranges = {}
@@ -74,7 +85,8 @@ def live_ranges(live_range_text: str) -> dict[str, tuple[int, int]]:
 
 
 def op_names(hlo: str) -> dict[str, str]:
-    return dict(re.findall(r'^\s*%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', hlo, re.M))
+    """Instruction name -> the jax function path XLA kept as metadata (op_name)."""
+    return dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', hlo, re.M))
 
 
 def _union_bytes(intervals) -> int:
@@ -92,7 +104,8 @@ def analyse(size: int, values, ranges, names, top: int) -> dict:
     the live values' [offset, offset + size) ranges) and the largest values live then."""
     timed = sorted((ranges[n][0], ranges[n][1], o, s, n) for n, s, o in values if n in ranges)
     if not timed:
-        raise SystemExit("no value of the temp allocation has a live range in the dump")
+        return {"temp_bytes": size, "max_live_bytes": None, "values": len(values),
+                "values_without_live_range": len(values), "largest_live": []}
     best, best_step, active, i = -1, 0, [], 0
     while i < len(timed):
         step = timed[i][0]
@@ -107,7 +120,7 @@ def analyse(size: int, values, ranges, names, top: int) -> dict:
     return {"temp_bytes": size, "max_live_bytes": best, "max_live_step": best_step,
             "fragmentation": round(1 - best / size, 4) if size else 0.0,
             "values": len(values), "values_without_live_range": len(values) - len(timed),
-            "largest_live": [{"name": n, "bytes": s, "op_name": names.get(n, "")}
+            "largest_live": [{"name": n, "bytes": s, "op_name": names.get(n.split("{", 1)[0], "")}
                              for s, n in at_peak[:top]]}
 
 
@@ -122,15 +135,27 @@ def main(argv=None) -> None:
     p.add_argument("--top", type=int, default=12, help="largest values listed at the peak")
     args = p.parse_args(argv)
     prefix = find_module(args.dump, args.module)
-    ranges_path = prefix + "-live-range.txt"
+    ranges_path, hlo_path = prefix + "-live-range.txt", prefix + ".txt"
     if not os.path.exists(ranges_path):
-        raise SystemExit(f"{ranges_path} is missing: this XLA does not dump live ranges")
-    ranges = live_ranges(open(ranges_path).read())
-    hlo_path = prefix + ".txt"
-    names = op_names(open(hlo_path).read()) if os.path.exists(hlo_path) else {}
+        raise SystemExit(f"{ranges_path} is missing: dump with a jaxlib / libtpu that writes "
+                         f"*-live-range.txt (jax 0.10 does)")
+    with open(ranges_path) as f:
+        ranges = live_ranges(f.read())
+    names = {}
+    if os.path.exists(hlo_path):
+        with open(hlo_path) as f:
+            names = op_names(f.read())
+    with open(prefix + "-buffer-assignment.txt") as f:
+        allocations = temp_allocations(f.read())
     per_color = {str(c): analyse(size, values, ranges, names, args.top)
-                 for c, (size, values) in sorted(temp_allocations(open(prefix + "-buffer-assignment.txt").read()).items())}
+                 for c, (size, values) in sorted(allocations.items())}
+    if per_color.get("0", {}).get("max_live_bytes") is None:
+        raise SystemExit("no value of the device temp buffer (colour 0) has a live range: compare the "
+                         "names under BufferLiveRange with the buffer assignment's; dumped by another XLA?")
     for c, r in per_color.items():
+        if r["max_live_bytes"] is None:
+            print(f"colour {c}: temp {_human(r['temp_bytes'])}, no live ranges", file=sys.stderr)
+            continue
         print(f"colour {c}: temp {_human(r['temp_bytes'])}, at most {_human(r['max_live_bytes'])} live "
               f"(step {r['max_live_step']}), fragmentation {r['fragmentation']:.1%}", file=sys.stderr)
     print(json.dumps({"module": os.path.basename(prefix), "colors": per_color}))

@@ -26,9 +26,9 @@ SLOW_FILES_FIRST = (
     "test_colab.py",            # ~210 s: three notebooks
     "test_dit_scan.py",         # ~125 s
     "test_refine.py",           # ~115 s
-    "test_benchmarks_smoke.py",  # ~60 s: 7 benchmark subprocesses (the 8th, odvae, ~42 s, is slow)
     "test_distill.py",          # ~90 s
     "test_aot.py",              # ~60 s
+    "test_benchmarks_smoke.py", # ~60 s: 7 benchmark subprocesses (the 8th, odvae, ~42 s, is slow)
     "test_vae_scan.py",         # ~45 s
     "test_vae_task.py",         # ~40 s
     "test_dit_task.py",         # ~35 s
