@@ -25,10 +25,11 @@ probes of 3-8 minutes and full 3,000-step runs, see docs/results.md):
 * loss: L2 (the PSNR objective; plain L1 stalled at ~15 dB, "background only") + KL 1e-6 on
   the posterior mean (no sampling: the target is reconstruction PSNR); GAN off.
 
-Hardware / time / result: 2 CPU cores, 3,000 steps (26.6 GFLOP each), ~4 steps/s on an idle
-2026-12-01 host (~13 min); val PSNR 28.10 dB per frame, SSIM 0.817 (seed 0; seed 1 27.49, and
-27.65 / 27.97 for seeds 0 / 1 after the 2026-12-02 GroupNorm rewrite); the prompt checker reads
-shape right on 94.5% of its reconstructions of 128 held-out clips.
+Hardware / time / result: 2 CPU cores, 2,000 steps of 16 clips (53.1 GFLOP each), ~2.1 steps/s
+on a 2026-12-02 host (16m38s in `make demo`); val PSNR 28.69 dB per frame, SSIM 0.829 (seed 0:
+23.77 / 26.27 / 27.78 / 28.69 at 500-2,000; seed 1: 28.61, SSIM 0.824); the prompt checker reads
+shape right on 94% of its reconstructions of 32 validation clips, 97.7% of 128. The batch-8
+recipe before it (3,000 steps, ~13 min): 27.49-28.10 dB over five runs.
 Measured tables (PSNR / SSIM by step, design probes): docs/results.md.
 """
 from __future__ import annotations
