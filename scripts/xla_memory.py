@@ -56,11 +56,9 @@ def find_module(dump: str, module: str | None) -> str:
 
 def temp_allocations(buffer_assignment: str) -> dict[int, tuple[int, list[tuple[str, int, int]]]]:
     """colour -> (size, [(value name, size, offset)]) of the largest preallocated-temp allocation."""
-    heads = list(_ALLOC.finditer(buffer_assignment))
     out = {}
-    for i, m in enumerate(heads):
-        end = heads[i + 1].start() if i + 1 < len(heads) else len(buffer_assignment)
-        body = buffer_assignment[m.end():end].split("\nallocation ", 1)[0]
+    for m in _ALLOC.finditer(buffer_assignment):
+        body = buffer_assignment[m.end():].split("\nallocation ", 1)[0]   # up to the next allocation
         color, size = int(m.group(3) or 0), int(m.group(2))
         values = [(_key(n), int(s), int(o)) for n, s, o in _VALUE.findall(body)]
         if len(values) != body.count(" value: <"):

@@ -22,11 +22,16 @@ SMALL = {"model.hidden_size": 64, "model.num_heads": 2, "model.rope_axes_dim": (
          "data.global_batch_size": 8}
 
 
-def _config(overrides):
-    spec = importlib.util.spec_from_file_location("seaweed_7b", os.path.join(REPO, "configs/dit/seaweed_7b.py"))
+def _config_file(rel: str, arg=None):
+    """get_config(arg) of the config file at REPO/rel (configs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_"), os.path.join(REPO, rel))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config("stage1")
+    return module.get_config(arg)
+
+
+def _config(overrides):
+    config = _config_file("configs/dit/seaweed_7b.py", "stage1")
     for path, value in overrides.items():
         config_lib.set_path(config, path, value)
     return config
@@ -99,10 +104,7 @@ def test_compile_only_compiles_the_vae():
     assert code == 0, err[-3000:]
     report = json.loads(out.strip().splitlines()[-1])["compile_only"]
     assert report["mesh"]["data"] * report["mesh"]["fsdp"] == 2 and report["latent_shape"] == [9, 32, 32]
-    spec = importlib.util.spec_from_file_location("vae_tiny", os.path.join(REPO, "configs/vae/tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert report["global_batch"] == module.get_config().data.global_batch_size   # tiny.py's (16)
+    assert report["global_batch"] == _config_file("configs/vae/tiny.py").data.global_batch_size  # 16
     assert report["temp_bytes"] > 0 and report["alias_bytes"] > 0
     assert 16 * report["params"] / 2 <= report["argument_bytes"]    # params, Adam moments, EMA
 
