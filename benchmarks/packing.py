@@ -137,7 +137,8 @@ def main() -> None:
     text_cfg = dict(text_encoder_config(toy))
     text_len = int(text_cfg["max_len"])
     data = toy.data
-    data.num_train, data.num_validation = args.num_train, 64
+    # only the train split is read; the builder needs >= 1 validation clip
+    data.num_train, data.num_validation = args.num_train, 1
     data.prefetch = 0
     null_tokens = 1   # the empty prompt is one token with the toy tokenizer (checked below)
     tok = Tokenize(text_cfg).map({"caption": ""})
@@ -150,7 +151,7 @@ def main() -> None:
                                 pad_video_to=16, text_len=text_len, steps=args.steps)
 
     clips = config_lib.base_config().data
-    clips.update(num_train=args.num_train, num_validation=64, prefetch=0)
+    clips.update(num_train=args.num_train, num_validation=1, prefetch=0)
     clips.sources = [{"name": n, "split": "train", "weight": 1.0} for n in CLIPS]
     spec = packed.PackSpec(num_sequences=8, capacity=packing.Capacity(272, 96, 16), patch=PATCH,
                            min_text_tokens=null_tokens)

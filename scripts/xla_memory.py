@@ -14,7 +14,9 @@ of the flattened schedule) and reports, per colour:
 * `max_live_bytes` and `max_live_step`: the most bytes live at any one step, and that step;
 * `fragmentation`: 1 - max_live / temp (the share of the buffer that packing costs);
 * `largest_live`: the `--top` largest values live at that step, with their HLO op_name
-  (the jax function path, from the optimized HLO's metadata) when the dump has it.
+  (the jax function path, from the optimized HLO's metadata) when the dump has it and their
+  live range `[first, last]` step, against `schedule_steps`, the last step of any value: a
+  layer's value whose range runs far past that layer's backward is kept for a late consumer.
 The analytic estimate of `trainer/aot.py: estimate_dit_memory` models live bytes, not packing.
 Works for any backend's dump (TPU via libtpu, or XLA:CPU, whose files say cpu_after_...).
 """
@@ -114,12 +116,14 @@ def analyse(size: int, values, ranges, names, top: int) -> dict:
         used = _union_bytes((o, o + s) for _, _, o, s, _ in active)
         if used > best:
             best, best_step = used, step
-    at_peak = sorted(((s, n) for start, stop, _, s, n in timed if start <= best_step <= stop), reverse=True)
+    at_peak = sorted(((s, n, start, stop) for start, stop, _, s, n in timed if start <= best_step <= stop),
+                     key=lambda v: (-v[0], v[1]))
     return {"temp_bytes": size, "max_live_bytes": best, "max_live_step": best_step,
+            "schedule_steps": max(stop for _, stop in ranges.values()),
             "fragmentation": round(1 - best / size, 4) if size else 0.0,
             "values": len(values), "values_without_live_range": len(values) - len(timed),
-            "largest_live": [{"name": n, "bytes": s, "op_name": names.get(n.split("{", 1)[0], "")}
-                             for s, n in at_peak[:top]]}
+            "largest_live": [{"name": n, "bytes": s, "op_name": names.get(n.split("{", 1)[0], ""),
+                              "live": [start, stop]} for s, n, start, stop in at_peak[:top]]}
 
 
 def _human(n: int) -> str:

@@ -68,8 +68,9 @@ def test_xla_memory_arithmetic_on_a_written_dump(tmp_path):
     assert (device["temp_bytes"], device["max_live_bytes"], device["max_live_step"]) == (400, 300, 2)
     assert device["fragmentation"] == 0.25
     assert (device["values"], device["values_without_live_range"]) == (4, 0)
-    assert [(v["name"], v["bytes"], v["op_name"]) for v in device["largest_live"]] == [
-        ("b{1}", 200, "jit(toy)/b_op"), ("a", 100, "jit(toy)/a_op")]
+    assert [(v["name"], v["bytes"], v["op_name"], v["live"]) for v in device["largest_live"]] == [
+        ("b{1}", 200, "jit(toy)/b_op", [2, 6]), ("a", 100, "jit(toy)/a_op", [0, 4])]
+    assert device["schedule_steps"] == 9
     host = out["colors"]["5"]
     assert (host["temp_bytes"], host["max_live_bytes"], host["fragmentation"]) == (80, 80, 0.0)
     assert out["colors"]["1"]["max_live_bytes"] is None          # no live ranges: reported, not fatal
