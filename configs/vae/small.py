@@ -13,7 +13,9 @@ Hardware / time / result (2026-12-01, 2 CPU cores, load ~2): 3,500 steps in ~62 
 val PSNR 30.39 dB per frame, SSIM 0.852. The lighter recipe it replaced (widths 16 / 32, one
 block, lr 1e-3; 25 GFLOP a step) reached 28.52 dB per clip at step 3,356 in 30 min (this run:
 29.99 per clip). The issue's 32 dB is
-not reached. Measured tables (PSNR / SSIM by step): docs/results.md.
+not reached. With `--config.data.global_batch_size=16` (2026-12-02, 232 GFLOP a step, 0.42
+steps/s, ~2h20m): 31.61 dB, SSIM 0.857, still 0.39 dB short; kept at 8 for the time.
+Measured tables (PSNR / SSIM by step): docs/results.md.
 """
 from __future__ import annotations
 
