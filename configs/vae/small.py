@@ -16,7 +16,8 @@ block, lr 1e-3; 25 GFLOP a step) reached 28.52 dB per clip at step 3,356 in 30 m
 not reached. With `--config.data.global_batch_size=16` (2026-12-02, 232 GFLOP a step, 0.42
 steps/s, ~2h20m): 31.61 dB, SSIM 0.857, still 0.39 dB short; kept at 8 for the time.
 With `--config.model.latent_channels=16` at batch 8 (2026-12-02, 12x compression): 30.63 dB,
-+0.24 only.
++0.24 only. Both at once, batch 16 as 2 x 8 accumulated (2026-12-03): 31.15 dB after a loss
+spike at update 900.
 Measured tables (PSNR / SSIM by step): docs/results.md.
 """
 from __future__ import annotations
