@@ -205,8 +205,8 @@ def latest_step(workdir: str) -> int | None:
 # two configs lacks (a run recorded before the field existed) is not compared.
 IDENTITY_FIELDS = ("task", "model", "text_encoder")
 RUNTIME_FIELDS = ("model.remat", "model.dtype", "model.attention_backend", "model.layer_grad_boundary",
-                  "model.attention_block_sizes", "model.chunk_frames", "model.chunk_latent_frames",
-                  "text_encoder.path", "text_encoder.dtype")
+                  "model.fence_unrolled_grads", "model.attention_block_sizes", "model.chunk_frames",
+                  "model.chunk_latent_frames", "text_encoder.path", "text_encoder.dtype")
 UNREADABLE_DIR = "unreadable_checkpoints"
 
 

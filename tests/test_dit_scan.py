@@ -168,3 +168,22 @@ def test_init_from_an_unrolled_run_into_a_scanned_model(tmp_path):
         want = D.scan_params(unrolled, config.model) if scan else unrolled
         assert jax.tree.structure(got) == jax.tree.structure(want)
         assert H.tree_rel_err(got, want) == 0.0
+
+
+@pytest.mark.parametrize("attention,remat", [("full", "none"), ("window", "offload_block_in")])
+def test_fenced_unrolled_blocks_keep_the_gradients_and_add_a_barrier(attention, remat):
+    """model.fence_unrolled_grads constrains the backward's schedule, not its values: the
+    same gradients as without it, and optimization barriers in the lowered backward that the
+    plain model does not have (remat presets bring barriers of their own)."""
+    kw = dict(attention=attention, num_layers=3, num_shared_ffn_layers=0, scan_layers=True, remat=remat)
+    plain, fenced = D.tiny_config(**kw), D.tiny_config(**kw, fence_unrolled_grads=True)
+    inputs = _inputs(plain, latent_shape=(2, 4, 4))
+    params = D.scan_params(H.perturbed_init(D.tiny_config(attention=attention, num_layers=3,
+                                                          num_shared_ffn_layers=0), inputs), plain)
+
+    def grad_fn(c):
+        return jax.jit(jax.grad(lambda q: jnp.sum(D.DiT(c).apply({"params": q}, *inputs) ** 2)))
+
+    assert H.tree_rel_err(grad_fn(fenced)(params), grad_fn(plain)(params)) < 1e-6
+    barriers = [grad_fn(c).lower(params).as_text().count("optimization_barrier") for c in (plain, fenced)]
+    assert barriers[1] > barriers[0], barriers   # layer 2, the one unrolled block

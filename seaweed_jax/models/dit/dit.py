@@ -34,7 +34,7 @@ from seaweed_jax import kernels
 from seaweed_jax.kernels.masks import SegmentMask, VideoWindowMask
 from seaweed_jax.models.dit.attention import layer_attention_types, layer_mask
 from seaweed_jax.models.dit.blocks import TOKEN_NAMES, HybridStreamBlock
-from seaweed_jax.models.dit.boundary import grad_boundary
+from seaweed_jax.models.dit.boundary import fenced_call, grad_boundary
 from seaweed_jax.models.dit.layers import Linear, layer_norm, modulate
 from seaweed_jax.models.dit.modulation import AdaSingle, ScalarEmbedder
 from seaweed_jax.models.dit.rope import mm_rope_positions, rope_tables
@@ -75,13 +75,14 @@ def default_config() -> mc.ConfigDict:
     c.remat = "none"                # parallel.remat policy name for each block (or scanned group)
     c.scan_layers = False           # nn.scan over repeating layer groups (params on a `layers` axis)
     c.layer_grad_boundary = False   # CPU backend only: the residual streams' gradient computed once per layer (boundary.py)
+    c.fence_unrolled_grads = False  # unrolled blocks release weight and input gradients together (boundary.fenced_call)
     return c
 
 
 # Fields newer than some saved runs, with the value those runs behaved as: their config.json
 # lacks them, and they still load.
 ADDED_FIELDS = {"attention_block_sizes": (512, 512), "negative_embed": False, "level_embed": False,
-                "scan_layers": False, "layer_grad_boundary": False}
+                "scan_layers": False, "layer_grad_boundary": False, "fence_unrolled_grads": False}
 
 
 def tiny_config(**overrides) -> mc.ConfigDict:
@@ -466,6 +467,7 @@ class DiT(nn.Module):
         groups = layer_groups(cfg) if cfg.get("scan_layers", False) else [LayerGroup(i, 1, 1) for i in range(len(specs))]
         # An XLA:CPU fusion boundary (models/dit/boundary.py); on other backends it is left out.
         boundary = cfg.get("layer_grad_boundary", False) and jax.default_backend() == "cpu"
+        fence = cfg.get("fence_unrolled_grads", False)
         for group in groups:
             layers = specs[group.start:group.start + group.period]
             if not group.scanned:  # the block itself, named block_{i} as in unrolled runs
@@ -474,7 +476,8 @@ class DiT(nn.Module):
                 block = maybe_remat(HybridStreamBlock, cfg.remat)(
                     shared_ffn=layers[0].shared_ffn, text_output=layers[0].text_output,
                     name=f"block_{group.start}", **block_kw)
-                x_v, x_t = block(x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
+                args = (x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
+                x_v, x_t = fenced_call(block, *args) if fence else block(*args)
                 if boundary:
                     x_v, x_t = grad_boundary(x_v), grad_boundary(x_t)
                 continue
