@@ -10,6 +10,13 @@ so the memory column is XLA's own per-device figure for that program: arguments 
 donated + temporaries. A candidate fits when that is below the chip's HBM (`--hbm_gib`, else
 the table below) minus `--headroom` (runtime buffers, fragmentation).
 
+On a TPU topology the compiler makes a check of its own: libtpu refuses a program whose
+temporaries exceed the chip's HBM (RESOURCE_EXHAUSTED, "Ran out of memory on HBM"); such a
+candidate is a "refused" row with the bytes the compiler asked for. The converse does not hold
+for `memory_analysis()`: libtpu has compiled 7B programs whose reported peak is 1.2-1.6x XLA's
+own buffer assignment and above the chip's HBM (README, planner section), so "fits: no" with
+"compiler: accepted" means the reported figure exceeds HBM, not that the program cannot run.
+
 The MFU column is an estimate, not a measurement: the step time is modelled as the larger of
   compute  = hardware FLOPs (model FLOPs + what the preset recomputes, analytic) /
              (devices x peak x --efficiency)   (the fraction of peak matmul code reaches)
@@ -29,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 
 import jax
@@ -88,6 +96,29 @@ class Candidate:
     fits: bool = False
     mfu: float | None = None
     bound: str = ""
+    refused_bytes: float | None = None   # what the compiler said the temporaries need, when it refused
+
+    @property
+    def compiler(self) -> str:
+        """'accepted' / 'refused' on a TPU (libtpu checks temporaries against HBM), else '-'."""
+        if self.refused_bytes is not None:
+            return "refused"
+        if self.report is not None and self.report.device_kind.startswith("TPU"):
+            return "accepted"
+        return "-"
+
+
+_HBM_REFUSAL = re.compile(r"memory required for HLO temporaries \(([\d.]+)([KMGT]?)\)", re.IGNORECASE)
+
+
+def refused_bytes(error: str) -> float | None:
+    """The temporaries' bytes from libtpu's out-of-HBM compile error ("Ran out of memory on
+    HBM, the total memory required for HLO temporaries (194.00G) exceeds available HBM
+    (95.74G)"); None for any other error."""
+    m = _HBM_REFUSAL.search(error)
+    if not m:
+        return None
+    return float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")
 
 
 def comm_bytes_per_device(config, report: aot.Report) -> float:
@@ -122,23 +153,31 @@ def score(candidate: Candidate, config, hbm_bytes: float, headroom: float, peak:
 
 def table(candidates: list[Candidate], hbm_gib: float) -> list[str]:
     rows = [f"{'mesh (data,fsdp,tensor,context)':<32} {'remat':<18} {'GiB/device':>10} {'host GiB':>8} "
-            f"{'fits ' + format(hbm_gib, 'g') + ' GiB':>12} {'MFU est.':>8}  bound"]
+            f"{'fits ' + format(hbm_gib, 'g') + ' GiB':>12} {'compiler':>8} {'MFU est.':>8}  bound"]
     for c in candidates:
         mesh = ",".join(str(c.mesh[k]) for k in ("data", "fsdp", "tensor", "context"))
+        if c.refused_bytes is not None:
+            rows.append(f"{mesh:<32} {c.preset:<18} {'-':>10} {'-':>8} {'no':>12} {'refused':>8}  "
+                        f"temporaries need {c.refused_bytes / 2**30:.2f} GiB")
+            continue
         if c.report is None:
             rows.append(f"{mesh:<32} {c.preset:<18} {'error: ' + (c.error or '')[:80]}")
             continue
         mfu = f"{c.mfu:.1%}" if c.mfu is not None else "-"
         rows.append(f"{mesh:<32} {c.preset:<18} {c.report.device_bytes / 2**30:>10.2f} "
-                    f"{c.report.host_bytes / 2**30:>8.2f} {'yes' if c.fits else 'no':>12} {mfu:>8}  {c.bound}")
+                    f"{c.report.host_bytes / 2**30:>8.2f} {'yes' if c.fits else 'no':>12} {c.compiler:>8} "
+                    f"{mfu:>8}  {c.bound}")
     return rows
 
 
 def order(candidates: list[Candidate]) -> list[Candidate]:
-    """Best first: fitting ones by estimated MFU (then less memory), then the rest by memory."""
+    """Best first: fitting ones by estimated MFU (then less memory), then the other compiled
+    ones by memory, then those the compiler refused (by what they need), then errors."""
     def key(c):
+        if c.refused_bytes is not None:
+            return (2, 0.0, c.refused_bytes)
         if c.report is None:
-            return (2, 0.0, 0.0)
+            return (3, 0.0, 0.0)
         return (0 if c.fits else 1, -(c.mfu or 0.0), c.report.device_bytes)
     return sorted(candidates, key=key)
 
@@ -175,9 +214,12 @@ def main(argv) -> None:
                 c = Candidate(mesh, preset, report)
                 score(c, config, hbm_gib * 2**30, _HEADROOM.value, peak, ICI_BYTES_PER_S.get(kind), _EFFICIENCY.value)
             except Exception as e:  # noqa: BLE001 - a candidate the compiler refuses is a row, not the end
-                c = Candidate(mesh, preset, None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                c = Candidate(mesh, preset, None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                              refused_bytes=refused_bytes(str(e)))
             candidates.append(c)
-            done = f"{c.report.device_bytes / 2**30:.2f} GiB/device, {c.report.compile_s:.0f} s" if c.report else c.error
+            done = (f"{c.report.device_bytes / 2**30:.2f} GiB/device, {c.report.compile_s:.0f} s" if c.report
+                    else f"refused by the compiler, needs {c.refused_bytes / 2**30:.2f} GiB" if c.refused_bytes
+                    else c.error)
             print(f"  {mesh} {preset}: {done}", file=sys.stderr, flush=True)
     ranked = order(candidates)
     print("\n".join(table(ranked, hbm_gib)))
@@ -191,7 +233,8 @@ def main(argv) -> None:
         paths.write_json(_JSON.value, {"devices": len(devices), "device_kind": kind, "hbm_gib": hbm_gib,
                                        "latent_shape": latent, "candidates": [
                                            {"mesh": c.mesh, "preset": c.preset, "fits": c.fits, "mfu_estimate": c.mfu,
-                                            "bound": c.bound, "error": c.error,
+                                            "bound": c.bound, "error": c.error, "compiler": c.compiler,
+                                            "refused_bytes": c.refused_bytes,
                                             "report": c.report.to_json() if c.report else None} for c in ranked]})
 
 

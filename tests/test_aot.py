@@ -126,12 +126,22 @@ def test_planner_meshes_and_ranking():
                   plan.Candidate({}, "full", report(5, 3e12, 4e12)),
                   plan.Candidate({}, "save_dots", report(8, 3e12, 3.2e12)),
                   plan.Candidate({}, "bad", None, "XlaRuntimeError: refused")]
+    # libtpu's own out-of-HBM refusal (the message of a real v5p compile, 2026-12-03)
+    oom = ("JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+           "temporaries (194.00G) exceeds available HBM (95.74G).")
+    assert plan.refused_bytes(oom) == 194 * 2**30 and plan.refused_bytes("XlaRuntimeError: refused") is None
+    candidates.append(plan.Candidate({}, "huge", None, oom, refused_bytes=plan.refused_bytes(oom)))
     for c in candidates[:3]:
         plan.score(c, None, 24 * 2**30, 0.1, peak=1e12, ici=None, efficiency=0.5)  # ici=None: no comms, no config read
     # MFU = model / (hardware / (devices x peak x efficiency) x devices x peak) = efficiency x model / hardware
     assert candidates[1].mfu == pytest.approx(0.5 * 3 / 4)
-    assert [c.preset for c in plan.order(candidates)] == ["save_dots", "full", "none", "bad"]
+    assert [c.preset for c in plan.order(candidates)] == ["save_dots", "full", "none", "huge", "bad"]
     assert not candidates[0].fits and candidates[1].fits
+    assert [c.compiler for c in candidates] == ["-", "-", "-", "-", "refused"]   # CPU reports: no HBM check
+    for c in candidates:
+        c.mesh = {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}
+    rows = plan.table(plan.order(candidates), 24)
+    assert "refused" in rows[4] and "194.00 GiB" in rows[4] and "error: XlaRuntimeError" in rows[5]
 
 
 def test_planner_cli_compiles_each_candidate(tmp_path):
