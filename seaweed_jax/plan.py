@@ -6,8 +6,9 @@ and print what fits and what it should cost, best first.
     python -m seaweed_jax.plan --config=... --latent_shape=... --cpu_devices=64   # fake CPU devices
 
 Each candidate is compiled by `trainer/aot.py` (abstract params and batch: nothing is allocated),
-so the memory column is XLA's own per-device figure for that program: arguments + outputs not
-donated + temporaries. A candidate fits when that is below the chip's HBM (`--hbm_gib`, else
+so the memory column is XLA's own per-device figure for that program (`memory_analysis()`):
+arguments + outputs not donated + temporaries; with `--xla_buffers` the "XLA GiB" column has the
+same sum with the temp buffer of XLA's dumped buffer assignment instead. A candidate fits when that is below the chip's HBM (`--hbm_gib`, else
 the table below) minus `--headroom` (runtime buffers, fragmentation).
 
 On a TPU topology the compiler makes a check of its own: libtpu refuses a program whose
@@ -65,6 +66,8 @@ _PRESETS = flags.DEFINE_list("presets", ["minimal", "full", "offload_block_in"],
 _HBM = flags.DEFINE_float("hbm_gib", None, "Device memory in GiB (default: the chip table; CPU: 24)")
 _HEADROOM = flags.DEFINE_float("headroom", 0.1, "Fraction of memory kept free")
 _EFFICIENCY = flags.DEFINE_float("efficiency", 0.6, "Fraction of the peak matmul rate compute reaches")
+_XLA_BUFFERS = flags.DEFINE_bool("xla_buffers", False, "Also read each candidate's XLA buffer assignment "
+                                 "(the 'XLA GiB' column: arguments + XLA's temp buffer)")
 _JSON = flags.DEFINE_string("json", None, "Also write every candidate's numbers to this JSON file")
 
 
@@ -152,19 +155,21 @@ def score(candidate: Candidate, config, hbm_bytes: float, headroom: float, peak:
 
 
 def table(candidates: list[Candidate], hbm_gib: float) -> list[str]:
-    rows = [f"{'mesh (data,fsdp,tensor,context)':<32} {'remat':<18} {'GiB/device':>10} {'host GiB':>8} "
-            f"{'fits ' + format(hbm_gib, 'g') + ' GiB':>12} {'compiler':>8} {'MFU est.':>8}  bound"]
+    rows = [f"{'mesh (data,fsdp,tensor,context)':<32} {'remat':<18} {'GiB/device':>10} {'XLA GiB':>8} "
+            f"{'host GiB':>8} {'fits ' + format(hbm_gib, 'g') + ' GiB':>12} {'compiler':>8} {'MFU est.':>8}  bound"]
     for c in candidates:
         mesh = ",".join(str(c.mesh[k]) for k in ("data", "fsdp", "tensor", "context"))
         if c.refused_bytes is not None:
-            rows.append(f"{mesh:<32} {c.preset:<18} {'-':>10} {'-':>8} {'no':>12} {'refused':>8}  "
+            rows.append(f"{mesh:<32} {c.preset:<18} {'-':>10} {'-':>8} {'-':>8} {'no':>12} {'refused':>8}  "
                         f"temporaries need {c.refused_bytes / 2**30:.2f} GiB")
             continue
         if c.report is None:
             rows.append(f"{mesh:<32} {c.preset:<18} {'error: ' + (c.error or '')[:80]}")
             continue
         mfu = f"{c.mfu:.1%}" if c.mfu is not None else "-"
-        rows.append(f"{mesh:<32} {c.preset:<18} {c.report.device_bytes / 2**30:>10.2f} "
+        xla = c.report.xla_bytes("temp")
+        xla = f"{xla / 2**30:.2f}" if xla is not None else "-"
+        rows.append(f"{mesh:<32} {c.preset:<18} {c.report.device_bytes / 2**30:>10.2f} {xla:>8} "
                     f"{c.report.host_bytes / 2**30:>8.2f} {'yes' if c.fits else 'no':>12} {c.compiler:>8} "
                     f"{mfu:>8}  {c.bound}")
     return rows
@@ -210,7 +215,7 @@ def main(argv) -> None:
         for preset in _PRESETS.value:
             try:
                 report = aot.compile_train_step(config, devices=devices, latent_shape=latent, mesh_shape=mesh,
-                                                overrides={"model.remat": preset})
+                                                overrides={"model.remat": preset}, xla_buffers=_XLA_BUFFERS.value)
                 c = Candidate(mesh, preset, report)
                 score(c, config, hbm_gib * 2**30, _HEADROOM.value, peak, ICI_BYTES_PER_S.get(kind), _EFFICIENCY.value)
             except Exception as e:  # noqa: BLE001 - a candidate the compiler refuses is a row, not the end

@@ -9,6 +9,7 @@
                           and Open MPI are detected: --multihost=auto|on|off)
     --workdir=gs://B/run  runs live on local disk or GCS (`pip install -e '.[gcs]'`)
     --compile_only --latent_shape=T,H,W [--topology=v5p-128]     (DiT tasks: one example's latent)
+                   [--xla_buffers]                               (+ XLA's own buffer assignment)
     --compile_only --video_shape=T,H,W [--topology=v5p-128]      (the VAE: one training clip)
                           lower and compile the training step without parameters or data and
                           print per-device memory, analytic FLOPs and the mesh (no workdir);
@@ -58,6 +59,9 @@ _TOPOLOGY = flags.DEFINE_string(
 _LATENT_SHAPE = flags.DEFINE_list(
     "latent_shape", None, "--compile_only: the latent (T, H, W) of one example, e.g. 31,32,32 for 121 "
     "frames of 256x256 through a (4, 8, 8) VAE.")
+_XLA_BUFFERS = flags.DEFINE_bool(
+    "xla_buffers", False, "--compile_only: also read XLA's buffer assignment (temp buffer, most bytes live "
+    "at once) from a temporary dump; on TPU, libtpu's memory_analysis() can report more (README, planner).")
 _VIDEO_SHAPE = flags.DEFINE_list(
     "video_shape", None, "--compile_only, VAE configs: the training clip (T, H, W) of one example, "
     "e.g. 17,256,256.")
@@ -80,7 +84,8 @@ def compile_only() -> None:
         else:
             devices = None  # this host's, split as the config asks
             use_cpu_devices(config.get("cpu_devices", 0))
-        report = aot.compile_train_step(config, devices=devices, latent_shape=latent)
+        report = aot.compile_train_step(config, devices=devices, latent_shape=latent,
+                                        xla_buffers=_XLA_BUFFERS.value)
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     print("\n".join(report.lines()))

@@ -65,10 +65,15 @@ def test_slice_names_map_to_topologies():
 def test_compile_only_reports_memory_and_analytic_flops():
     """The CLI compiles the shrunk 7B config on 4 fake CPU devices; the FLOPs are the analytic
     model (3 x forward per example), the state arguments hold params + Adam moments + EMA."""
-    code, out, err = _run(["-m", "seaweed_jax.train", f"--config={CONFIG}", "--compile_only",
+    code, out, err = _run(["-m", "seaweed_jax.train", f"--config={CONFIG}", "--compile_only", "--xla_buffers",
                            "--latent_shape=3,4,4", "--config.cpu_devices=4", *_flags(SMALL)])
     assert code == 0, err[-3000:]
     report = json.loads(out.strip().splitlines()[-1])["compile_only"]
+    # --xla_buffers: on XLA:CPU memory_analysis()'s temp bytes ARE the dumped buffer assignment's
+    # temp buffer (on TPU libtpu can report more), and no more than all of it is live at once.
+    assert report["xla_temp_bytes"] == report["temp_bytes"]
+    assert 0 < report["xla_live_bytes"] <= report["xla_temp_bytes"]
+    assert "XLA buffer assignment: temp buffer" in out and "(buffer)" in out
     assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}
     assert report["global_batch"] == 8 and report["latent_shape"] == [3, 4, 4]
     params = report["params"]

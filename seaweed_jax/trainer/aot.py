@@ -8,7 +8,11 @@ loop's own (`loop.make_train_step`, donated state). `devices` are this host's de
 fake CPU devices) or a TPU topology's (`tpu_devices("v5p-128")`, needs libtpu: `make tpu-env`),
 so a pod-sized config compiles on a laptop and the process never holds its weights.
 
-Used by `train --compile_only` and by the planner (`python -m seaweed_jax.plan`).
+Used by `train --compile_only` and by the planner (`python -m seaweed_jax.plan`). With
+`xla_buffers=True` the compile also dumps XLA's buffer assignment to a temporary folder and the
+report adds its temp buffer and the most bytes live at once (`xla_buffers.py`): on TPU the
+figures libtpu's compile-time HBM check is consistent with, where `memory_analysis()` can report
+1.2-1.6x more (README, planner section).
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import dataclasses
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 from typing import Sequence
 
@@ -30,7 +36,7 @@ from seaweed_jax import config_lib
 from seaweed_jax.config_lib import freeze
 from seaweed_jax.parallel import make_mesh, rules_from_config
 from seaweed_jax.parallel.mesh import replicated
-from seaweed_jax.trainer import accounting
+from seaweed_jax.trainer import accounting, xla_buffers
 from seaweed_jax.trainer.loop import Setup, make_train_step
 from seaweed_jax.trainer.task import get_task
 
@@ -122,11 +128,20 @@ class Report:
     hardware_flops: float | None     # + remat recompute
     xla_flops: float | None          # XLA's count (a scanned body once, a Pallas call ~0)
     estimate: dict | None = None     # analytic per-device bytes (DiT: estimate_dit_memory)
+    xla_temp_bytes: int | None = None   # XLA's buffer assignment (xla_buffers=True): device temp buffer
+    xla_live_bytes: int | None = None   # ... and the most of it live at once
 
     @property
     def device_bytes(self) -> int:
         """Peak estimate: live state + batch, outputs not aliased to donated inputs, temporaries."""
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    def xla_bytes(self, which: str = "temp") -> int | None:
+        """Arguments + outputs not donated + XLA's temp buffer ('temp') or its most-live bytes ('live')."""
+        inner = self.xla_temp_bytes if which == "temp" else self.xla_live_bytes
+        if inner is None:
+            return None
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + inner
 
     def lines(self) -> list[str]:
         gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
@@ -139,6 +154,13 @@ class Report:
             parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in self.estimate.items() if k != "total")
             out.append(f"analytic estimate {self.estimate['total'] / 2**30:.2f} GiB ({parts}); compiled / "
                        f"estimate = {self.device_bytes / self.estimate['total']:.2f}")
+        if self.xla_temp_bytes is not None:
+            line = (f"XLA buffer assignment: temp buffer {gib(self.xla_temp_bytes)}, most live at once "
+                    f"{gib(self.xla_live_bytes)}")
+            if self.estimate:
+                line += (f"; with the arguments / estimate = {self.xla_bytes('temp') / self.estimate['total']:.2f} "
+                         f"(buffer), {self.xla_bytes('live') / self.estimate['total']:.2f} (live)")
+            out.append(line)
         if self.model_flops:
             out.append(f"flops/step: model {self.model_flops:.4g} (analytic), with remat recompute "
                        f"{self.hardware_flops or self.model_flops:.4g}; XLA counts {self.xla_flops or 0:.4g}")
@@ -160,9 +182,16 @@ def memory_bytes(compiled) -> dict[str, int]:
             "host_bytes": host}
 
 
+def xla_buffers_of(dump: str, module: str) -> dict[str, int]:
+    """Report fields from a compile's dump: colour 0's temp buffer and its most-live bytes."""
+    device = xla_buffers.read_dump(dump, module, top=0)["colors"]["0"]
+    return {"xla_temp_bytes": int(device["temp_bytes"]), "xla_live_bytes": int(device["max_live_bytes"])}
+
+
 def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mesh_shape: dict | None = None,
-                       overrides: dict | None = None) -> Report:
-    """Lower and compile `config`'s training step on `devices` (default: this host's)."""
+                       overrides: dict | None = None, xla_buffers: bool = False) -> Report:
+    """Lower and compile `config`'s training step on `devices` (default: this host's); with
+    `xla_buffers`, also read XLA's buffer assignment of it (module docstring)."""
     config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
     with config.unlocked():
         if mesh_shape is not None:
@@ -183,7 +212,13 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
         step = jax.jit(make_train_step(task, config.seed, config.num_steps),
                        out_shardings=(setup.shardings, replicated(mesh)), donate_argnums=0)
         lowered = step.lower(setup.abstract, batch)
-        compiled = lowered.compile()
+        dump = tempfile.mkdtemp(prefix="seaweed_xla_dump_") if xla_buffers else None
+        try:
+            compiled = lowered.compile(compiler_options={"xla_dump_to": dump} if dump else None)
+            buffers = xla_buffers_of(dump, "step_fn") if dump else {}
+        finally:
+            if dump:
+                shutil.rmtree(dump, ignore_errors=True)
     seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -197,7 +232,7 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
         device_kind=mesh.devices.flat[0].device_kind, latent_shape=tuple(latent_shape),
         global_batch=int(config.data.global_batch_size),
         params=params, estimate=estimate,
-        compile_s=seconds, **memory_bytes(compiled),
+        compile_s=seconds, **memory_bytes(compiled), **buffers,
         model_flops=model, hardware_flops=task.hardware_flops_per_step(batch),
         xla_flops=float(cost.get("flops", 0.0)) if cost else None)
 
