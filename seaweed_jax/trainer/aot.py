@@ -215,11 +215,11 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
         dump = tempfile.mkdtemp(prefix="seaweed_xla_dump_") if xla_buffers else None
         try:
             compiled = lowered.compile(compiler_options={"xla_dump_to": dump} if dump else None)
+            seconds = time.perf_counter() - start
             buffers = xla_buffers_of(dump, "step_fn") if dump else {}
         finally:
             if dump:
                 shutil.rmtree(dump, ignore_errors=True)
-    seconds = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model = task.flops_per_step(batch)
