@@ -47,6 +47,7 @@ from ml_collections import config_flags
 from seaweed_jax import cli, paths
 from seaweed_jax.models.dit.dit import layer_attention_types
 from seaweed_jax.parallel.mesh import use_cpu_devices
+from seaweed_jax.parallel.remat import POLICY_NAMES
 from seaweed_jax.trainer import accounting, aot
 
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5e": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32,
@@ -62,13 +63,33 @@ _LATENT = flags.DEFINE_list("latent_shape", None, "Latent (T, H, W) of one examp
 _MESHES = flags.DEFINE_list(
     "meshes", ["fsdp", "fsdp*tensor=4", "fsdp*context=4"],
     "Candidate meshes: 'fsdp' (all devices) or 'fsdp*tensor=N', 'fsdp*context=N', 'data=N*fsdp' ...")
-_PRESETS = flags.DEFINE_list("presets", ["minimal", "full", "offload_block_in"], "Candidate remat presets")
+_PRESETS = flags.DEFINE_list("presets", ["minimal", "full", "offload_block_in"],
+                             "Candidate remat presets; '+fence' also sets model.fence_unrolled_grads "
+                             "(e.g. offload_block_in+fence)")
 _HBM = flags.DEFINE_float("hbm_gib", None, "Device memory in GiB (default: the chip table; CPU: 24)")
 _HEADROOM = flags.DEFINE_float("headroom", 0.1, "Fraction of memory kept free")
 _EFFICIENCY = flags.DEFINE_float("efficiency", 0.6, "Fraction of the peak matmul rate compute reaches")
 _XLA_BUFFERS = flags.DEFINE_bool("xla_buffers", False, "Also read each candidate's XLA buffer assignment "
                                  "(the 'XLA GiB' column: arguments + XLA's temp buffer)")
 _JSON = flags.DEFINE_string("json", None, "Also write every candidate's numbers to this JSON file")
+
+
+PRESET_SUFFIXES = {"fence": ("model.fence_unrolled_grads", True)}
+
+
+def parse_preset(text: str) -> dict:
+    """'offload_block_in+fence' -> the config overrides of that candidate."""
+    name, *suffixes = text.split("+")
+    if name not in POLICY_NAMES:
+        raise ValueError(f"--presets: {name!r} is not a remat preset; choose from {', '.join(POLICY_NAMES)}")
+    overrides = {"model.remat": name}
+    for suffix in suffixes:
+        if suffix not in PRESET_SUFFIXES:
+            raise ValueError(f"--presets={text}: unknown suffix '+{suffix}'; known: "
+                             f"{', '.join('+' + k for k in PRESET_SUFFIXES)}")
+        path, value = PRESET_SUFFIXES[suffix]
+        overrides[path] = value
+    return overrides
 
 
 def parse_mesh(text: str, devices: int) -> dict:
@@ -205,6 +226,7 @@ def main(argv) -> None:
         peak = accounting.table_peak(kind)
         peak = peak[0] if peak else accounting.peak_flops(devices[0])[0]
         meshes = [parse_mesh(m, len(devices)) for m in _MESHES.value]
+        presets = {p: parse_preset(p) for p in _PRESETS.value}
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     print(f"planning {config.get('stage', '') or ''} on {len(devices)} x {kind} ({hbm_gib:g} GiB, peak "
@@ -212,10 +234,10 @@ def main(argv) -> None:
           f"global batch {config.data.global_batch_size}", flush=True)
     candidates = []
     for mesh in meshes:
-        for preset in _PRESETS.value:
+        for preset, overrides in presets.items():
             try:
                 report = aot.compile_train_step(config, devices=devices, latent_shape=latent, mesh_shape=mesh,
-                                                overrides={"model.remat": preset}, xla_buffers=_XLA_BUFFERS.value)
+                                                overrides=overrides, xla_buffers=_XLA_BUFFERS.value)
                 c = Candidate(mesh, preset, report)
                 score(c, config, hbm_gib * 2**30, _HEADROOM.value, peak, ICI_BYTES_PER_S.get(kind), _EFFICIENCY.value)
             except Exception as e:  # noqa: BLE001 - a candidate the compiler refuses is a row, not the end
@@ -231,7 +253,8 @@ def main(argv) -> None:
     if ranked and ranked[0].report is not None and ranked[0].fits:
         best = ranked[0]
         print(f"best: --config.mesh.shape.fsdp={best.mesh['fsdp']} (data {best.mesh['data']}, tensor "
-              f"{best.mesh['tensor']}, context {best.mesh['context']}) --config.model.remat={best.preset}")
+              f"{best.mesh['tensor']}, context {best.mesh['context']}) "
+              + " ".join(f"--config.{k}={v}" for k, v in presets[best.preset].items()))
     else:
         print("nothing fits: add devices, lower data.global_batch_size, or try --presets=full,offload_block_in")
     if _JSON.value:

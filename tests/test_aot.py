@@ -120,6 +120,13 @@ def test_planner_meshes_and_ranking():
     assert plan.parse_mesh("data=2*fsdp*context=4", 64) == {"data": 2, "fsdp": 8, "tensor": 1, "context": 4}
     with pytest.raises(ValueError, match="does not fill"):
         plan.parse_mesh("fsdp*tensor=3", 64)
+    assert plan.parse_preset("full") == {"model.remat": "full"}
+    assert plan.parse_preset("offload_block_in+fence") == {"model.remat": "offload_block_in",
+                                                           "model.fence_unrolled_grads": True}
+    with pytest.raises(ValueError, match="not a remat preset"):
+        plan.parse_preset("fulll")
+    with pytest.raises(ValueError, match=r"unknown suffix '\+fast'"):
+        plan.parse_preset("full+fast")
 
     def report(device_gib, model, hardware):
         return aot.Report(mesh={"data": 1, "fsdp": 4, "tensor": 1, "context": 1}, devices=4, device_kind="cpu",
@@ -152,12 +159,12 @@ def test_planner_meshes_and_ranking():
 def test_planner_cli_compiles_each_candidate(tmp_path):
     out_json = tmp_path / "plan.json"
     code, out, err = _run(["-m", "seaweed_jax.plan", f"--config={CONFIG}", "--latent_shape=3,4,4",
-                           "--cpu_devices=4", "--meshes=fsdp*tensor=2", "--presets=none,full",
+                           "--cpu_devices=4", "--meshes=fsdp*tensor=2", "--presets=none,full+fence",
                            f"--json={out_json}", *_flags(SMALL)])
     assert code == 0, err[-3000:]
     result = json.loads(out_json.read_text())
     assert len(result["candidates"]) == 2 and all(c["report"] for c in result["candidates"])
-    by = {c["preset"]: c for c in result["candidates"]}
+    by = {c["preset"].split("+")[0]: c for c in result["candidates"]}
     assert by["none"]["report"]["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2, "context": 1}
     # the analytic MFU estimate pays for recompute: full's is model / hardware of none's
     ratio = by["full"]["report"]["model_flops"] / by["full"]["report"]["hardware_flops"]
