@@ -6,17 +6,19 @@ and print what fits and what it should cost, best first.
     python -m seaweed_jax.plan --config=... --latent_shape=... --cpu_devices=64   # fake CPU devices
 
 Each candidate is compiled by `trainer/aot.py` (abstract params and batch: nothing is allocated),
-so the memory column is XLA's own per-device figure for that program (`memory_analysis()`):
-arguments + outputs not donated + temporaries; with `--xla_buffers` the "XLA GiB" column has the
-same sum with the temp buffer of XLA's dumped buffer assignment instead. A candidate fits when that is below the chip's HBM (`--hbm_gib`, else
-the table below) minus `--headroom` (runtime buffers, fragmentation).
+so the "GiB/device" column is the compiled program's `memory_analysis()` per device:
+arguments + outputs not donated + temporaries; with `--xla_buffers` the "buffer GiB" column has
+the same sum with the temp buffer of XLA's dumped buffer assignment instead. A candidate fits
+when the "GiB/device" figure is below the chip's HBM (`--hbm_gib`, else the table below) minus
+`--headroom` (runtime buffers, fragmentation).
 
 On a TPU topology the compiler makes a check of its own: libtpu refuses a program whose
 temporaries exceed the chip's HBM (RESOURCE_EXHAUSTED, "Ran out of memory on HBM"); such a
 candidate is a "refused" row with the bytes the compiler asked for. The converse does not hold
-for `memory_analysis()`: libtpu has compiled 7B programs whose reported peak is 1.2-1.6x XLA's
+for `memory_analysis()`: libtpu has compiled 7B programs whose reported peak is 1.17-1.47x XLA's
 own buffer assignment and above the chip's HBM (README, planner section), so "fits: no" with
-"compiler: accepted" means the reported figure exceeds HBM, not that the program cannot run.
+"compiler: accepted" means the reported figure exceeds HBM minus the headroom, not that the
+program cannot run; "buffer GiB" (`--xla_buffers`) is the figure to compare then.
 
 The MFU column is an estimate, not a measurement: the step time is modelled as the larger of
   compute  = hardware FLOPs (model FLOPs + what the preset recomputes, analytic) /
@@ -70,7 +72,7 @@ _HBM = flags.DEFINE_float("hbm_gib", None, "Device memory in GiB (default: the c
 _HEADROOM = flags.DEFINE_float("headroom", 0.1, "Fraction of memory kept free")
 _EFFICIENCY = flags.DEFINE_float("efficiency", 0.6, "Fraction of the peak matmul rate compute reaches")
 _XLA_BUFFERS = flags.DEFINE_bool("xla_buffers", False, "Also read each candidate's XLA buffer assignment "
-                                 "(the 'XLA GiB' column: arguments + XLA's temp buffer)")
+                                 "(the 'buffer GiB' column: arguments + outputs not donated + XLA's temp buffer)")
 _JSON = flags.DEFINE_string("json", None, "Also write every candidate's numbers to this JSON file")
 
 
@@ -132,14 +134,18 @@ class Candidate:
         return "-"
 
 
-_HBM_REFUSAL = re.compile(r"memory required for HLO temporaries \(([\d.]+)([KMGT]?)\)", re.IGNORECASE)
+# Two spellings of libtpu's refusal: "...the total memory required for HLO temporaries (194.00G)
+# exceeds available HBM (95.74G)" (libtpu with jax 0.10) and "Ran out of memory in memory space
+# hbm. Used 21.95G of 15.48G hbm." (older libtpu).
+_HBM_REFUSAL = (re.compile(r"memory required for HLO temporaries \(([\d.]+)([KMGT]?)B?\)", re.IGNORECASE),
+                re.compile(r"memory space hbm\. Used ([\d.]+)([KMGT]?)B? of", re.IGNORECASE))
 
 
 def refused_bytes(error: str) -> float | None:
     """The temporaries' bytes from libtpu's out-of-HBM compile error ("Ran out of memory on
     HBM, the total memory required for HLO temporaries (194.00G) exceeds available HBM
     (95.74G)"); None for any other error."""
-    m = _HBM_REFUSAL.search(error)
+    m = next((m for m in (p.search(error) for p in _HBM_REFUSAL) if m), None)
     if not m:
         return None
     return float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")
@@ -176,21 +182,21 @@ def score(candidate: Candidate, config, hbm_bytes: float, headroom: float, peak:
 
 
 def table(candidates: list[Candidate], hbm_gib: float) -> list[str]:
-    rows = [f"{'mesh (data,fsdp,tensor,context)':<32} {'remat':<18} {'GiB/device':>10} {'XLA GiB':>8} "
+    rows = [f"{'mesh (data,fsdp,tensor,context)':<32} {'remat':<24} {'GiB/device':>10} {'buffer GiB':>10} "
             f"{'host GiB':>8} {'fits ' + format(hbm_gib, 'g') + ' GiB':>12} {'compiler':>8} {'MFU est.':>8}  bound"]
     for c in candidates:
         mesh = ",".join(str(c.mesh[k]) for k in ("data", "fsdp", "tensor", "context"))
         if c.refused_bytes is not None:
-            rows.append(f"{mesh:<32} {c.preset:<18} {'-':>10} {'-':>8} {'-':>8} {'no':>12} {'refused':>8}  "
+            rows.append(f"{mesh:<32} {c.preset:<24} {'-':>10} {'-':>10} {'-':>8} {'no':>12} {'refused':>8}  "
                         f"temporaries need {c.refused_bytes / 2**30:.2f} GiB")
             continue
         if c.report is None:
-            rows.append(f"{mesh:<32} {c.preset:<18} {'error: ' + (c.error or '')[:80]}")
+            rows.append(f"{mesh:<32} {c.preset:<24} {'error: ' + (c.error or '')[:80]}")
             continue
         mfu = f"{c.mfu:.1%}" if c.mfu is not None else "-"
         xla = c.report.xla_bytes("temp")
         xla = f"{xla / 2**30:.2f}" if xla is not None else "-"
-        rows.append(f"{mesh:<32} {c.preset:<18} {c.report.device_bytes / 2**30:>10.2f} {xla:>8} "
+        rows.append(f"{mesh:<32} {c.preset:<24} {c.report.device_bytes / 2**30:>10.2f} {xla:>10} "
                     f"{c.report.host_bytes / 2**30:>8.2f} {'yes' if c.fits else 'no':>12} {c.compiler:>8} "
                     f"{mfu:>8}  {c.bound}")
     return rows

@@ -100,6 +100,9 @@ def main(argv) -> None:
                             f"returned None; make it return the config (a ConfigDict)")
     cli.require(_CONFIG.value, "config", "a config file, e.g. --config=configs/vae/tiny.py "
                 "(configs/ lists them)")
+    if _XLA_BUFFERS.value and not _COMPILE_ONLY.value:
+        raise cli.UserError("--xla_buffers reports on an ahead-of-time compile: add --compile_only "
+                            "(with --latent_shape or --video_shape), or drop --xla_buffers")
     if _COMPILE_ONLY.value:
         return compile_only()
     cli.require(_WORKDIR.value, "workdir", "the run directory (created if missing; an existing "

@@ -12,11 +12,14 @@ Used by `train --compile_only` and by the planner (`python -m seaweed_jax.plan`)
 `xla_buffers=True` the compile also dumps XLA's buffer assignment to a temporary folder and the
 report adds its temp buffer and the most bytes live at once (`xla_buffers.py`): on TPU the
 figures libtpu's compile-time HBM check is consistent with, where `memory_analysis()` can report
-1.2-1.6x more (README, planner section).
+1.17-1.47x the buffer (README, planner section). The dump (tens of MB for the 7B step) is written
+during the compile, so `compile_s` includes writing it; a compile served from JAX's persistent
+compilation cache writes none, and then the XLA fields stay None with a warning.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -157,9 +160,11 @@ class Report:
         if self.xla_temp_bytes is not None:
             line = (f"XLA buffer assignment: temp buffer {gib(self.xla_temp_bytes)}, most live at once "
                     f"{gib(self.xla_live_bytes)}")
+            line += (f"; with arguments and outputs {gib(self.xla_bytes('temp'))} (buffer), "
+                     f"{gib(self.xla_bytes('live'))} (live)")
             if self.estimate:
-                line += (f"; with the arguments / estimate = {self.xla_bytes('temp') / self.estimate['total']:.2f} "
-                         f"(buffer), {self.xla_bytes('live') / self.estimate['total']:.2f} (live)")
+                line += (f"; / estimate = {self.xla_bytes('temp') / self.estimate['total']:.2f} (buffer), "
+                         f"{self.xla_bytes('live') / self.estimate['total']:.2f} (live)")
             out.append(line)
         if self.model_flops:
             out.append(f"flops/step: model {self.model_flops:.4g} (analytic), with remat recompute "
@@ -183,8 +188,16 @@ def memory_bytes(compiled) -> dict[str, int]:
 
 
 def xla_buffers_of(dump: str, module: str) -> dict[str, int]:
-    """Report fields from a compile's dump: colour 0's temp buffer and its most-live bytes."""
-    device = xla_buffers.read_dump(dump, module, top=0)["colors"]["0"]
+    """Report fields from a compile's dump: colour 0's temp buffer and its most-live bytes
+    (none, with a warning, when the dump is missing or unreadable: the program itself compiled)."""
+    try:
+        device = xla_buffers.read_dump(dump, module, top=0)["colors"]["0"]
+    except ValueError as e:
+        cache = jax.config.jax_compilation_cache_dir
+        why = (f"the compile came from the persistent compilation cache ({cache}), which writes no dump; "
+               f"unset JAX_COMPILATION_CACHE_DIR for this run" if cache else str(e).splitlines()[0])
+        logging.warning("--xla_buffers: no buffer assignment read: %s", why)
+        return {}
     return {"xla_temp_bytes": int(device["temp_bytes"]), "xla_live_bytes": int(device["max_live_bytes"])}
 
 

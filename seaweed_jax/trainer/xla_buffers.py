@@ -3,8 +3,8 @@
 XLA's buffer assignment packs every temporary of a module into one preallocated buffer per
 memory space (colour 0: device memory; on TPU colour 5 is the host). On XLA:CPU its size is
 what `compiled.memory_analysis()` calls temp bytes; on TPU libtpu's `memory_analysis()` can
-report much more (1.2-1.6x on the 7B step) while its compile-time HBM check admits the program
-(README, planner section). The buffer can itself exceed what is ever live at once: the heap
+report much more (1.17-1.47x this buffer on the 7B steps dumped) while its compile-time HBM
+check admits the program (README, planner section). The buffer can itself exceed what is ever live at once: the heap
 simulator leaves gaps. `read_dump` takes the module's buffer assignment (each value's offset and
 size in that buffer) and its live ranges (each value's first and last step of the flattened
 schedule) and reports, per colour:
@@ -132,7 +132,7 @@ def read_dump(dump: str, module: str | None = None, top: int = 12) -> dict:
     with open(ranges_path) as f:
         ranges = live_ranges(f.read())
     names = {}
-    if os.path.exists(hlo_path):
+    if top > 0 and os.path.exists(hlo_path):   # op names only label the values listed
         with open(hlo_path) as f:
             names = op_names(f.read())
     with open(prefix + "-buffer-assignment.txt") as f:

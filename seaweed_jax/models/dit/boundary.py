@@ -57,26 +57,24 @@ def _bwd(_, ct):
 grad_boundary.defvjp(_fwd, _bwd)
 
 
-def _call(block, *args):
-    return block(*args)
+def fenced_call(block: nn.Module, diff_args: tuple, other_args: tuple = ()):
+    """`block(*diff_args, *other_args)`, with the block's weight gradients and the gradients of
+    `diff_args` released together in the backward pass (module docstring, "fenced_call").
+    `other_args` (masks, RoPE tables: nothing trained reaches them) are closed over, so no
+    gradient of theirs is made only to pass through the barrier."""
+    def call(mdl, *xs):
+        return mdl(*xs, *other_args)
 
+    def fwd(mdl, *xs):
+        return nn.vjp(call, mdl, *xs)
 
-def _fenced_fwd(block, *args):
-    return nn.vjp(_call, block, *args)
+    def bwd(vjp_fn, ct):
+        grads = vjp_fn(ct)   # (param cotangents, *cotangents of diff_args)
+        # float0 cotangents (of integer / bool inputs) cannot enter the barrier.
+        leaves, tree = jax.tree.flatten(grads)
+        real = [i for i, g in enumerate(leaves) if g.dtype != jax.dtypes.float0]
+        for i, g in zip(real, jax.lax.optimization_barrier([leaves[i] for i in real])):
+            leaves[i] = g
+        return jax.tree.unflatten(tree, leaves)
 
-
-def _fenced_bwd(vjp_fn, ct):
-    grads = vjp_fn(ct)   # (param cotangents, *input cotangents)
-    # float0 cotangents (of bool / int inputs such as masks) cannot enter the barrier.
-    leaves, tree = jax.tree.flatten(grads)
-    real = [i for i, g in enumerate(leaves) if g.dtype != jax.dtypes.float0]
-    fenced = jax.lax.optimization_barrier([leaves[i] for i in real])
-    for i, g in zip(real, fenced):
-        leaves[i] = g
-    return jax.tree.unflatten(tree, leaves)
-
-
-def fenced_call(block: nn.Module, *args):
-    """`block(*args)`, with the block's weight gradients and input gradients released
-    together in the backward pass (module docstring, "fenced_call")."""
-    return nn.custom_vjp(_call, forward_fn=_fenced_fwd, backward_fn=_fenced_bwd)(block, *args)
+    return nn.custom_vjp(call, forward_fn=fwd, backward_fn=bwd)(block, *diff_args)

@@ -476,8 +476,8 @@ class DiT(nn.Module):
                 block = maybe_remat(HybridStreamBlock, cfg.remat)(
                     shared_ffn=layers[0].shared_ffn, text_output=layers[0].text_output,
                     name=f"block_{group.start}", **block_kw)
-                args = (x_v, x_t, t0, text_mask, rope_cos, rope_sin, mask)
-                x_v, x_t = fenced_call(block, *args) if fence else block(*args)
+                inputs, tables = (x_v, x_t, t0), (text_mask, rope_cos, rope_sin, mask)
+                x_v, x_t = fenced_call(block, inputs, tables) if fence else block(*inputs, *tables)
                 if boundary:
                     x_v, x_t = grad_boundary(x_v), grad_boundary(x_t)
                 continue
