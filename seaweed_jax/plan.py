@@ -243,7 +243,7 @@ def main(argv) -> None:
         for preset, overrides in presets.items():
             try:
                 report = aot.compile_train_step(config, devices=devices, latent_shape=latent, mesh_shape=mesh,
-                                                overrides=overrides, xla_buffers=_XLA_BUFFERS.value)
+                                                overrides=overrides, read_xla_buffers=_XLA_BUFFERS.value)
                 c = Candidate(mesh, preset, report)
                 score(c, config, hbm_gib * 2**30, _HEADROOM.value, peak, ICI_BYTES_PER_S.get(kind), _EFFICIENCY.value)
             except Exception as e:  # noqa: BLE001 - a candidate the compiler refuses is a row, not the end

@@ -85,7 +85,7 @@ def compile_only() -> None:
             devices = None  # this host's, split as the config asks
             use_cpu_devices(config.get("cpu_devices", 0))
         report = aot.compile_train_step(config, devices=devices, latent_shape=latent,
-                                        xla_buffers=_XLA_BUFFERS.value)
+                                        read_xla_buffers=_XLA_BUFFERS.value)
     except ValueError as e:
         raise cli.UserError(str(e)) from None
     print("\n".join(report.lines()))

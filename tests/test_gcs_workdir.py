@@ -188,6 +188,7 @@ LOCAL_FS_ALLOWED = {
     "inference/demo.py": "make demo's local report folder; stdlib only so `check demo` starts fast",
     "data/": "dataset builders, caches and input video files",
     "moving_shapes/": "the synthetic dataset builder",
+    "trainer/xla_buffers.py": "XLA's --xla_dump_to folder (XLA writes it locally; a temporary folder)",
 }
 _LOCAL_FS = re.compile(r"(?<![\w.])open\(|\bos\.path\.|\bos\.(makedirs|listdir|walk|replace|remove|"
                        r"rename|stat)\(|\bshutil\.|\bglob\.glob\(|\bpathlib\b|"

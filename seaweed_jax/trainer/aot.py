@@ -9,8 +9,8 @@ fake CPU devices) or a TPU topology's (`tpu_devices("v5p-128")`, needs libtpu: `
 so a pod-sized config compiles on a laptop and the process never holds its weights.
 
 Used by `train --compile_only` and by the planner (`python -m seaweed_jax.plan`). With
-`xla_buffers=True` the compile also dumps XLA's buffer assignment to a temporary folder and the
-report adds its temp buffer and the most bytes live at once (`xla_buffers.py`): on TPU the
+`read_xla_buffers=True` the compile also dumps XLA's buffer assignment to a temporary folder and
+the report adds its temp buffer and the most bytes live at once (`xla_buffers.py`): on TPU the
 figures libtpu's compile-time HBM check is consistent with, where `memory_analysis()` can report
 1.17-1.47x the buffer (README, planner section). The dump (tens of MB for the 7B step) is written
 during the compile, so `compile_s` includes writing it; a compile served from JAX's persistent
@@ -23,8 +23,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 from typing import Sequence
 
@@ -202,9 +200,9 @@ def xla_buffers_of(dump: str, module: str) -> dict[str, int]:
 
 
 def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mesh_shape: dict | None = None,
-                       overrides: dict | None = None, xla_buffers: bool = False) -> Report:
+                       overrides: dict | None = None, read_xla_buffers: bool = False) -> Report:
     """Lower and compile `config`'s training step on `devices` (default: this host's); with
-    `xla_buffers`, also read XLA's buffer assignment of it (module docstring)."""
+    `read_xla_buffers`, also read XLA's buffer assignment of it (module docstring)."""
     config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
     with config.unlocked():
         if mesh_shape is not None:
@@ -225,14 +223,10 @@ def compile_train_step(config, *, devices=None, latent_shape: Sequence[int], mes
         step = jax.jit(make_train_step(task, config.seed, config.num_steps),
                        out_shardings=(setup.shardings, replicated(mesh)), donate_argnums=0)
         lowered = step.lower(setup.abstract, batch)
-        dump = tempfile.mkdtemp(prefix="seaweed_xla_dump_") if xla_buffers else None
-        try:
+        with xla_buffers.temporary_dump(read_xla_buffers) as dump:
             compiled = lowered.compile(compiler_options={"xla_dump_to": dump} if dump else None)
             seconds = time.perf_counter() - start
             buffers = xla_buffers_of(dump, "step_fn") if dump else {}
-        finally:
-            if dump:
-                shutil.rmtree(dump, ignore_errors=True)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model = task.flops_per_step(batch)

@@ -20,9 +20,12 @@ Used by `scripts/xla_memory.py` and by `aot.compile_train_step(xla_buffers=True)
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
+import shutil
+import tempfile
 
 # buffer assignment: "allocation 2652: size 22551708000, preallocated-temp:" (colour 0) or
 # "allocation 2654: size 14591983616, color 5, preallocated-temp:", then one line per value:
@@ -143,3 +146,17 @@ def read_dump(dump: str, module: str | None = None, top: int = 12) -> dict:
         raise ValueError("no value of the device temp buffer (colour 0) has a live range: compare the "
                          "names under BufferLiveRange with the buffer assignment's; dumped by another XLA?")
     return {"module": os.path.basename(prefix), "colors": per_color}
+
+
+@contextlib.contextmanager
+def temporary_dump(enabled: bool = True):
+    """A local folder for `compile(compiler_options={"xla_dump_to": ...})`, removed on exit;
+    None when not enabled."""
+    if not enabled:
+        yield None
+        return
+    dump = tempfile.mkdtemp(prefix="seaweed_xla_dump_")
+    try:
+        yield dump
+    finally:
+        shutil.rmtree(dump, ignore_errors=True)
