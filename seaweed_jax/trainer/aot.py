@@ -129,20 +129,23 @@ class Report:
     hardware_flops: float | None     # + remat recompute
     xla_flops: float | None          # XLA's count (a scanned body once, a Pallas call ~0)
     estimate: dict | None = None     # analytic per-device bytes (DiT: estimate_dit_memory)
-    xla_temp_bytes: int | None = None   # XLA's buffer assignment (xla_buffers=True): device temp buffer
+    xla_temp_bytes: int | None = None   # XLA's buffer assignment (read_xla_buffers): device temp buffer
     xla_live_bytes: int | None = None   # ... and the most of it live at once
+
+    @property
+    def _held_bytes(self) -> int:
+        """Live state + batch, and outputs not aliased to donated inputs."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes
 
     @property
     def device_bytes(self) -> int:
         """Peak estimate: live state + batch, outputs not aliased to donated inputs, temporaries."""
-        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+        return self._held_bytes + self.temp_bytes
 
     def xla_bytes(self, which: str = "temp") -> int | None:
-        """Arguments + outputs not donated + XLA's temp buffer ('temp') or its most-live bytes ('live')."""
+        """As device_bytes, with XLA's temp buffer ('temp') or its most-live bytes ('live')."""
         inner = self.xla_temp_bytes if which == "temp" else self.xla_live_bytes
-        if inner is None:
-            return None
-        return self.argument_bytes + self.output_bytes - self.alias_bytes + inner
+        return None if inner is None else self._held_bytes + inner
 
     def lines(self) -> list[str]:
         gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731

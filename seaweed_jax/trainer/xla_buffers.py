@@ -4,8 +4,8 @@ XLA's buffer assignment packs every temporary of a module into one preallocated 
 memory space (colour 0: device memory; on TPU colour 5 is the host). On XLA:CPU its size is
 what `compiled.memory_analysis()` calls temp bytes; on TPU libtpu's `memory_analysis()` can
 report much more (1.17-1.47x this buffer on the 7B steps dumped) while its compile-time HBM
-check admits the program (README, planner section). The buffer can itself exceed what is ever live at once: the heap
-simulator leaves gaps. `read_dump` takes the module's buffer assignment (each value's offset and
+check admits the program (README, planner section). The buffer can itself exceed what is ever
+live at once: the heap simulator leaves gaps. `read_dump` takes the module's buffer assignment (each value's offset and
 size in that buffer) and its live ranges (each value's first and last step of the flattened
 schedule) and reports, per colour:
 * `temp_bytes`: the preallocated buffer's size;
@@ -16,7 +16,7 @@ schedule) and reports, per colour:
   live range `[first, last]` step, against `schedule_steps`, the last step of any value: a
   layer's value whose range runs far past that layer's backward is kept for a late consumer.
 Works for any backend's dump (TPU via libtpu, or XLA:CPU, whose files say cpu_after_...).
-Used by `scripts/xla_memory.py` and by `aot.compile_train_step(xla_buffers=True)`.
+Used by `scripts/xla_memory.py` and by `aot.compile_train_step(read_xla_buffers=True)`.
 """
 from __future__ import annotations
 
