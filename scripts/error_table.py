@@ -26,7 +26,7 @@ def _cell(text: str) -> str:
     return "`` " + text.replace("|", "\\|") + " ``" if text else ""
 
 
-def render(results: dict, ctx: dict, seconds: float) -> str:
+def render(results: dict, ctx: dict, seconds: float, workers: int) -> str:
     def shown(text: str) -> str:   # the fixture paths by their placeholder names
         for k in sorted(ctx, key=lambda k: -len(ctx[k])):
             if k != "repo":
@@ -62,7 +62,7 @@ def render(results: dict, ctx: dict, seconds: float) -> str:
                      f"{'yes' if not r.problems else 'NO: ' + '; '.join(r.problems)} |")
     bad = [r for r in results.values() if r.problems]
     lines += ["", f"{len(results)} cases, {len(bad)} breaking the contract; "
-              f"{seconds:.0f} s wall with 2 workers.", ""]
+              f"{seconds:.0f} s wall with {workers} worker{'s' if workers != 1 else ''}.", ""]
     return "\n".join(lines)
 
 
@@ -76,7 +76,7 @@ def main() -> int:
         start = time.perf_counter()
         results = E.run_all(E.CASES, ctx, workers=args.workers)
         seconds = time.perf_counter() - start
-        text = render(results, ctx, seconds)
+        text = render(results, ctx, seconds, args.workers)
     with open(args.out, "w") as f:
         f.write(text)
     bad = [r for r in results.values() if r.problems]

@@ -88,6 +88,14 @@ CASES: list[Case] = [
     C("train-bad-enum", "train", f"{TINY} {W} --multihost=maybe", "--multihost", slow=True),
     C("train-invalid-config-value", "train", f"{TINY} {W} --config.num_steps=0",
       "num_steps=0 must be a positive integer", slow=True),
+    # ---- train --compile_only: the example shape, the TPU topology, --xla_buffers alone
+    C("train-compile-only-no-shape", "train", f"{TINY} --compile_only",
+      "--compile_only of a 'vae' config needs --video_shape=T,H,W", slow=True),
+    C("train-compile-only-no-libtpu", "train",
+      f"{TINY} --compile_only --video_shape=9,32,32 --topology=v5p-8",
+      "compiling for TPUs from this host needs libtpu", slow=True),
+    C("train-xla-buffers-alone", "train", f"{TINY} {W} --xla_buffers",
+      "--xla_buffers reports on an ahead-of-time compile: add --compile_only", slow=True),
     # ---- sample: flags checked before any work, workdirs, sizes the VAE cannot code, NFE
     C("sample-no-workdir", "sample", "--prompt=x", "--workdir is required"),
     C("sample-missing-workdir", "sample", "--workdir={tmp}/nope --prompt=x", "does not exist"),
