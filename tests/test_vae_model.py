@@ -193,6 +193,17 @@ def test_config_files_are_complete(path):
                                 "lpips_weight"}
 
 
+def test_small_batch_argument_accumulates_micro_batches_of_8():
+    base, b32 = _load_config("configs/vae/small.py"), _load_config("configs/vae/small.py", "batch=32")
+    assert b32.data.global_batch_size == base.data.global_batch_size == 8
+    assert b32.optimizer.grad_accum_steps == 4 and base.optimizer.get("grad_accum_steps", 1) == 1
+    # the same 3,500 updates, 100 of warmup and an evaluation every 500 updates, counted in loop steps
+    assert (b32.num_steps, b32.optimizer.warmup_steps, b32.eval_every) == (
+        4 * base.num_steps, 4 * base.optimizer.warmup_steps, 4 * base.eval_every)
+    with pytest.raises(ValueError, match="batch=12 must be a multiple of 8"):
+        _load_config("configs/vae/small.py", "batch=12")
+
+
 @pytest.mark.parametrize("name", ["seaweed", "wavelet"])
 def test_call_outputs_and_gradients(params, name):
     cfg = VARIANTS[name]

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
+from seaweed_jax import config_lib
 from seaweed_jax.models.vae.autoencoder import param_count
 
 # configs/ is not a package: load the sibling common.py by path (see its docstring).
@@ -34,10 +36,27 @@ common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(common)
 
 
+MICRO_BATCH = 8   # clips per loop step: what the two cores take at once without slowing per clip
+
+
 def get_config(arg=None):
-    del arg
-    return common.cpu_config("moving_shapes/64x64_f17", num_steps=3500, log_every=50)
+    """`small.py` or `small.py:batch=B`: B clips an update, as B / 8 accumulated micro-batches.
+
+    The schedule, the evaluations and the checkpoints count loop steps, so with k = B / 8 they
+    are scaled by k: 3,500 updates, warmup 100 updates, an evaluation every 500 updates."""
+    a = config_lib.parse_arg(arg, batch=MICRO_BATCH)
+    if a.batch < MICRO_BATCH or a.batch % MICRO_BATCH:
+        raise ValueError(f"small.py batch={a.batch} must be a multiple of {MICRO_BATCH} (the clips a "
+                         f"loop step takes; the rest is gradient accumulation), e.g. batch=32")
+    k = a.batch // MICRO_BATCH
+    c = common.cpu_config("moving_shapes/64x64_f17", num_steps=3500 * k, log_every=50)
+    if k > 1:
+        c.optimizer.grad_accum_steps = k
+        c.optimizer.warmup_steps *= k
+        c.eval_every *= k
+        c.ckpt_every = 1000
+    return c
 
 
 if __name__ == "__main__":
-    print(param_count(get_config().model))
+    print(param_count(get_config(sys.argv[1] if len(sys.argv) > 1 else None).model))
