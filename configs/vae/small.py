@@ -44,14 +44,16 @@ MICRO_BATCH = 8   # clips per loop step: what the two cores take at once without
 def get_config(arg=None):
     """`small.py` or `small.py:batch=B`: B clips an update, as B / 8 accumulated micro-batches.
 
-    The schedule, the evaluations and the checkpoints count loop steps, so with k = B / 8 they
-    are scaled by k: 3,500 updates, warmup 100 updates, an evaluation every 500 updates."""
+    The schedule and the evaluations count loop steps, so with k = B / 8 they are scaled by k:
+    3,500 updates, warmup 100 updates, an evaluation every 500 updates. Checkpoints come every
+    1,000 loop steps (~17 minutes here), so a stopped run loses little of a multi-hour schedule."""
     a = config_lib.parse_arg(arg, batch=MICRO_BATCH)
     if a.batch < MICRO_BATCH or a.batch % MICRO_BATCH:
         raise ValueError(f"small.py batch={a.batch} must be a multiple of {MICRO_BATCH} (the clips a "
                          f"loop step takes; the rest is gradient accumulation), e.g. batch=32")
     k = a.batch // MICRO_BATCH
-    c = common.cpu_config("moving_shapes/64x64_f17", num_steps=3500 * k, log_every=50)
+    c = common.cpu_config("moving_shapes/64x64_f17", num_steps=3500 * k, log_every=50,
+                          batch=MICRO_BATCH)
     if k > 1:
         c.optimizer.grad_accum_steps = k
         c.optimizer.warmup_steps *= k
